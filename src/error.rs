@@ -1,0 +1,59 @@
+//! The crate's one error type. Every check that can fail on user input runs
+//! before any work (and, for GPU paths, before any launch) and names the
+//! offending value.
+
+use std::fmt;
+
+/// Everything that can go wrong in nvlm-vision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// An image dimension is zero or above [`crate::preprocess::MAX_SIDE`].
+    InvalidImageSize {
+        width: u64,
+        height: u64,
+        reason: &'static str,
+    },
+    /// The row stride is smaller than one row of pixels.
+    StrideTooSmall { stride: usize, min_stride: usize },
+    /// The pixel buffer is shorter than `stride * (height - 1) + row_bytes`.
+    BufferTooShort {
+        what: &'static str,
+        len: usize,
+        needed: usize,
+    },
+    /// A pixel format this crate does not convert (see [`crate::preprocess::PixelFormat`]).
+    UnsupportedFormat(String),
+    /// A DHR configuration that no model uses and the planner refuses.
+    InvalidConfig(String),
+    /// A normalisation std of zero, or a non-finite mean/std.
+    InvalidNormalization(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidImageSize {
+                width,
+                height,
+                reason,
+            } => {
+                write!(f, "invalid image size {width}x{height}: {reason}")
+            }
+            Error::StrideTooSmall { stride, min_stride } => write!(
+                f,
+                "row stride {stride} bytes is smaller than one row ({min_stride} bytes)"
+            ),
+            Error::BufferTooShort { what, len, needed } => {
+                write!(f, "{what} buffer too short: {len} bytes, need {needed}")
+            }
+            Error::UnsupportedFormat(s) => write!(f, "unsupported pixel format: {s}"),
+            Error::InvalidConfig(s) => write!(f, "invalid DHR config: {s}"),
+            Error::InvalidNormalization(s) => write!(f, "invalid normalisation: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Shorthand used across the crate.
+pub type Result<T> = std::result::Result<T, Error>;
