@@ -6,7 +6,7 @@
 //! let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
 //! let image = ImageView::packed(&rgb, w as u32, h as u32, PixelFormat::Rgb8)?;
 //! let out = Preprocessor::default().run::<f32>(&image)?;
-//! assert_eq!(out.plan.tensor_shape(), [3, 3, 448, 448]); // 2 tiles + thumbnail
+//! assert_eq!(out.plan.tensor_shape(), [7, 3, 448, 448]); // 3x2 tiles + thumbnail
 //! # Ok::<(), nvlm_vision::Error>(())
 //! ```
 
