@@ -156,6 +156,42 @@ def grid_bytes(sizes, min_num, max_num):
     return bytes(out)
 
 
+TABLE_CONFIGS = [(1, 6), (1, 12), (2, 4)]
+
+
+def tie_sizes(max_num):
+    """Sizes whose aspect ratio is the exact midpoint of two candidate
+    ratios, at scales on both sides of the area tie-break."""
+    ratios = target_ratios(1, max_num)
+    sizes = set()
+    for a, b in ratios:
+        for c, d in ratios:
+            num, den = a * d + b * c, 2 * b * d  # (a/b + c/d) / 2
+            for k in (1, 3, 17, 101, 400):
+                if num * k <= 8192 and den * k <= 8192:
+                    sizes.add((num * k, den * k))
+    return sizes
+
+
+def grid_table(out_path):
+    """Sizes up to 8192: a uniform sample plus every tie size, one line each:
+    `w h` then `cols rows` per TABLE_CONFIGS entry."""
+    import random
+
+    rnd = random.Random(20261128)
+    sizes = {(rnd.randint(1, 8192), rnd.randint(1, 8192)) for _ in range(6000)}
+    sizes |= {(rnd.randint(1, 8192), rnd.randint(1, 64)) for _ in range(500)}
+    sizes |= {(rnd.randint(1, 64), rnd.randint(1, 8192)) for _ in range(500)}
+    sizes |= tie_sizes(12)
+    sizes = sorted(sizes)
+    columns = [grid_bytes(sizes, lo, hi) for lo, hi in TABLE_CONFIGS]
+    with open(out_path, "w") as f:
+        f.write("# w h " + " ".join(f"cols{lo}_{hi} rows{lo}_{hi}" for lo, hi in TABLE_CONFIGS) + "\n")
+        for n, (w, h) in enumerate(sizes):
+            grids = " ".join(f"{col[2 * n]} {col[2 * n + 1]}" for col in columns)
+            f.write(f"{w} {h} {grids}\n")
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "golden":
@@ -166,14 +202,12 @@ def main(argv):
         lo, hi, side = int(argv[2]), int(argv[3]), int(argv[4])
         sizes = ((w, h) for w in range(1, side + 1) for h in range(1, side + 1))
         sys.stdout.buffer.write(grid_bytes(sizes, lo, hi))
-    elif cmd == "grids-sample":
-        lo, hi = int(argv[2]), int(argv[3])
-        with open(argv[4]) as f:
-            sizes = [tuple(map(int, line.split())) for line in f if line.strip()]
-        sys.stdout.buffer.write(grid_bytes(sizes, lo, hi))
-    elif cmd == "ratios":
-        lo, hi = int(argv[2]), int(argv[3])
-        print(json.dumps(target_ratios(lo, hi)))
+    elif cmd == "grid-table":
+        grid_table(argv[2])
+    elif cmd == "ratios-all":
+        top = int(argv[2])
+        orders = {f"{lo},{hi}": target_ratios(lo, hi) for hi in range(1, top + 1) for lo in range(1, hi + 1)}
+        print(json.dumps(orders))
     else:
         sys.exit(f"unknown command {cmd!r}\n{__doc__}")
 

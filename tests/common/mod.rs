@@ -57,3 +57,58 @@ impl Rng {
         (0..n).map(|_| self.next_u64() as u8).collect()
     }
 }
+
+/// True when running under CI (`CI` set and not "false"/"0"), where tests
+/// that need the pinned Python environments must run, not skip.
+pub fn under_ci() -> bool {
+    std::env::var("CI")
+        .map(|v| !v.is_empty() && v != "false" && v != "0")
+        .unwrap_or(false)
+}
+
+/// The Python of the pinned environment for Pillow `major` (12 or 13):
+/// `NVLM_VISION_PYTHON_PILLOW{major}`, else `.venv/pillow{major}` made by
+/// `scripts/setup_python.sh`. `None` (after one "skipped" line) when it is
+/// missing; under CI a missing environment fails the test instead.
+pub fn pillow_python(major: u32, test: &str) -> Option<PathBuf> {
+    let python = std::env::var_os(format!("NVLM_VISION_PYTHON_PILLOW{major}"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(format!(".venv/pillow{major}/bin/python"))
+        });
+    let version = std::process::Command::new(&python)
+        .args(["-c", "import PIL, numpy; print(PIL.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match version {
+        Some(v) if v.starts_with(&format!("{major}.")) => Some(python),
+        found => {
+            let why = format!(
+                "{test}: no Python with Pillow {major}.x at {} (found {found:?}); run scripts/setup_python.sh",
+                python.display()
+            );
+            assert!(!under_ci(), "{why} (CI requires this test to run)");
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// Runs `scripts/pillow_reference.py ARGS` with `python`, returning stdout.
+pub fn run_reference(python: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pillow_reference.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "pillow_reference.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
