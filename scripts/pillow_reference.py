@@ -129,18 +129,18 @@ def golden(fixture_dir, out_json):
 
 
 def batch(manifest_path):
-    """Jobs from the live parity test. Each job names a raw RGB file and what
-    to produce; outputs are written next to it."""
+    """Jobs from the live parity test. Each job names a raw image file (PIL
+    `mode`), what to produce from it, and where to write the bytes."""
     with open(manifest_path) as f:
         jobs = json.load(f)
     for job in jobs:
         w, h = job["width"], job["height"]
         with open(job["input"], "rb") as f:
-            im = Image.frombytes("RGB", (w, h), f.read())
+            im = Image.frombytes(job["mode"], (w, h), f.read()).convert("RGB")
         if job["kind"] == "resize":
             out = im.resize((job["out_width"], job["out_height"]))
             data = out.tobytes()
-        else:  # "dhr"
+        else:  # "dhr_u8" or "dhr_f32"
             _, tiles = dynamic_preprocess(im, job["min_tiles"], job["max_tiles"], 448, job["thumbnail"])
             data = normalize(tiles).tobytes() if job["kind"] == "dhr_f32" else b"".join(t.tobytes() for t in tiles)
         with open(job["output"], "wb") as f:
