@@ -56,8 +56,16 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
-            "--max-tiles" => config.max_tiles = value(&arg)?.parse().map_err(|e| format!("--max-tiles: {e}"))?,
-            "--min-tiles" => config.min_tiles = value(&arg)?.parse().map_err(|e| format!("--min-tiles: {e}"))?,
+            "--max-tiles" => {
+                config.max_tiles = value(&arg)?
+                    .parse()
+                    .map_err(|e| format!("--max-tiles: {e}"))?
+            }
+            "--min-tiles" => {
+                config.min_tiles = value(&arg)?
+                    .parse()
+                    .map_err(|e| format!("--min-tiles: {e}"))?
+            }
             "--no-thumbnail" => config.thumbnail = false,
             "--pillow" => {
                 pillow = match value(&arg)?.as_str() {
@@ -68,14 +76,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
             }
             "--dtype" => {
                 let name = value(&arg)?;
-                dtype = Dtype::parse(&name).ok_or(format!("--dtype takes f32, bf16 or f16, not {name}"))?;
+                dtype = Dtype::parse(&name)
+                    .ok_or(format!("--dtype takes f32, bf16 or f16, not {name}"))?;
             }
             "--device" => match value(&arg)?.as_str() {
                 "cpu" => {}
                 "cuda" => {
-                    return Err("--device cuda: the CUDA preprocessing kernel is not built yet; \
+                    return Err(
+                        "--device cuda: the CUDA preprocessing kernel is not built yet; \
                                 this version of nvlm-vision has the CPU path only"
-                        .into());
+                            .into(),
+                    );
                 }
                 other => return Err(format!("--device takes cpu or cuda, not {other}")),
             },
@@ -99,14 +110,29 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
     }
     let image: PathBuf = image.ok_or("no IMAGE given")?;
     let sheet = sheet.unwrap_or_else(|| {
-        let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = image
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         PathBuf::from(format!("{stem}_tiles.png"))
     });
-    Ok(Options { image, config, pillow, dtype, tags, sheet, npy, json })
+    Ok(Options {
+        image,
+        config,
+        pillow,
+        dtype,
+        tags,
+        sheet,
+        npy,
+        json,
+    })
 }
 
 /// Preprocesses into a `T` tensor and returns its little-endian bytes.
-fn tensor_bytes<T: TensorElement>(pre: &Preprocessor, view: &ImageView<'_>) -> Result<Vec<u8>, String> {
+fn tensor_bytes<T: TensorElement>(
+    pre: &Preprocessor,
+    view: &ImageView<'_>,
+) -> Result<Vec<u8>, String> {
     let out = pre.run::<T>(view).map_err(|e| e.to_string())?;
     Ok(bytemuck::cast_slice(&out.data).to_vec())
 }
@@ -146,17 +172,29 @@ fn write_contact_sheet(path: &Path, plan: &TilePlan, tiles: &[u8]) -> Result<(),
             (plan.grid.cols, 0)
         };
         let tile = image::RgbImage::from_raw(t, t, tile.to_vec()).ok_or("tile size")?;
-        image::imageops::replace(&mut sheet, &tile, i64::from(col * (t + GAP)), i64::from(row * (t + GAP)));
+        image::imageops::replace(
+            &mut sheet,
+            &tile,
+            i64::from(col * (t + GAP)),
+            i64::from(row * (t + GAP)),
+        );
     }
-    sheet.save(path).map_err(|e| format!("{}: {e}", path.display()))
+    sheet
+        .save(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn run(opts: &Options) -> Result<(), String> {
     let t0 = Instant::now();
     let img = decode::decode_file(&opts.image)?;
     let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let view = ImageView::packed(&img.pixels, img.width, img.height, img.format).map_err(|e| e.to_string())?;
-    let pre = Preprocessor { config: opts.config, pillow: opts.pillow, ..Default::default() };
+    let view = ImageView::packed(&img.pixels, img.width, img.height, img.format)
+        .map_err(|e| e.to_string())?;
+    let pre = Preprocessor {
+        config: opts.config,
+        pillow: opts.pillow,
+        ..Default::default()
+    };
 
     let t1 = Instant::now();
     let tensor = match opts.dtype {
@@ -169,7 +207,8 @@ fn run(opts: &Options) -> Result<(), String> {
     let (plan, tiles) = pre.tiles_rgb(&view).map_err(|e| e.to_string())?;
     write_contact_sheet(&opts.sheet, &plan, &tiles)?;
     if let Some(npy) = &opts.npy {
-        write_npy(npy, opts.dtype, plan.tensor_shape(), &tensor).map_err(|e| format!("{}: {e}", npy.display()))?;
+        write_npy(npy, opts.dtype, plan.tensor_shape(), &tensor)
+            .map_err(|e| format!("{}: {e}", npy.display()))?;
     }
     let tags = tile_tags(&plan, opts.tags);
     let prompt_tokens = plan.num_outputs() * PromptFormat::nvlm_d().tokens_per_tile;
@@ -195,7 +234,13 @@ fn run(opts: &Options) -> Result<(), String> {
         });
         println!("{}", serde_json::to_string_pretty(&summary).unwrap());
     } else {
-        println!("{}: {}x{} {:?}", opts.image.display(), img.width, img.height, img.format);
+        println!(
+            "{}: {}x{} {:?}",
+            opts.image.display(),
+            img.width,
+            img.height,
+            img.format
+        );
         println!(
             "grid {}x{} (resized to {}x{}), {} tiles{} -> tensor {:?} {}",
             plan.grid.cols,
@@ -209,7 +254,10 @@ fn run(opts: &Options) -> Result<(), String> {
         );
         println!("tags: {}", tags.join(" "));
         println!("image tokens: {prompt_tokens}");
-        println!("decode {decode_ms:.2} ms, preprocess {preprocess_ms:.2} ms ({:?} order)", opts.pillow);
+        println!(
+            "decode {decode_ms:.2} ms, preprocess {preprocess_ms:.2} ms ({:?} order)",
+            opts.pillow
+        );
         println!("contact sheet: {}", opts.sheet.display());
         if let Some(npy) = &opts.npy {
             println!("tensor: {}", npy.display());

@@ -85,6 +85,7 @@ impl AxisCoefficients {
     }
 
     /// The weights of output sample `o`, `count[o]` long.
+    #[inline]
     pub fn weights(&self, o: usize) -> &[i32] {
         let start = o * self.taps as usize;
         &self.coeffs[start..start + self.count[o] as usize]

@@ -270,8 +270,8 @@ impl PySetOfPairs {
             } else {
                 0
             };
-            for slot in i..=i + probes {
-                match table[slot] {
+            for (slot, entry) in table.iter().enumerate().skip(i).take(probes + 1) {
+                match *entry {
                     None => return slot,
                     Some((h, k)) if h == hash && k == key => return slot,
                     Some(_) => {}
