@@ -8,12 +8,17 @@
 #[path = "../tests/common/decode.rs"]
 mod decode;
 
+use cudarc::driver::DeviceRepr;
 use half::{bf16, f16};
+use nvlm_vision::cuda::Gpu;
 use nvlm_vision::dtype::{Dtype, TensorElement};
 use nvlm_vision::preprocess::tags::{PromptFormat, TileTagStyle, tile_tags};
-use nvlm_vision::preprocess::{DhrConfig, ImageView, PillowVersion, Preprocessor, TilePlan};
+use nvlm_vision::preprocess::{
+    CudaPreprocessor, DhrConfig, ImageView, PillowVersion, Preprocessor, TilePlan,
+};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 const USAGE: &str = "usage: preprocess IMAGE [--max-tiles N] [--min-tiles N] [--no-thumbnail]
@@ -27,7 +32,8 @@ const USAGE: &str = "usage: preprocess IMAGE [--max-tiles N] [--min-tiles N] [--
   --pillow 12|13  Pillow release whose pass order to reproduce (default 12)
   --dtype         element type of the tensor (default f32); bf16 is written to
                   .npy as uint16 bit patterns ('<u2'), numpy having no bf16
-  --device        cpu (default); cuda is not built yet
+  --device        cpu (default) or cuda (GPU 0; the timing then includes
+                  the copies to and from the device)
   --tags          tile tag style for the printed prompt (default 1d)
   --sheet PATH    contact sheet of the tiles (default IMAGE_STEM_tiles.png)
   --npy PATH      write the [T, 3, 448, 448] tensor as a .npy file
@@ -42,6 +48,7 @@ struct Options {
     sheet: PathBuf,
     npy: Option<PathBuf>,
     json: bool,
+    cuda: bool,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -53,6 +60,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
     let mut sheet = None;
     let mut npy = None;
     let mut json = false;
+    let mut cuda = false;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {
@@ -79,17 +87,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
                 dtype = Dtype::parse(&name)
                     .ok_or(format!("--dtype takes f32, bf16 or f16, not {name}"))?;
             }
-            "--device" => match value(&arg)?.as_str() {
-                "cpu" => {}
-                "cuda" => {
-                    return Err(
-                        "--device cuda: the CUDA preprocessing kernel is not built yet; \
-                                this version of nvlm-vision has the CPU path only"
-                            .into(),
-                    );
+            "--device" => {
+                cuda = match value(&arg)?.as_str() {
+                    "cpu" => false,
+                    "cuda" => true,
+                    other => return Err(format!("--device takes cpu or cuda, not {other}")),
                 }
-                other => return Err(format!("--device takes cpu or cuda, not {other}")),
-            },
+            }
             "--tags" => {
                 tags = match value(&arg)?.as_str() {
                     "none" => TileTagStyle::None,
@@ -125,16 +129,28 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
         sheet,
         npy,
         json,
+        cuda,
     })
 }
 
-/// Preprocesses into a `T` tensor and returns its little-endian bytes.
-fn tensor_bytes<T: TensorElement>(
+/// Preprocesses into a `T` tensor, on the GPU when `gpu` is given, and
+/// returns its little-endian bytes.
+fn tensor_bytes<T: TensorElement + DeviceRepr>(
     pre: &Preprocessor,
+    gpu: Option<&Arc<Gpu>>,
     view: &ImageView<'_>,
 ) -> Result<Vec<u8>, String> {
-    let out = pre.run::<T>(view).map_err(|e| e.to_string())?;
-    Ok(bytemuck::cast_slice(&out.data).to_vec())
+    let data: Vec<T> = match gpu {
+        None => pre.run::<T>(view).map_err(|e| e.to_string())?.data,
+        Some(gpu) => {
+            let cuda = CudaPreprocessor::new(*pre, gpu.clone());
+            let (_, out) = cuda.run::<T>(view).map_err(|e| e.to_string())?;
+            gpu.stream()
+                .clone_dtoh(&out)
+                .map_err(|e| format!("copy tensor to host: {e}"))?
+        }
+    };
+    Ok(bytemuck::cast_slice(&data).to_vec())
 }
 
 /// A `.npy` (format 1.0) file: magic, header dict padded to 64 bytes, data.
@@ -196,11 +212,16 @@ fn run(opts: &Options) -> Result<(), String> {
         ..Default::default()
     };
 
+    let gpu = if opts.cuda {
+        Some(Gpu::new(0).map_err(|e| format!("--device cuda: {e}"))?)
+    } else {
+        None
+    };
     let t1 = Instant::now();
     let tensor = match opts.dtype {
-        Dtype::F32 => tensor_bytes::<f32>(&pre, &view)?,
-        Dtype::Bf16 => tensor_bytes::<bf16>(&pre, &view)?,
-        Dtype::F16 => tensor_bytes::<f16>(&pre, &view)?,
+        Dtype::F32 => tensor_bytes::<f32>(&pre, gpu.as_ref(), &view)?,
+        Dtype::Bf16 => tensor_bytes::<bf16>(&pre, gpu.as_ref(), &view)?,
+        Dtype::F16 => tensor_bytes::<f16>(&pre, gpu.as_ref(), &view)?,
     };
     let preprocess_ms = t1.elapsed().as_secs_f64() * 1e3;
 
@@ -230,6 +251,7 @@ fn run(opts: &Options) -> Result<(), String> {
             "image_tokens": prompt_tokens,
             "tensor": {"dtype": opts.dtype.name(), "shape": plan.tensor_shape(), "npy": opts.npy},
             "sheet": opts.sheet,
+            "device": if opts.cuda { "cuda" } else { "cpu" },
             "timings_ms": {"decode": decode_ms, "preprocess": preprocess_ms},
         });
         println!("{}", serde_json::to_string_pretty(&summary).unwrap());
@@ -255,7 +277,8 @@ fn run(opts: &Options) -> Result<(), String> {
         println!("tags: {}", tags.join(" "));
         println!("image tokens: {prompt_tokens}");
         println!(
-            "decode {decode_ms:.2} ms, preprocess {preprocess_ms:.2} ms ({:?} order)",
+            "decode {decode_ms:.2} ms, preprocess {preprocess_ms:.2} ms on {} ({:?} order)",
+            if opts.cuda { "cuda" } else { "cpu" },
             opts.pillow
         );
         println!("contact sheet: {}", opts.sheet.display());

@@ -27,6 +27,11 @@ pub enum Error {
     InvalidConfig(String),
     /// A normalisation std of zero, or a non-finite mean/std.
     InvalidNormalization(String),
+    /// A GPU entry point in a build without compiled kernels (no nvcc at
+    /// build time), or no usable CUDA driver or device.
+    CudaUnavailable(String),
+    /// A CUDA driver call failed; the message names the call.
+    Cuda(String),
 }
 
 impl fmt::Display for Error {
@@ -49,6 +54,8 @@ impl fmt::Display for Error {
             Error::UnsupportedFormat(s) => write!(f, "unsupported pixel format: {s}"),
             Error::InvalidConfig(s) => write!(f, "invalid DHR config: {s}"),
             Error::InvalidNormalization(s) => write!(f, "invalid normalisation: {s}"),
+            Error::CudaUnavailable(s) => write!(f, "CUDA unavailable: {s}"),
+            Error::Cuda(s) => write!(f, "CUDA error: {s}"),
         }
     }
 }

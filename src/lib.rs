@@ -6,6 +6,8 @@
 //! GPU kernels are tested against, and the default path on machines without a
 //! GPU.
 
+pub mod abi;
+pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod preprocess;

@@ -24,7 +24,7 @@ pub enum PillowVersion {
 
 impl PillowVersion {
     /// Whether this version runs the vertical pass first for this resize.
-    fn vertical_first(self, in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
+    pub(crate) fn vertical_first(self, in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
         match self {
             PillowVersion::V12 => u64::from(in_h) > 100 * u64::from(in_w) && out_h < in_h,
             PillowVersion::V13 => {

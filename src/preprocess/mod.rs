@@ -12,12 +12,14 @@
 
 mod coeffs;
 mod cpu;
+mod gpu;
 mod image;
 mod plan;
 pub mod tags;
 
 pub use coeffs::{AxisCoefficients, PRECISION_BITS};
 pub use cpu::{Interleaved, PillowVersion, normalize_value};
+pub use gpu::CudaPreprocessor;
 pub use image::{ImageView, PixelFormat};
 pub use plan::{
     DhrConfig, Grid, MAX_PIXELS, MAX_SIDE, MAX_TILE_SIZE, MAX_TILES_LIMIT, Rect, TilePlan,
