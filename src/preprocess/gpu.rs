@@ -9,7 +9,7 @@
 use crate::abi::{NvlmIntermediate, NvlmResamplePass, NvlmTileWrite};
 use crate::cuda::{Gpu, driver_error};
 use crate::dtype::TensorElement;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::preprocess::coeffs::AxisCoefficients;
 use crate::preprocess::cpu::normalization_tables;
 use crate::preprocess::{ImageView, Preprocessor, TilePlan};
@@ -63,24 +63,15 @@ impl CudaPreprocessor {
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
         let pre = &self.preprocessor;
-        pre.normalization.validate()?;
-        if *plan != pre.plan(image.width(), image.height())? {
-            return Err(Error::InvalidConfig(
-                "the plan given is not this preprocessor's plan for the image".into(),
-            ));
-        }
-        if out.len() != plan.tensor_len() {
-            return Err(Error::BufferTooShort {
-                what: "device output tensor (elements, must be exact)",
-                len: out.len(),
-                needed: plan.tensor_len(),
-            });
-        }
+        pre.check_run(
+            image,
+            plan,
+            out.len(),
+            "device output tensor (elements, must be exact)",
+        )?;
         let stream = self.gpu.stream();
-        let used = (image.height() as usize - 1) * image.stride()
-            + image.width() as usize * image.format().bytes_per_pixel();
         let src = stream
-            .clone_htod(&image.data()[..used])
+            .clone_htod(image.data())
             .map_err(driver_error("copy image to device"))?;
         let tables = normalization_tables::<T>(pre.normalization.mean, pre.normalization.std);
         let flat: Vec<T> = tables.iter().flatten().copied().collect();
@@ -93,10 +84,12 @@ impl CudaPreprocessor {
         if plan.thumbnail {
             targets.push(((t, t), 1, plan.tiles.len() as u32));
         }
+        // Each target synchronizes before returning, so `src` and `table`
+        // outlive the kernels that read them.
         for ((w, h), tiles_across, first_output) in targets {
             self.resize_into_tiles(image, &src, (w, h), tiles_across, first_output, &table, out)?;
         }
-        stream.synchronize().map_err(driver_error("synchronize"))
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

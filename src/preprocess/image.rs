@@ -95,8 +95,10 @@ impl<'a> ImageView<'a> {
                 needed,
             });
         }
+        // Keep only the bytes the image spans, so `data()` is exactly what a
+        // copy (to a GPU, say) must carry.
         Ok(ImageView {
-            data,
+            data: &data[..needed],
             width,
             height,
             stride,
@@ -127,6 +129,8 @@ impl<'a> ImageView<'a> {
     pub fn format(&self) -> PixelFormat {
         self.format
     }
+    /// The bytes the image spans: `stride * (height - 1) + row_bytes`,
+    /// without any padding after the last row.
     pub fn data(&self) -> &'a [u8] {
         self.data
     }

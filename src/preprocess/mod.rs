@@ -167,15 +167,12 @@ impl Preprocessor {
         plan: &TilePlan,
         out: &mut [T],
     ) -> Result<()> {
-        self.normalization.validate()?;
-        self.check_plan(image, plan)?;
-        if out.len() != plan.tensor_len() {
-            return Err(Error::BufferTooShort {
-                what: "output tensor (elements, must be exact)",
-                len: out.len(),
-                needed: plan.tensor_len(),
-            });
-        }
+        self.check_run(
+            image,
+            plan,
+            out.len(),
+            "output tensor (elements, must be exact)",
+        )?;
         let tables =
             cpu::normalization_tables::<T>(self.normalization.mean, self.normalization.std);
         match image.format().colour_channels() {
@@ -202,7 +199,17 @@ impl Preprocessor {
         Ok((plan, out))
     }
 
-    fn check_plan(&self, image: &ImageView<'_>, plan: &TilePlan) -> Result<()> {
+    /// The checks every run makes before any work, CPU or GPU: valid
+    /// normalisation, `plan` being this preprocessor's plan for `image`, and
+    /// an output of exactly `plan.tensor_len()` elements.
+    pub(crate) fn check_run(
+        &self,
+        image: &ImageView<'_>,
+        plan: &TilePlan,
+        out_len: usize,
+        what: &'static str,
+    ) -> Result<()> {
+        self.normalization.validate()?;
         let expected = self.plan(image.width(), image.height())?;
         if *plan != expected {
             return Err(Error::InvalidConfig(format!(
@@ -213,6 +220,13 @@ impl Preprocessor {
                 image.width(),
                 image.height()
             )));
+        }
+        if out_len != plan.tensor_len() {
+            return Err(Error::BufferTooShort {
+                what,
+                len: out_len,
+                needed: plan.tensor_len(),
+            });
         }
         Ok(())
     }
