@@ -22,16 +22,34 @@ pub enum PillowVersion {
     V13,
 }
 
+/// The passes a resize runs, in order: Pillow skips a pass whose axis keeps
+/// its size, and the version decides the order when both run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Passes {
+    Copy,
+    Horizontal,
+    Vertical,
+    HorizontalThenVertical,
+    VerticalThenHorizontal,
+}
+
 impl PillowVersion {
-    /// Whether this version runs the vertical pass first for this resize.
-    pub(crate) fn vertical_first(self, in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> bool {
-        match self {
+    /// The passes this version runs to resize `in_w`×`in_h` to `out_w`×`out_h`.
+    pub(crate) fn passes(self, in_w: u32, in_h: u32, out_w: u32, out_h: u32) -> Passes {
+        let vertical_first = match self {
             PillowVersion::V12 => u64::from(in_h) > 100 * u64::from(in_w) && out_h < in_h,
             PillowVersion::V13 => {
                 let shrink_h = i64::from(in_h) - i64::from(out_h);
                 let shrink_w = i64::from(in_w) - i64::from(out_w);
                 shrink_h > 0 && shrink_h > 2 * shrink_w
             }
+        };
+        match (out_w != in_w, out_h != in_h) {
+            (false, false) => Passes::Copy,
+            (true, false) => Passes::Horizontal,
+            (false, true) => Passes::Vertical,
+            (true, true) if vertical_first => Passes::VerticalThenHorizontal,
+            (true, true) => Passes::HorizontalThenVertical,
         }
     }
 }
@@ -123,19 +141,17 @@ pub(crate) fn resize_channels_portable<const C: usize>(
     debug_assert_eq!(C, src.format().colour_channels());
     let rows = Rows::of_view(src);
     let (in_w, in_h) = (src.width(), src.height());
-    let need_horizontal = out_w != in_w;
-    let need_vertical = out_h != in_h;
     let horizontal_axis = || AxisCoefficients::bicubic(in_w, out_w);
     let vertical_axis = || AxisCoefficients::bicubic(in_h, out_h);
-    match (need_horizontal, need_vertical) {
-        (false, false) => copy_channels::<C>(rows),
-        (true, false) => horizontal_pass::<C>(rows, &horizontal_axis()),
-        (false, true) => vertical_pass::<C>(rows, &vertical_axis()),
-        (true, true) if pillow.vertical_first(in_w, in_h, out_w, out_h) => {
+    match pillow.passes(in_w, in_h, out_w, out_h) {
+        Passes::Copy => copy_channels::<C>(rows),
+        Passes::Horizontal => horizontal_pass::<C>(rows, &horizontal_axis()),
+        Passes::Vertical => vertical_pass::<C>(rows, &vertical_axis()),
+        Passes::VerticalThenHorizontal => {
             let tmp = vertical_pass::<C>(rows, &vertical_axis());
             horizontal_pass::<C>(Rows::of_packed(&tmp), &horizontal_axis())
         }
-        (true, true) => {
+        Passes::HorizontalThenVertical => {
             let tmp = horizontal_pass::<C>(rows, &horizontal_axis());
             vertical_pass::<C>(Rows::of_packed(&tmp), &vertical_axis())
         }

@@ -11,7 +11,7 @@ use crate::cuda::{Gpu, driver_error};
 use crate::dtype::TensorElement;
 use crate::error::Result;
 use crate::preprocess::coeffs::AxisCoefficients;
-use crate::preprocess::cpu::normalization_tables;
+use crate::preprocess::cpu::{Passes, normalization_tables};
 use crate::preprocess::{ImageView, Preprocessor, TilePlan};
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
@@ -115,20 +115,16 @@ impl CudaPreprocessor {
         };
         let horizontal = self.upload_axis(in_w, out_w)?;
         let vertical = self.upload_axis(in_h, out_h)?;
-        let need_h = out_w != in_w;
-        let need_v = out_h != in_h;
 
         // (first pass, last pass): a pass is (axis, is_vertical).
-        let vertical_first = self
-            .preprocessor
-            .pillow
-            .vertical_first(in_w, in_h, out_w, out_h);
-        let (first, last) = match (need_h, need_v) {
-            (true, true) if vertical_first => (Some((&vertical, true)), (&horizontal, false)),
-            (true, true) => (Some((&horizontal, false)), (&vertical, true)),
-            (false, true) => (None, (&vertical, true)),
-            // Only horizontal, or a copy: an identity horizontal pass is exact.
-            _ => (None, (&horizontal, false)),
+        let (first, last) = match self.preprocessor.pillow.passes(in_w, in_h, out_w, out_h) {
+            Passes::VerticalThenHorizontal => (Some((&vertical, true)), (&horizontal, false)),
+            Passes::HorizontalThenVertical => (Some((&horizontal, false)), (&vertical, true)),
+            Passes::Vertical => (None, (&vertical, true)),
+            Passes::Horizontal => (None, (&horizontal, false)),
+            // Pillow copies; an identity pass is exact (each weight row is
+            // a single 1.0 at the centre), so the last pass can do the copy.
+            Passes::Copy => (None, (&horizontal, false)),
         };
 
         let mut intermediate_buf: Option<CudaSlice<u8>> = None;
