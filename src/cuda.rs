@@ -5,13 +5,42 @@ use crate::error::{Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr};
 use std::sync::{Arc, OnceLock};
 
-#[cfg(nvlm_vision_kernels)]
-const PREPROCESS_FATBIN: Option<&[u8]> = Some(include_bytes!(concat!(
-    env!("OUT_DIR"),
-    "/preprocess.fatbin"
-)));
-#[cfg(not(nvlm_vision_kernels))]
-const PREPROCESS_FATBIN: Option<&[u8]> = None;
+/// Declares the kernel modules: one `kernels/<file>.cu` each, compiled by
+/// build.rs into `OUT_DIR/<file>.fatbin`. Adding a kernel file means adding
+/// one line here.
+macro_rules! kernel_modules {
+    ($($variant:ident => $file:literal),+ $(,)?) => {
+        /// A kernel module (one `kernels/*.cu` file).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum KernelModule { $($variant),+ }
+
+        impl KernelModule {
+            const ALL: &'static [KernelModule] = &[$(KernelModule::$variant),+];
+
+            fn file(self) -> &'static str {
+                match self { $(KernelModule::$variant => concat!($file, ".fatbin")),+ }
+            }
+
+            /// The embedded fatbin, or `None` in a build without nvcc.
+            fn fatbin(self) -> Option<&'static [u8]> {
+                match self {
+                    $(
+                        #[cfg(nvlm_vision_kernels)]
+                        KernelModule::$variant => Some(include_bytes!(
+                            concat!(env!("OUT_DIR"), "/", $file, ".fatbin")
+                        )),
+                        #[cfg(not(nvlm_vision_kernels))]
+                        KernelModule::$variant => None,
+                    )+
+                }
+            }
+        }
+    };
+}
+
+kernel_modules! {
+    Preprocess => "preprocess",
+}
 
 /// The ptxas resource report (registers, spills, shared memory per kernel
 /// and architecture) of this build, or `None` when it has no kernels.
@@ -36,7 +65,7 @@ pub(crate) fn driver_error(call: &str) -> impl Fn(cudarc::driver::DriverError) -
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    preprocess: OnceLock<Arc<CudaModule>>,
+    modules: [OnceLock<Arc<CudaModule>>; KernelModule::ALL.len()],
 }
 
 impl Gpu {
@@ -44,7 +73,7 @@ impl Gpu {
     /// this build has no kernels, the driver library is missing, or there is
     /// no such device.
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
-        if PREPROCESS_FATBIN.is_none() {
+        if KernelModule::ALL.iter().any(|m| m.fatbin().is_none()) {
             return Err(Error::CudaUnavailable(
                 "this build of nvlm-vision has no CUDA kernels (nvcc was not found at build time)"
                     .into(),
@@ -62,7 +91,7 @@ impl Gpu {
         Ok(Arc::new(Gpu {
             ctx,
             stream,
-            preprocess: OnceLock::new(),
+            modules: std::array::from_fn(|_| OnceLock::new()),
         }))
     }
 
@@ -74,19 +103,20 @@ impl Gpu {
         &self.stream
     }
 
-    /// A function of the preprocessing module, loading it on first use.
-    pub(crate) fn preprocess_function(&self, name: &str) -> Result<CudaFunction> {
-        let module = match self.preprocess.get() {
+    /// A function of `module`, loading the module on first use.
+    pub(crate) fn function(&self, module: KernelModule, name: &str) -> Result<CudaFunction> {
+        let slot = &self.modules[module as usize];
+        let loaded = match slot.get() {
             Some(m) => m.clone(),
             None => {
-                let fatbin = PREPROCESS_FATBIN.expect("checked in Gpu::new");
-                let module = self
+                let fatbin = module.fatbin().expect("checked in Gpu::new");
+                let loaded = self
                     .ctx
                     .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
-                    .map_err(driver_error("loading preprocess.fatbin"))?;
-                self.preprocess.get_or_init(|| module).clone()
+                    .map_err(driver_error(module.file()))?;
+                slot.get_or_init(|| loaded).clone()
             }
         };
-        module.load_function(name).map_err(driver_error(name))
+        loaded.load_function(name).map_err(driver_error(name))
     }
 }

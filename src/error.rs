@@ -27,6 +27,12 @@ pub enum Error {
     InvalidConfig(String),
     /// A normalisation std of zero, or a non-finite mean/std.
     InvalidNormalization(String),
+    /// Tensor shapes, strides or lengths that do not fit together, or a
+    /// tensor too large for the kernels' index types.
+    InvalidShape(String),
+    /// A valid request this crate does not implement (e.g. a head_dim
+    /// without a kernel).
+    Unsupported(String),
     /// A GPU entry point in a build without compiled kernels (no nvcc at
     /// build time), or no usable CUDA driver or device.
     CudaUnavailable(String),
@@ -54,6 +60,8 @@ impl fmt::Display for Error {
             Error::UnsupportedFormat(s) => write!(f, "unsupported pixel format: {s}"),
             Error::InvalidConfig(s) => write!(f, "invalid DHR config: {s}"),
             Error::InvalidNormalization(s) => write!(f, "invalid normalisation: {s}"),
+            Error::InvalidShape(s) => write!(f, "invalid shape: {s}"),
+            Error::Unsupported(s) => write!(f, "unsupported: {s}"),
             Error::CudaUnavailable(s) => write!(f, "CUDA unavailable: {s}"),
             Error::Cuda(s) => write!(f, "CUDA error: {s}"),
         }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::Rng;
+use common::gpu::gpu_or_skip;
 use common::decode::decode_file;
 use cudarc::driver::DeviceRepr;
 use half::{bf16, f16};
@@ -15,18 +16,6 @@ use nvlm_vision::preprocess::{
     CudaPreprocessor, DhrConfig, ImageView, PillowVersion, PixelFormat, Preprocessor,
 };
 use std::sync::Arc;
-
-fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
-    match Gpu::new(0) {
-        Ok(gpu) => Some(gpu),
-        Err(e) => {
-            let required = std::env::var("NVLM_VISION_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "{test}: NVLM_VISION_REQUIRE_GPU=1 but {e}");
-            eprintln!("skipped: no CUDA device ({test}: {e})");
-            None
-        }
-    }
-}
 
 /// Runs both paths on `view` and asserts equal bits and a fully written,
 /// NaN-poisoned device output.

@@ -7,7 +7,7 @@
 //! intermediate, then a last pass that writes normalised tiles.
 
 use crate::abi::{NvlmIntermediate, NvlmResamplePass, NvlmTileWrite};
-use crate::cuda::{Gpu, driver_error};
+use crate::cuda::{Gpu, KernelModule, driver_error};
 use crate::dtype::TensorElement;
 use crate::error::Result;
 use crate::preprocess::coeffs::AxisCoefficients;
@@ -141,7 +141,7 @@ impl CudaPreprocessor {
                 pass: pass_params(&source, axis, is_vertical, channels, (w, h), stream),
                 dst: device_addr(&buf, stream),
             };
-            let f = self.gpu.preprocess_function("resample_to_intermediate")?;
+            let f = self.gpu.function(KernelModule::Preprocess, "resample_to_intermediate")?;
             // SAFETY: the params describe live device buffers of the sizes the
             // kernel indexes (checked on the host above); one stream orders it.
             unsafe {
@@ -180,7 +180,7 @@ impl CudaPreprocessor {
             tiles_across,
             first_output,
         };
-        let f = self.gpu.preprocess_function("resample_to_tiles")?;
+        let f = self.gpu.function(KernelModule::Preprocess, "resample_to_tiles")?;
         // SAFETY: as above; the tensor holds every tile this target writes.
         unsafe {
             stream

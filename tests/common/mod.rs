@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod decode;
+pub mod gpu;
 
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;

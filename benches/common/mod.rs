@@ -1,0 +1,40 @@
+//! Shared by the GPU benches: device time from CUDA events, and the GPU
+//! policy (skip without a device unless `NVLM_VISION_REQUIRE_GPU=1`).
+#![allow(dead_code)] // each bench uses a different subset
+
+use cudarc::driver::sys::CUevent_flags;
+use nvlm_vision::cuda::Gpu;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Device 0, or `None` (after printing why) when the bench should skip.
+pub fn gpu_or_skip(bench: &str) -> Option<Arc<Gpu>> {
+    match Gpu::new(0) {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            let required = std::env::var("NVLM_VISION_REQUIRE_GPU").is_ok_and(|v| v == "1");
+            assert!(!required, "{bench}: NVLM_VISION_REQUIRE_GPU=1 but {e}");
+            eprintln!("skipped: no CUDA device ({bench}: {e})");
+            None
+        }
+    }
+}
+
+/// GPU time of `iters` calls of `launch(i)` queued back to back on the
+/// GPU's stream, from CUDA events around them (for criterion's
+/// `iter_custom`). `launch` gets the iteration index so callers can rotate
+/// among input sets larger than L2. Panics on any CUDA error: a bench that
+/// fails must not report a time.
+pub fn device_time(gpu: &Gpu, iters: u64, mut launch: impl FnMut(u64)) -> Duration {
+    let ctx = gpu.context();
+    let stream = gpu.stream();
+    let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
+    let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
+    start.record(stream).expect("record start");
+    for i in 0..iters {
+        launch(i);
+    }
+    end.record(stream).expect("record end");
+    let ms = start.elapsed_ms(&end).expect("elapsed time");
+    Duration::from_secs_f64(f64::from(ms) * 1e-3)
+}

@@ -1,0 +1,18 @@
+//! The GPU test policy: without a usable device a GPU test prints one
+//! "skipped" line and passes; with `NVLM_VISION_REQUIRE_GPU=1` it fails.
+
+use nvlm_vision::cuda::Gpu;
+use std::sync::Arc;
+
+/// Device 0, or `None` (after printing why) when the test should skip.
+pub fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
+    match Gpu::new(0) {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            let required = std::env::var("NVLM_VISION_REQUIRE_GPU").is_ok_and(|v| v == "1");
+            assert!(!required, "{test}: NVLM_VISION_REQUIRE_GPU=1 but {e}");
+            eprintln!("skipped: no CUDA device ({test}: {e})");
+            None
+        }
+    }
+}
