@@ -1,41 +1,128 @@
 #!/usr/bin/env bash
-# Runs a GPU bundle (made by scripts/gpu_bundle.sh) on a GPU host:
-# every GPU test with the GPU required, then the same tests under
-# compute-sanitizer memcheck, racecheck and initcheck. Logs and a summary
-# table go to RESULTS_DIR.
+# Runs a GPU bundle (made by scripts/gpu_bundle.sh) on a GPU host.
 #
-#   run.sh RESULTS_DIR
+#   run.sh RESULTS_DIR [PHASE...]      PHASE: tests sanitize bench peers all
+#
+#   tests     every gpu test binary, GPU required, one test at a time
+#   sanitize  compute-sanitizer memcheck, racecheck, initcheck on each gpu
+#             test binary, skipping tests named `*_at_model_shapes*`
+#   bench     every gpu bench binary (criterion, short times; results under
+#             RESULTS_DIR/criterion)
+#   peers     every peer script with python3, JSON lines into RESULTS_DIR/peers
+#   all       (default) tests, bench, peers, sanitize: numbers before the
+#             slow sanitizer, in case time runs out
+#
+# One log per step in RESULTS_DIR. It ends by printing the tails of failed
+# steps' logs and then summary.md (card, exit code and seconds per step,
+# per-stage timing table with ratios to the peers), so the end of the output
+# says what happened. Exit code: 0 when every step passed, 1 when one failed,
+# 2 when it could not start (usage, no GPU).
+#
+# Time limits per step (seconds): NVLM_VISION_TEST_TIMEOUT (default 300),
+# NVLM_VISION_SANITIZE_TIMEOUT (300), NVLM_VISION_BENCH_TIMEOUT (150),
+# NVLM_VISION_PEER_TIMEOUT (120).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-results=${1:?usage: run.sh RESULTS_DIR}
-mkdir -p "$results"
-export NVLM_VISION_REQUIRE_GPU=1 NVLM_VISION_FIXTURES="$here/fixtures"
-summary="$results/summary.md"
-{
-    echo "# GPU bundle run, $(date -u +%Y-%m-%dT%H:%MZ)"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/card: /'
-    echo
-    echo "| step | exit code | log |"
-    echo "|---|---|---|"
-} > "$summary"
+usage="usage: run.sh RESULTS_DIR [tests|sanitize|bench|peers|all ...]"
+if [ $# -lt 1 ] || [[ $1 == -* ]]; then
+    echo "$usage" >&2
+    exit 2
+fi
+results=$(mkdir -p "$1" && cd "$1" && pwd) || { echo "run.sh: cannot create $1" >&2; exit 2; }
+shift
+phases=("$@")
+[ ${#phases[@]} -eq 0 ] && phases=(all)
+for p in "${phases[@]}"; do
+    case $p in
+        tests | sanitize | bench | peers) ;;
+        all) phases=(tests bench peers sanitize); break ;;
+        *) echo "run.sh: unknown phase '$p'; $usage" >&2; exit 2 ;;
+    esac
+done
 
-step() {  # step NAME COMMAND...
-    local name=$1; shift
-    "$@" > "$results/$name.log" 2>&1
+export NVLM_VISION_REQUIRE_GPU=1 NVLM_VISION_FIXTURES="$here/fixtures"
+: > "$results/steps.tsv"
+cp "$here/ptxas_report.txt" "$results/"
+
+if ! card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1); then
+    echo "no GPU: nvidia-smi failed: ${card:-not found}" > "$results/card.txt"
+    echo "run.sh: no usable NVIDIA GPU on this host (nvidia-smi: ${card:-not found}); nothing run" >&2
+    python3 "$here/gpu_summary.py" "$results" > /dev/null 2>&1
+    exit 2
+fi
+echo "$card" > "$results/card.txt"
+
+failed=0
+step() {  # step NAME TIMEOUT_S COMMAND...
+    local name=$1 limit=$2; shift 2
+    local start=$SECONDS
+    echo "run.sh: $name" >&2
+    timeout --kill-after=10 "$limit" "$@" > "$results/$name.log" 2>&1
     local rc=$?
-    echo "| $name | $rc | $name.log |" >> "$summary"
+    [ $rc -eq 124 ] && echo "run.sh: timed out after ${limit}s" >> "$results/$name.log"
+    [ $rc -ne 0 ] && failed=1
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" "$name.log" >> "$results/steps.tsv"
 }
 
-for test in "$here"/bin/*; do
-    name=$(basename "$test")
-    step "$name" "$test" --test-threads=1
-    if command -v compute-sanitizer > /dev/null; then
-        for tool in memcheck racecheck initcheck; do
-            step "$name-$tool" compute-sanitizer --tool "$tool" --error-exitcode 99 "$test" --test-threads=1
-        done
-    else
-        echo "| compute-sanitizer | missing | - |" >> "$summary"
-    fi
+shopt -s nullglob
+tests=("$here"/bin/tests/*)
+benches=("$here"/bin/benches/*)
+peers=("$here"/peers/peer_*.py)
+
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+
+for phase in "${phases[@]}"; do
+    case $phase in
+    tests)
+        for t in "${tests[@]}"; do
+            step "test-$(basename "$t")" "${NVLM_VISION_TEST_TIMEOUT:-300}" "$t" --test-threads=1
+        done ;;
+    sanitize)
+        if [ -z "$sanitizer" ]; then
+            printf 'compute-sanitizer\tmissing\t0\t-\n' >> "$results/steps.tsv"
+            failed=1
+            continue
+        fi
+        for t in "${tests[@]}"; do
+            for tool in memcheck racecheck initcheck; do
+                step "$tool-$(basename "$t")" "${NVLM_VISION_SANITIZE_TIMEOUT:-300}" \
+                    "$sanitizer" --tool "$tool" --error-exitcode 99 \
+                    "$t" --test-threads=1 --skip _at_model_shapes
+            done
+        done ;;
+    bench)
+        # Short times so the whole phase fits in about 3 minutes; criterion
+        # keeps its results under CRITERION_HOME for the summary.
+        export CRITERION_HOME="$results/criterion"
+        for b in "${benches[@]}"; do
+            step "bench-$(basename "$b")" \
+                "${NVLM_VISION_BENCH_TIMEOUT:-150}" "$b" --bench --noplot \
+                --warm-up-time 0.5 --measurement-time 1 --sample-size 20
+        done ;;
+    peers)
+        mkdir -p "$results/peers"
+        for p in "${peers[@]}"; do
+            name=$(basename "$p" .py)
+            # stdout is the JSON lines; stderr the log.
+            start=$SECONDS
+            echo "run.sh: $name" >&2
+            timeout --kill-after=10 "${NVLM_VISION_PEER_TIMEOUT:-120}" python3 "$p" \
+                > "$results/peers/$name.jsonl" 2> "$results/$name.log"
+            rc=$?
+            [ $rc -ne 0 ] && failed=1
+            printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" "$name.log" >> "$results/steps.tsv"
+        done ;;
+    esac
 done
-cp "$here/ptxas_report.txt" "$results/"
-cat "$summary"
+
+# The tails of failed steps first, then the summary last: the caller may see
+# only the end of the output.
+while IFS=$'\t' read -r name rc _ log; do
+    if [ "$rc" != 0 ] && [ -f "$results/$log" ]; then
+        echo "---- $name (exit $rc): last lines of $log"
+        grep -v '^\s*$' "$results/$log" | tail -n 8 | cut -c1-200
+    fi
+done < "$results/steps.tsv"
+echo
+python3 "$here/gpu_summary.py" "$results"
+exit $failed

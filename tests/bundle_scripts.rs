@@ -1,0 +1,239 @@
+//! The GPU bundle's run script and summariser (scripts/gpu_run.sh,
+//! scripts/gpu_summary.py), run here on a fabricated bundle: stand-in test,
+//! bench and peer programs and a stand-in `nvidia-smi` and
+//! `compute-sanitizer` on PATH, so the phases, their arguments, the exit
+//! codes and the timing table are checked without a GPU.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn python3_or_skip(test: &str) -> bool {
+    let found = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found || !common::under_ci(),
+        "{test}: python3 is required under CI"
+    );
+    if !found {
+        eprintln!("skipped: no python3 ({test})");
+    }
+    found
+}
+
+fn write_exe(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A fresh folder for one test under cargo's per-target scratch space.
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A bundle laid out as scripts/gpu_bundle.sh lays it out, with the real
+/// run.sh and summariser and stand-in programs; `tools` holds the stand-in
+/// `nvidia-smi` (printing `card`, or failing when `None`) and
+/// `compute-sanitizer` (which runs the program it is given).
+fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bundle = dir.join("bundle");
+    write_exe(
+        &bundle.join("run.sh"),
+        &fs::read_to_string(root.join("scripts/gpu_run.sh")).unwrap(),
+    );
+    fs::copy(
+        root.join("scripts/gpu_summary.py"),
+        bundle.join("gpu_summary.py"),
+    )
+    .unwrap();
+    fs::write(bundle.join("ptxas_report.txt"), "ptxas info: fake\n").unwrap();
+    fs::create_dir_all(bundle.join("fixtures")).unwrap();
+    // Tests: one passes, one fails; both log their arguments and the GPU policy.
+    write_exe(
+        &bundle.join("bin/tests/gpu_good"),
+        "#!/bin/sh\necho \"args: $*\"\necho \"require: $NVLM_VISION_REQUIRE_GPU\"\n",
+    );
+    write_exe(
+        &bundle.join("bin/tests/gpu_bad"),
+        "#!/bin/sh\necho \"args: $*\"\necho 'assertion failed: kernel wrote NaN'\nexit 3\n",
+    );
+    // A bench that leaves criterion's files: 250 µs and 1000 µs medians.
+    let estimate = |full_id: &str, dir: &str, ns: f64| {
+        format!(
+            "d=\"$CRITERION_HOME/{dir}/new\"; mkdir -p \"$d\"\n\
+             echo '{{\"full_id\": \"{full_id}\"}}' > \"$d/benchmark.json\"\n\
+             echo '{{\"median\": {{\"point_estimate\": {ns}}}}}' > \"$d/estimates.json\"\n"
+        )
+    };
+    write_exe(
+        &bundle.join("bin/benches/gpu_stage"),
+        &format!(
+            "#!/bin/sh\necho \"args: $*\"\n{}{}",
+            estimate("stage/ours/big", "stage/ours/big", 250_000.0),
+            estimate("stage/ours/small", "stage/ours/small", 1_000_000.0),
+        ),
+    );
+    // A peer: chatter, two JSON lines (500 µs and 2000 µs), one bad line.
+    write_exe(
+        &bundle.join("peers/peer_stage.py"),
+        "import json\n\
+         print('a warning on stdout')\n\
+         print(json.dumps({'stage': 'stage', 'impl': 'torch', 'case': 'big', 'median_us': 500.0}))\n\
+         print(json.dumps({'stage': 'stage', 'impl': 'torch', 'case': 'small', 'median_us': 2000.0}))\n\
+         print('{\"stage\": \"stage\"}')\n",
+    );
+    let tools = dir.join("tools");
+    let smi = match card {
+        Some(card) => format!("#!/bin/sh\necho '{card}'\n"),
+        None => "#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'\nexit 9\n".to_string(),
+    };
+    write_exe(&tools.join("nvidia-smi"), &smi);
+    // compute-sanitizer --tool T --error-exitcode 99 PROGRAM ARGS...
+    write_exe(
+        &tools.join("compute-sanitizer"),
+        "#!/bin/sh\necho \"sanitizer $2\"\nshift 4\nexec \"$@\"\n",
+    );
+    (bundle, tools)
+}
+
+fn run_bundle(bundle: &Path, tools: &Path, results: &Path, phases: &[&str]) -> Output {
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(bundle.join("run.sh"))
+        .arg(results)
+        .args(phases)
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn run_script_runs_every_phase_and_summarises() {
+    if !python3_or_skip("run_script_runs_every_phase_and_summarises") {
+        return;
+    }
+    let dir = scratch("run_all");
+    let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA H100 80GB HBM3, 580.65, 81559 MiB"));
+    let results = dir.join("results");
+    let out = run_bundle(&bundle, &tools, &results, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // One failing test makes the run fail, after every phase ran.
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+
+    let steps = fs::read_to_string(results.join("steps.tsv")).unwrap();
+    let names: Vec<&str> = steps
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "test-gpu_bad",
+            "test-gpu_good",
+            "bench-gpu_stage",
+            "peer_stage",
+            "memcheck-gpu_bad",
+            "racecheck-gpu_bad",
+            "initcheck-gpu_bad",
+            "memcheck-gpu_good",
+            "racecheck-gpu_good",
+            "initcheck-gpu_good",
+        ]
+    );
+    let log = |name: &str| fs::read_to_string(results.join(format!("{name}.log"))).unwrap();
+    assert!(log("test-gpu_good").contains("args: --test-threads=1\nrequire: 1"));
+    assert!(log("memcheck-gpu_good").contains("args: --test-threads=1 --skip _at_model_shapes"));
+    assert!(log("racecheck-gpu_good").starts_with("sanitizer racecheck"));
+    assert!(log("bench-gpu_stage").contains("args: --bench"));
+
+    let summary = fs::read_to_string(results.join("summary.md")).unwrap();
+    assert!(stdout.ends_with(&format!("{summary}\n")), "{stdout}");
+    assert!(summary.starts_with("# GPU bundle run: NVIDIA H100 80GB HBM3"));
+    assert!(
+        summary.contains("| test-gpu_bad | 3 **FAIL** |"),
+        "{summary}"
+    );
+    assert!(summary.contains("| test-gpu_good | 0 |"), "{summary}");
+    // Ours first with the ratio to the peer, then the peer itself.
+    assert!(
+        summary.contains("| case | impl | median µs | vs torch |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("| big | ours | 250.0 | 2.00× |"),
+        "{summary}"
+    );
+    assert!(summary.contains("| big | torch | 500.0 | — |"), "{summary}");
+    assert!(
+        summary.contains("| small | ours | 1000 | 2.00× |"),
+        "{summary}"
+    );
+    // The failed step's log tail comes before the summary.
+    let tail = stdout.find("assertion failed: kernel wrote NaN").unwrap();
+    assert!(tail < stdout.find("# GPU bundle run").unwrap());
+    assert!(
+        fs::read_to_string(results.join("peers/peer_stage.jsonl"))
+            .unwrap()
+            .contains("\"median_us\": 2000.0")
+    );
+}
+
+#[test]
+fn run_script_runs_only_the_phases_named() {
+    if !python3_or_skip("run_script_runs_only_the_phases_named") {
+        return;
+    }
+    let dir = scratch("run_phases");
+    let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA H200"));
+    let results = dir.join("results");
+    let out = run_bundle(&bundle, &tools, &results, &["peers", "bench"]);
+    assert_eq!(out.status.code(), Some(0));
+    let steps = fs::read_to_string(results.join("steps.tsv")).unwrap();
+    let names: Vec<&str> = steps
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(names, ["peer_stage", "bench-gpu_stage"]);
+}
+
+#[test]
+fn run_script_without_a_gpu_fails_clearly() {
+    if !python3_or_skip("run_script_without_a_gpu_fails_clearly") {
+        return;
+    }
+    let dir = scratch("run_no_gpu");
+    let (bundle, tools) = fake_bundle(&dir, None);
+    let results = dir.join("results");
+    let out = run_bundle(&bundle, &tools, &results, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no usable NVIDIA GPU"), "{stderr}");
+    assert!(
+        !results.join("test-gpu_good.log").exists(),
+        "nothing may run"
+    );
+    let summary = fs::read_to_string(results.join("summary.md")).unwrap();
+    assert!(summary.contains("no GPU: nvidia-smi failed"), "{summary}");
+}
+
+#[test]
+fn run_script_refuses_an_unknown_phase() {
+    let dir = scratch("run_bad_phase");
+    let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA H200"));
+    let out = run_bundle(&bundle, &tools, &dir.join("results"), &["benches"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown phase 'benches'"));
+}
