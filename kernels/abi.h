@@ -44,8 +44,51 @@ typedef struct NvlmTileWrite {
     uint32_t first_output;
 } NvlmTileWrite;
 
+// Kernel v2, one launch per image: both resize targets (the grid, the
+// thumbnail), both passes, crop and normalisation. Each block makes one
+// 32x32 patch of one target's resized image; blocks [first_block, next
+// target's first_block) belong to a target, patch `b - first_block` in
+// row-major order of ceil(out_width / 32) patches per row.
+//
+// The first pass runs along axis F, the second along axis S (F = x, S = y
+// when horizontal first; F = y, S = x when vertical first). A one-pass
+// resize or a copy gets an identity table (one tap of weight 1.0) for the
+// axis that keeps its size, which is exact.
+typedef struct NvlmFusedTarget {
+    uint64_t first_f;      // uint32_t[out size along F]: first input index per output
+    uint64_t count_f;      // uint32_t[...]: taps used per output
+    uint64_t coeffs_f;     // int32_t[... * taps_f]
+    uint64_t first_s;      // the same for axis S
+    uint64_t count_s;
+    uint64_t coeffs_s;
+    uint32_t taps_f;
+    uint32_t taps_s;
+    uint32_t out_width;    // the resized image this target cuts tiles from
+    uint32_t out_height;
+    uint32_t vertical_first;
+    uint32_t first_block;
+    uint32_t tiles_across; // tiles per row of the resized image
+    uint32_t first_output; // tensor index of its first tile
+} NvlmFusedTarget;
+
+typedef struct NvlmFusedPreprocess {
+    NvlmFusedTarget target[2];
+    uint64_t src;          // device address of row 0 of the image
+    uint64_t src_stride;   // bytes between image rows
+    uint64_t out;          // [T, 3, tile_size, tile_size] tensor
+    uint64_t table;        // 3 x 256 elements of the output type
+    uint32_t src_bpp;      // bytes per image pixel: 1..4
+    uint32_t channels;     // colour channels resampled: 1 or 3
+    uint32_t elem_bytes;   // 4 (f32) or 2 (bf16, f16)
+    uint32_t tile_size;
+    uint32_t num_targets;  // 1 or 2
+    uint32_t slab_bytes;   // dynamic shared memory per block: the staged intermediate
+} NvlmFusedPreprocess;
+
 #ifdef __cplusplus
 static_assert(sizeof(NvlmResamplePass) == 72, "NvlmResamplePass layout");
 static_assert(sizeof(NvlmIntermediate) == 80, "NvlmIntermediate layout");
 static_assert(sizeof(NvlmTileWrite) == 104, "NvlmTileWrite layout");
+static_assert(sizeof(NvlmFusedTarget) == 80, "NvlmFusedTarget layout");
+static_assert(sizeof(NvlmFusedPreprocess) == 216, "NvlmFusedPreprocess layout");
 #endif

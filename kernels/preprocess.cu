@@ -1,6 +1,9 @@
 // DHR preprocessing: Pillow-exact bicubic resize (22-bit fixed point, int32
 // accumulation, uint8 intermediate), crop into tiles, ToTensor + Normalize.
 //
+// Two versions, both kept so one GPU run can compare them (the host picks
+// one with `PreprocessKernel`); the fused v2 is at the end of this file.
+//
 // v1, correctness first: one thread per output pixel, one launch per pass.
 // A two-pass resize is `resample_to_intermediate` then `resample_to_tiles`;
 // a one-pass resize (or a copy, run as an identity pass, which Pillow's
@@ -95,5 +98,209 @@ extern "C" __global__ void resample_to_tiles(const NvlmTileWrite p) {
         } else {
             if (p.pass.channels == 3) write_tiles<3, uint16_t>(p, x, y); else write_tiles<1, uint16_t>(p, x, y);
         }
+    }
+}
+
+// v2: one launch per image. A block makes one 32x32 patch of the resized
+// image of one target (grid or thumbnail; see NvlmFusedTarget): it runs the
+// first pass for exactly the intermediate samples the patch's second pass
+// reads, staged as uint8 in shared memory, then the second pass, the crop
+// and the normalisation table, and writes the patch's tile pixels.
+//
+// Shared memory is bounded for any scale: the intermediate's extent along
+// the second pass's axis (the "window", ~32 x scale + taps samples) is
+// processed in chunks of `slab_bytes / (32 * C)` samples, and every output
+// accumulates the taps that fall in each chunk. The sum is the same int32
+// sum in another order (two's-complement addition is associative), so the
+// bytes are Pillow's whatever the chunking.
+namespace {
+
+constexpr uint32_t kPatch = 32;                           // patch side, output pixels
+constexpr uint32_t kGroup = 4;                            // consecutive x pixels per thread
+constexpr uint32_t kGroupsAcross = kPatch / kGroup;       // 8
+constexpr uint32_t kFusedThreads = kGroupsAcross * kPatch;  // 256: one thread per group
+
+// Slab layout, both chosen so the first pass's consecutive threads write
+// consecutive bytes: horizontal-first slabs are [s][f] (f = output x);
+// vertical-first slabs are [f][s] (s = input x).
+template <bool kVerticalFirst>
+__device__ __forceinline__ uint32_t slab_index(uint32_t s_local, uint32_t f_local, uint32_t rows) {
+    return kVerticalFirst ? f_local * rows + s_local : s_local * kPatch + f_local;
+}
+
+// Four table entries stored as one vector: 16 bytes for f32, 8 for 16-bit.
+__device__ __forceinline__ void store4(uint32_t* dst, const uint32_t (&v)[kGroup]) {
+    *reinterpret_cast<uint4*>(dst) = make_uint4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store4(uint16_t* dst, const uint16_t (&v)[kGroup]) {
+    *reinterpret_cast<uint2*>(dst) = make_uint2(v[0] | (uint32_t(v[1]) << 16), v[2] | (uint32_t(v[3]) << 16));
+}
+
+template <int C, bool kVerticalFirst, typename E>
+__device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const NvlmFusedTarget& t,
+                                            uint32_t patch, uint8_t* slab) {
+    const uint32_t patches_across = (t.out_width + kPatch - 1) / kPatch;
+    const uint32_t x0 = (patch % patches_across) * kPatch;
+    const uint32_t y0 = (patch / patches_across) * kPatch;
+    // The patch along F (first pass) and S (second pass), in output pixels.
+    const uint32_t f0 = kVerticalFirst ? y0 : x0;
+    const uint32_t s0 = kVerticalFirst ? x0 : y0;
+    const uint32_t nf = min(kPatch, (kVerticalFirst ? t.out_height : t.out_width) - f0);
+    const uint32_t ns = min(kPatch, (kVerticalFirst ? t.out_width : t.out_height) - s0);
+
+    const uint32_t* first_f = reinterpret_cast<const uint32_t*>(t.first_f);
+    const uint32_t* count_f = reinterpret_cast<const uint32_t*>(t.count_f);
+    const int32_t* coeffs_f = reinterpret_cast<const int32_t*>(t.coeffs_f);
+    const uint32_t* first_s = reinterpret_cast<const uint32_t*>(t.first_s);
+    const uint32_t* count_s = reinterpret_cast<const uint32_t*>(t.count_s);
+    const int32_t* coeffs_s = reinterpret_cast<const int32_t*>(t.coeffs_s);
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(p.src);
+
+    // The input samples along S the patch reads: first/end are monotone in
+    // the output index, so the patch's first and last outputs bound them.
+    const uint32_t w0 = __ldg(first_s + s0);
+    const uint32_t w1 = __ldg(first_s + s0 + ns - 1) + __ldg(count_s + s0 + ns - 1);
+    const uint32_t rows = p.slab_bytes / (kPatch * C);
+
+    // This thread's outputs: pixels x .. x+3 of row y of the resized image.
+    const uint32_t gx = threadIdx.x % kGroupsAcross;
+    const uint32_t y = y0 + threadIdx.x / kGroupsAcross;
+    const uint32_t x = x0 + gx * kGroup;
+    const bool row_valid = y < t.out_height;
+    int32_t acc[kGroup][C];
+#pragma unroll
+    for (uint32_t j = 0; j < kGroup; ++j)
+#pragma unroll
+        for (int c = 0; c < C; ++c) acc[j][c] = 1 << (kPrecisionBits - 1);
+
+    for (uint32_t c0 = w0; c0 < w1; c0 += rows) {  // block-uniform bounds
+        const uint32_t n = min(rows, w1 - c0);
+        // First pass: slab (s, f) for s in [c0, c0 + n), f in [f0, f0 + nf).
+        for (uint32_t i = threadIdx.x; i < n * kPatch; i += kFusedThreads) {
+            const uint32_t f_local = kVerticalFirst ? i / n : i % kPatch;
+            const uint32_t s_local = kVerticalFirst ? i % n : i / kPatch;
+            if (f_local >= nf) continue;
+            const uint32_t f = f0 + f_local;
+            const uint32_t s = c0 + s_local;
+            const uint32_t start = __ldg(first_f + f);
+            const uint32_t taps = __ldg(count_f + f);
+            const int32_t* k = coeffs_f + static_cast<uint64_t>(f) * t.taps_f;
+            // Along F the image advances by rows (vertical first) or pixels.
+            const uint64_t step = kVerticalFirst ? p.src_stride : p.src_bpp;
+            const uint8_t* px = src + (kVerticalFirst ? static_cast<uint64_t>(start) * p.src_stride +
+                                                            static_cast<uint64_t>(s) * p.src_bpp
+                                                      : static_cast<uint64_t>(s) * p.src_stride +
+                                                            static_cast<uint64_t>(start) * p.src_bpp);
+            int32_t a[C];
+#pragma unroll
+            for (int c = 0; c < C; ++c) a[c] = 1 << (kPrecisionBits - 1);
+            for (uint32_t tap = 0; tap < taps; ++tap, px += step) {
+                const int32_t w = __ldg(k + tap);
+#pragma unroll
+                for (int c = 0; c < C; ++c) a[c] += static_cast<int32_t>(__ldg(px + c)) * w;
+            }
+            uint8_t* d = slab + slab_index<kVerticalFirst>(s_local, f_local, rows) * C;
+#pragma unroll
+            for (int c = 0; c < C; ++c) d[c] = clip8(a[c]);
+        }
+        __syncthreads();
+        // Second pass: each output adds the taps of its window in this chunk.
+        if (row_valid) {
+            if constexpr (kVerticalFirst) {
+                // F = y, S = x: the four outputs have four windows.
+                const uint32_t f_local = y - y0;
+#pragma unroll
+                for (uint32_t j = 0; j < kGroup; ++j) {
+                    const uint32_t s = x + j;
+                    if (s >= t.out_width) continue;
+                    const uint32_t fs = __ldg(first_s + s);
+                    const uint32_t lo = max(fs, c0);
+                    const uint32_t hi = min(fs + __ldg(count_s + s), c0 + n);
+                    const int32_t* k = coeffs_s + static_cast<uint64_t>(s) * t.taps_s;
+                    for (uint32_t r = lo; r < hi; ++r) {
+                        const int32_t w = __ldg(k + (r - fs));
+                        const uint8_t* px = slab + slab_index<true>(r - c0, f_local, rows) * C;
+#pragma unroll
+                        for (int c = 0; c < C; ++c) acc[j][c] += static_cast<int32_t>(px[c]) * w;
+                    }
+                }
+            } else {
+                // F = x, S = y: the four outputs share one window and its weights.
+                const uint32_t fs = __ldg(first_s + y);
+                const uint32_t lo = max(fs, c0);
+                const uint32_t hi = min(fs + __ldg(count_s + y), c0 + n);
+                const int32_t* k = coeffs_s + static_cast<uint64_t>(y) * t.taps_s;
+                for (uint32_t r = lo; r < hi; ++r) {
+                    const int32_t w = __ldg(k + (r - fs));
+                    const uint8_t* px = slab + slab_index<false>(r - c0, x - x0, rows) * C;
+#pragma unroll
+                    for (uint32_t j = 0; j < kGroup; ++j) {
+                        if (x + j >= t.out_width) continue;  // unwritten slab columns
+#pragma unroll
+                        for (int c = 0; c < C; ++c) acc[j][c] += static_cast<int32_t>(px[j * C + c]) * w;
+                    }
+                }
+            }
+        }
+        __syncthreads();  // the next chunk overwrites the slab
+    }
+
+    if (!row_valid) return;
+    // Crop and normalise. With tile_size % 4 == 0 the group lies in one tile
+    // row at an element offset divisible by 4: one vector store per plane.
+    const E* table = reinterpret_cast<const E*>(p.table);
+    E* out = reinterpret_cast<E*>(p.out);
+    const uint64_t ts = p.tile_size;
+    const uint64_t plane = ts * ts;
+    if (ts % kGroup == 0 && x + kGroup <= t.out_width) {
+        const uint64_t tile = t.first_output + (y / ts) * t.tiles_across + x / ts;
+        const uint64_t within = (y % ts) * ts + x % ts;
+#pragma unroll
+        for (int c = 0; c < 3; ++c) {
+            E v[kGroup];
+#pragma unroll
+            for (uint32_t j = 0; j < kGroup; ++j) v[j] = __ldg(table + c * 256 + clip8(acc[j][C == 3 ? c : 0]));
+            store4(out + (tile * 3 + c) * plane + within, v);
+        }
+    } else {
+#pragma unroll
+        for (uint32_t j = 0; j < kGroup; ++j) {
+            if (x + j >= t.out_width) continue;
+            const uint64_t tile = t.first_output + (y / ts) * t.tiles_across + (x + j) / ts;
+            const uint64_t within = (y % ts) * ts + (x + j) % ts;
+#pragma unroll
+            for (int c = 0; c < 3; ++c)
+                out[(tile * 3 + c) * plane + within] = __ldg(table + c * 256 + clip8(acc[j][C == 3 ? c : 0]));
+        }
+    }
+}
+
+template <int C>
+__device__ __forceinline__ void fused_dispatch(const NvlmFusedPreprocess& p, const NvlmFusedTarget& t,
+                                               uint32_t patch, uint8_t* slab) {
+    if (t.vertical_first) {
+        if (p.elem_bytes == 4) fused_patch<C, true, uint32_t>(p, t, patch, slab);
+        else fused_patch<C, true, uint16_t>(p, t, patch, slab);
+    } else {
+        if (p.elem_bytes == 4) fused_patch<C, false, uint32_t>(p, t, patch, slab);
+        else fused_patch<C, false, uint16_t>(p, t, patch, slab);
+    }
+}
+
+}  // namespace
+
+// One block per patch of either target; blocks of the second target follow
+// the first's. 256 threads, `slab_bytes` of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(kFusedThreads, 2) preprocess_fused(const NvlmFusedPreprocess p) {
+    extern __shared__ __align__(16) uint8_t slab[];
+    // Field by field rather than p.target[i], which would copy the
+    // parameter array to local memory.
+    const bool second = p.num_targets == 2 && blockIdx.x >= p.target[1].first_block;
+    const NvlmFusedTarget t = second ? p.target[1] : p.target[0];
+    const uint32_t patch = blockIdx.x - t.first_block;
+    if (p.channels == 3) {
+        fused_dispatch<3>(p, t, patch, slab);
+    } else {
+        fused_dispatch<1>(p, t, patch, slab);
     }
 }

@@ -95,3 +95,96 @@ const _: () = {
     ["Offset of field: NvlmTileWrite::first_output"]
         [::core::mem::offset_of!(NvlmTileWrite, first_output) - 100usize];
 };
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmFusedTarget {
+    pub first_f: u64,
+    pub count_f: u64,
+    pub coeffs_f: u64,
+    pub first_s: u64,
+    pub count_s: u64,
+    pub coeffs_s: u64,
+    pub taps_f: u32,
+    pub taps_s: u32,
+    pub out_width: u32,
+    pub out_height: u32,
+    pub vertical_first: u32,
+    pub first_block: u32,
+    pub tiles_across: u32,
+    pub first_output: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmFusedTarget"][::core::mem::size_of::<NvlmFusedTarget>() - 80usize];
+    ["Alignment of NvlmFusedTarget"][::core::mem::align_of::<NvlmFusedTarget>() - 8usize];
+    ["Offset of field: NvlmFusedTarget::first_f"]
+        [::core::mem::offset_of!(NvlmFusedTarget, first_f) - 0usize];
+    ["Offset of field: NvlmFusedTarget::count_f"]
+        [::core::mem::offset_of!(NvlmFusedTarget, count_f) - 8usize];
+    ["Offset of field: NvlmFusedTarget::coeffs_f"]
+        [::core::mem::offset_of!(NvlmFusedTarget, coeffs_f) - 16usize];
+    ["Offset of field: NvlmFusedTarget::first_s"]
+        [::core::mem::offset_of!(NvlmFusedTarget, first_s) - 24usize];
+    ["Offset of field: NvlmFusedTarget::count_s"]
+        [::core::mem::offset_of!(NvlmFusedTarget, count_s) - 32usize];
+    ["Offset of field: NvlmFusedTarget::coeffs_s"]
+        [::core::mem::offset_of!(NvlmFusedTarget, coeffs_s) - 40usize];
+    ["Offset of field: NvlmFusedTarget::taps_f"]
+        [::core::mem::offset_of!(NvlmFusedTarget, taps_f) - 48usize];
+    ["Offset of field: NvlmFusedTarget::taps_s"]
+        [::core::mem::offset_of!(NvlmFusedTarget, taps_s) - 52usize];
+    ["Offset of field: NvlmFusedTarget::out_width"]
+        [::core::mem::offset_of!(NvlmFusedTarget, out_width) - 56usize];
+    ["Offset of field: NvlmFusedTarget::out_height"]
+        [::core::mem::offset_of!(NvlmFusedTarget, out_height) - 60usize];
+    ["Offset of field: NvlmFusedTarget::vertical_first"]
+        [::core::mem::offset_of!(NvlmFusedTarget, vertical_first) - 64usize];
+    ["Offset of field: NvlmFusedTarget::first_block"]
+        [::core::mem::offset_of!(NvlmFusedTarget, first_block) - 68usize];
+    ["Offset of field: NvlmFusedTarget::tiles_across"]
+        [::core::mem::offset_of!(NvlmFusedTarget, tiles_across) - 72usize];
+    ["Offset of field: NvlmFusedTarget::first_output"]
+        [::core::mem::offset_of!(NvlmFusedTarget, first_output) - 76usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmFusedPreprocess {
+    pub target: [NvlmFusedTarget; 2usize],
+    pub src: u64,
+    pub src_stride: u64,
+    pub out: u64,
+    pub table: u64,
+    pub src_bpp: u32,
+    pub channels: u32,
+    pub elem_bytes: u32,
+    pub tile_size: u32,
+    pub num_targets: u32,
+    pub slab_bytes: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmFusedPreprocess"][::core::mem::size_of::<NvlmFusedPreprocess>() - 216usize];
+    ["Alignment of NvlmFusedPreprocess"][::core::mem::align_of::<NvlmFusedPreprocess>() - 8usize];
+    ["Offset of field: NvlmFusedPreprocess::target"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, target) - 0usize];
+    ["Offset of field: NvlmFusedPreprocess::src"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, src) - 160usize];
+    ["Offset of field: NvlmFusedPreprocess::src_stride"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, src_stride) - 168usize];
+    ["Offset of field: NvlmFusedPreprocess::out"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, out) - 176usize];
+    ["Offset of field: NvlmFusedPreprocess::table"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, table) - 184usize];
+    ["Offset of field: NvlmFusedPreprocess::src_bpp"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, src_bpp) - 192usize];
+    ["Offset of field: NvlmFusedPreprocess::channels"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, channels) - 196usize];
+    ["Offset of field: NvlmFusedPreprocess::elem_bytes"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, elem_bytes) - 200usize];
+    ["Offset of field: NvlmFusedPreprocess::tile_size"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, tile_size) - 204usize];
+    ["Offset of field: NvlmFusedPreprocess::num_targets"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, num_targets) - 208usize];
+    ["Offset of field: NvlmFusedPreprocess::slab_bytes"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, slab_bytes) - 212usize];
+};

@@ -55,6 +55,7 @@ pub fn ptxas_report() -> Option<&'static str> {
 // the kernels declare in kernels/abi.h.
 unsafe impl DeviceRepr for crate::abi::NvlmIntermediate {}
 unsafe impl DeviceRepr for crate::abi::NvlmTileWrite {}
+unsafe impl DeviceRepr for crate::abi::NvlmFusedPreprocess {}
 
 pub(crate) fn driver_error(call: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Cuda(format!("{call}: {e}"))

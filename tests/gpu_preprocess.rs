@@ -1,24 +1,26 @@
-//! The CUDA preprocessing kernel against the CPU reference, byte for byte.
+//! The CUDA preprocessing kernels (every `PreprocessKernel` version) against
+//! the CPU reference, byte for byte.
 //! Without a usable GPU these print "skipped: no CUDA device" and pass;
 //! with `NVLM_VISION_REQUIRE_GPU=1` they fail instead.
 
 mod common;
 
 use common::Rng;
-use common::gpu::gpu_or_skip;
 use common::decode::decode_file;
+use common::gpu::gpu_or_skip;
 use cudarc::driver::DeviceRepr;
 use half::{bf16, f16};
 use nvlm_vision::Error;
 use nvlm_vision::cuda::Gpu;
 use nvlm_vision::dtype::TensorElement;
 use nvlm_vision::preprocess::{
-    CudaPreprocessor, DhrConfig, ImageView, PillowVersion, PixelFormat, Preprocessor,
+    CudaPreprocessor, DhrConfig, ImageView, PillowVersion, PixelFormat, PreprocessKernel,
+    Preprocessor,
 };
 use std::sync::Arc;
 
-/// Runs both paths on `view` and asserts equal bits and a fully written,
-/// NaN-poisoned device output.
+/// Runs the CPU path and every kernel version on `view` and asserts equal
+/// bits and a fully written, NaN-poisoned device output.
 fn check<T: TensorElement + DeviceRepr>(
     gpu: &Arc<Gpu>,
     pre: Preprocessor,
@@ -26,19 +28,21 @@ fn check<T: TensorElement + DeviceRepr>(
     what: &str,
 ) {
     let want = pre.run::<T>(view).unwrap();
-    let cuda = CudaPreprocessor::new(pre, gpu.clone());
-    let poison = vec![T::from_f32(f32::NAN); want.plan.tensor_len()];
-    let mut out = gpu.stream().clone_htod(&poison).unwrap();
-    cuda.run_into(view, &want.plan, &mut out).unwrap();
-    let got: Vec<T> = gpu.stream().clone_dtoh(&out).unwrap();
-    let (got, want_bytes): (&[u8], &[u8]) =
-        (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want.data));
-    if let Some(i) = got.iter().zip(want_bytes).position(|(a, b)| a != b) {
-        panic!(
-            "{what} {:?}: first differing byte {i} of {}",
-            T::DTYPE,
-            got.len()
-        );
+    for kernel in PreprocessKernel::ALL {
+        let cuda = CudaPreprocessor::new(pre, gpu.clone()).with_kernel(kernel);
+        let poison = vec![T::from_f32(f32::NAN); want.plan.tensor_len()];
+        let mut out = gpu.stream().clone_htod(&poison).unwrap();
+        cuda.run_into(view, &want.plan, &mut out).unwrap();
+        let got: Vec<T> = gpu.stream().clone_dtoh(&out).unwrap();
+        let (got, want_bytes): (&[u8], &[u8]) =
+            (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want.data));
+        if let Some(i) = got.iter().zip(want_bytes).position(|(a, b)| a != b) {
+            panic!(
+                "{what} {:?} {kernel:?}: first differing byte {i} of {}",
+                T::DTYPE,
+                got.len()
+            );
+        }
     }
 }
 
@@ -111,6 +115,47 @@ fn every_tile_count_equals_the_cpu_reference() {
             ..Default::default()
         };
         check::<f32>(&gpu, pre, &view, &format!("{tiles} tiles"));
+    }
+}
+
+/// Downscales whose second-pass window spans several of v2's shared-memory
+/// chunks, in both pass orders, one-pass and copy targets, and tile sizes
+/// that are not multiples of v2's 32-pixel patch or of its 4-pixel stores.
+#[test]
+fn extreme_and_odd_shapes_equal_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("extreme_and_odd_shapes_equal_the_cpu_reference") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("gpu extreme_and_odd_shapes");
+    let cases: &[(u32, u32, u32)] = &[
+        (300, 20000, 448),
+        (20000, 300, 448),
+        (1000, 5000, 32),
+        (5000, 1000, 32),
+        (1344, 896, 448),
+        (900, 448, 448),
+        (448, 900, 448),
+        (97, 61, 30),
+        (500, 333, 61),
+    ];
+    for &(w, h, tile_size) in cases {
+        for format in [PixelFormat::Rgb8, PixelFormat::L8] {
+            let pixels = rng.bytes((w * h) as usize * format.bytes_per_pixel());
+            let view = ImageView::packed(&pixels, w, h, format).unwrap();
+            for pillow in [PillowVersion::V12, PillowVersion::V13] {
+                let pre = Preprocessor {
+                    config: DhrConfig {
+                        tile_size,
+                        ..DhrConfig::NVLM_D
+                    },
+                    pillow,
+                    ..Default::default()
+                };
+                let what = format!("{w}x{h} tile {tile_size} {format:?} {pillow:?}");
+                check::<f32>(&gpu, pre, &view, &what);
+                check::<bf16>(&gpu, pre, &view, &what);
+            }
+        }
     }
 }
 

@@ -84,6 +84,21 @@ impl AxisCoefficients {
         }
     }
 
+    /// One tap of weight 1.0 per sample: a pass that returns its input, since
+    /// `(v · 2^22 + 2^21) >> 22 = v`. The fused GPU kernel runs it on the axis
+    /// a one-pass resize (or a copy) leaves alone.
+    pub(crate) fn identity(size: u32) -> AxisCoefficients {
+        assert!(size > 0, "axis sizes must be non-zero");
+        AxisCoefficients {
+            in_size: size,
+            out_size: size,
+            taps: 1,
+            first: (0..size).collect(),
+            count: vec![1; size as usize],
+            coeffs: vec![1 << PRECISION_BITS; size as usize],
+        }
+    }
+
     /// The weights of output sample `o`, `count[o]` long.
     #[inline]
     pub fn weights(&self, o: usize) -> &[i32] {

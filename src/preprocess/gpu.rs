@@ -1,42 +1,104 @@
-//! DHR preprocessing on a CUDA device (kernels/preprocess.cu, v1).
+//! DHR preprocessing on a CUDA device (kernels/preprocess.cu).
 //!
 //! The host computes the plan and Pillow's coefficient tables exactly as the
 //! CPU path does; the kernels run the same integer passes, so the output is
-//! meant to equal [`Preprocessor::run`] byte for byte. Per resize target
-//! (the grid, then the thumbnail): an optional first pass into a packed uint8
-//! intermediate, then a last pass that writes normalised tiles.
+//! meant to equal [`Preprocessor::run`] byte for byte. Two kernel versions
+//! are kept, so one GPU run can compare them ([`PreprocessKernel`]).
 
-use crate::abi::{NvlmIntermediate, NvlmResamplePass, NvlmTileWrite};
+use crate::abi::{
+    NvlmFusedPreprocess, NvlmFusedTarget, NvlmIntermediate, NvlmResamplePass, NvlmTileWrite,
+};
 use crate::cuda::{Gpu, KernelModule, driver_error};
 use crate::dtype::TensorElement;
 use crate::error::Result;
 use crate::preprocess::coeffs::AxisCoefficients;
-use crate::preprocess::cpu::{Passes, normalization_tables};
-use crate::preprocess::{ImageView, Preprocessor, TilePlan};
-use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use crate::preprocess::cpu::{Passes, PillowVersion, normalization_tables};
+use crate::preprocess::{ImageView, PixelFormat, Preprocessor, TilePlan};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
-const BLOCK: (u32, u32) = (32, 8);
-/// gridDim.y cap; the kernels stride over the remaining rows.
-const MAX_GRID_Y: u32 = 65535;
+/// Which preprocessing kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PreprocessKernel {
+    /// v1: per resize target, an optional first pass into a uint8
+    /// intermediate in device memory, then a last pass writing normalised
+    /// tiles; per-target table uploads and a synchronize per target.
+    TwoPassV1,
+    /// v2: one launch per image for both targets and both passes, the
+    /// intermediate staged in shared memory, all tables in one copy.
+    #[default]
+    FusedV2,
+}
+
+impl PreprocessKernel {
+    pub const ALL: [PreprocessKernel; 2] = [PreprocessKernel::TwoPassV1, PreprocessKernel::FusedV2];
+
+    /// A short name, used in benchmark ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            PreprocessKernel::TwoPassV1 => "v1",
+            PreprocessKernel::FusedV2 => "v2",
+        }
+    }
+}
+
+/// An image in device memory, laid out as the [`ImageView`] it was copied from.
+pub struct DeviceImage {
+    data: CudaSlice<u8>,
+    width: u32,
+    height: u32,
+    stride: usize,
+    format: PixelFormat,
+}
+
+impl DeviceImage {
+    /// Copies the bytes `image` spans to the device (queued on the GPU's stream).
+    pub fn upload(gpu: &Gpu, image: &ImageView<'_>) -> Result<DeviceImage> {
+        let data = gpu
+            .stream()
+            .clone_htod(image.data())
+            .map_err(driver_error("copy image to device"))?;
+        Ok(DeviceImage {
+            data,
+            width: image.width(),
+            height: image.height(),
+            stride: image.stride(),
+            format: image.format(),
+        })
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    pub fn format(&self) -> PixelFormat {
+        self.format
+    }
+}
 
 /// [`Preprocessor`]'s work on a GPU.
 pub struct CudaPreprocessor {
     pub preprocessor: Preprocessor,
+    pub kernel: PreprocessKernel,
     gpu: Arc<Gpu>,
 }
 
-/// The device copy of one axis table.
-struct DeviceAxis {
-    first: CudaSlice<u32>,
-    count: CudaSlice<u32>,
-    coeffs: CudaSlice<i32>,
-    host: AxisCoefficients,
-}
-
 impl CudaPreprocessor {
+    /// A preprocessor running the default kernel ([`PreprocessKernel::FusedV2`]).
     pub fn new(preprocessor: Preprocessor, gpu: Arc<Gpu>) -> Self {
-        CudaPreprocessor { preprocessor, gpu }
+        CudaPreprocessor {
+            preprocessor,
+            kernel: PreprocessKernel::default(),
+            gpu,
+        }
+    }
+
+    pub fn with_kernel(self, kernel: PreprocessKernel) -> Self {
+        CudaPreprocessor { kernel, ..self }
     }
 
     /// Copies `image` (host memory) to the device, preprocesses it and
@@ -46,72 +108,127 @@ impl CudaPreprocessor {
         image: &ImageView<'_>,
     ) -> Result<(TilePlan, CudaSlice<T>)> {
         let plan = self.preprocessor.plan(image.width(), image.height())?;
-        let stream = self.gpu.stream();
         // SAFETY: every element is written by run_into before it returns Ok.
-        let mut out = unsafe { stream.alloc::<T>(plan.tensor_len()) }
+        let mut out = unsafe { self.gpu.stream().alloc::<T>(plan.tensor_len()) }
             .map_err(driver_error("alloc output"))?;
         self.run_into(image, &plan, &mut out)?;
         Ok((plan, out))
     }
 
-    /// As [`Preprocessor::run_into`], into a device buffer of exactly
-    /// `plan.tensor_len()` elements. Returns after the work has finished.
+    /// As [`Preprocessor::run_into`] for a host image, into a device buffer
+    /// of exactly `plan.tensor_len()` elements. The work is queued on the
+    /// GPU's stream: later work on that stream (a copy back, say) sees the
+    /// result.
     pub fn run_into<T: TensorElement + DeviceRepr>(
         &self,
         image: &ImageView<'_>,
         plan: &TilePlan,
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
-        let pre = &self.preprocessor;
-        pre.check_run(
-            image,
+        self.check(image.width(), image.height(), plan, out)?;
+        let device_image = DeviceImage::upload(&self.gpu, image)?;
+        self.run_device_into(&device_image, plan, out)
+    }
+
+    /// As [`CudaPreprocessor::run_into`] for an image already on the device.
+    pub fn run_device_into<T: TensorElement + DeviceRepr>(
+        &self,
+        image: &DeviceImage,
+        plan: &TilePlan,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        self.check(image.width, image.height, plan, out)?;
+        match self.kernel {
+            PreprocessKernel::TwoPassV1 => self.run_v1(image, plan, out),
+            PreprocessKernel::FusedV2 => self.run_v2(image, plan, out),
+        }
+    }
+
+    fn check<T>(&self, width: u32, height: u32, plan: &TilePlan, out: &CudaSlice<T>) -> Result<()> {
+        self.preprocessor.check_run(
+            (width, height),
             plan,
             out.len(),
             "device output tensor (elements, must be exact)",
-        )?;
+        )
+    }
+
+    fn run_v2<T: TensorElement + DeviceRepr>(
+        &self,
+        image: &DeviceImage,
+        plan: &TilePlan,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
         let stream = self.gpu.stream();
-        let src = stream
-            .clone_htod(image.data())
-            .map_err(driver_error("copy image to device"))?;
+        let launch = FusedLaunch::new::<T>(
+            &self.preprocessor,
+            plan,
+            (image.width, image.height),
+            image.stride,
+            image.format,
+        );
+        // Every table, one copy. Freed in stream order after the kernel.
+        let blob = stream
+            .clone_htod(&launch.blob)
+            .map_err(driver_error("copy tables"))?;
+        let params = launch.relocated(
+            device_addr(&blob, stream),
+            device_addr(&image.data, stream),
+            device_addr(out, stream),
+        );
+        let f = self
+            .gpu
+            .function(KernelModule::Preprocess, "preprocess_fused")?;
+        let config = LaunchConfig {
+            grid_dim: (launch.blocks, 1, 1),
+            block_dim: (FUSED_THREADS, 1, 1),
+            shared_mem_bytes: SLAB_BYTES,
+        };
+        // SAFETY: the params describe live device buffers: the image as
+        // uploaded, the tensor of plan.tensor_len() elements (checked), and
+        // the tables, whose indices stay inside the image (AxisCoefficients'
+        // contract). One stream orders the copies, the kernel and the frees.
+        unsafe { stream.launch_builder(&f).arg(&params).launch(config) }
+            .map_err(driver_error("preprocess_fused"))?;
+        Ok(())
+    }
+
+    fn run_v1<T: TensorElement + DeviceRepr>(
+        &self,
+        image: &DeviceImage,
+        plan: &TilePlan,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let pre = &self.preprocessor;
+        let stream = self.gpu.stream();
         let tables = normalization_tables::<T>(pre.normalization.mean, pre.normalization.std);
         let flat: Vec<T> = tables.iter().flatten().copied().collect();
         let table = stream
             .clone_htod(&flat)
             .map_err(driver_error("copy normalisation table"))?;
-
-        let t = plan.tile_size;
-        let mut targets = vec![(plan.resized, plan.grid.cols, 0u32)];
-        if plan.thumbnail {
-            targets.push(((t, t), 1, plan.tiles.len() as u32));
-        }
-        // Each target synchronizes before returning, so `src` and `table`
-        // outlive the kernels that read them.
-        for ((w, h), tiles_across, first_output) in targets {
-            self.resize_into_tiles(image, &src, (w, h), tiles_across, first_output, &table, out)?;
+        for target in Target::of(plan) {
+            self.resize_into_tiles_v1(image, target, &table, out)?;
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn resize_into_tiles<T: TensorElement + DeviceRepr>(
+    fn resize_into_tiles_v1<T: TensorElement + DeviceRepr>(
         &self,
-        image: &ImageView<'_>,
-        src: &CudaSlice<u8>,
-        (out_w, out_h): (u32, u32),
-        tiles_across: u32,
-        first_output: u32,
+        image: &DeviceImage,
+        target: Target,
         table: &CudaSlice<T>,
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
         let stream = self.gpu.stream();
-        let (in_w, in_h) = (image.width(), image.height());
-        let channels = image.format().colour_channels() as u32;
+        let (in_w, in_h) = (image.width, image.height);
+        let (out_w, out_h) = target.size;
+        let channels = image.format.colour_channels() as u32;
         let source = Plane {
-            addr: device_addr(src, stream),
-            stride: image.stride() as u64,
+            addr: device_addr(&image.data, stream),
+            stride: image.stride as u64,
             width: in_w,
             height: in_h,
-            bpp: image.format().bytes_per_pixel() as u32,
+            bpp: image.format.bytes_per_pixel() as u32,
         };
         let horizontal = self.upload_axis(in_w, out_w)?;
         let vertical = self.upload_axis(in_h, out_h)?;
@@ -141,7 +258,9 @@ impl CudaPreprocessor {
                 pass: pass_params(&source, axis, is_vertical, channels, (w, h), stream),
                 dst: device_addr(&buf, stream),
             };
-            let f = self.gpu.function(KernelModule::Preprocess, "resample_to_intermediate")?;
+            let f = self
+                .gpu
+                .function(KernelModule::Preprocess, "resample_to_intermediate")?;
             // SAFETY: the params describe live device buffers of the sizes the
             // kernel indexes (checked on the host above); one stream orders it.
             unsafe {
@@ -177,10 +296,12 @@ impl CudaPreprocessor {
             table: device_addr(table, stream),
             elem_bytes: T::DTYPE.size_bytes() as u32,
             tile_size: self.preprocessor.config.tile_size,
-            tiles_across,
-            first_output,
+            tiles_across: target.tiles_across,
+            first_output: target.first_output,
         };
-        let f = self.gpu.function(KernelModule::Preprocess, "resample_to_tiles")?;
+        let f = self
+            .gpu
+            .function(KernelModule::Preprocess, "resample_to_tiles")?;
         // SAFETY: as above; the tensor holds every tile this target writes.
         unsafe {
             stream
@@ -189,7 +310,8 @@ impl CudaPreprocessor {
                 .launch(launch_config(out_w, out_h))
         }
         .map_err(driver_error("resample_to_tiles"))?;
-        // The tables and the intermediate must outlive the queued kernels.
+        // v1 as first written: the tables and the intermediate are dropped
+        // only after the kernels finish.
         stream.synchronize().map_err(driver_error("synchronize"))?;
         drop((horizontal, vertical, intermediate_buf));
         Ok(())
@@ -213,6 +335,199 @@ impl CudaPreprocessor {
     }
 }
 
+/// One resize target of a plan: the grid's resized image or the thumbnail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    size: (u32, u32),
+    tiles_across: u32,
+    first_output: u32,
+}
+
+impl Target {
+    fn of(plan: &TilePlan) -> Vec<Target> {
+        let t = plan.tile_size;
+        let mut targets = vec![Target {
+            size: plan.resized,
+            tiles_across: plan.grid.cols,
+            first_output: 0,
+        }];
+        if plan.thumbnail {
+            targets.push(Target {
+                size: (t, t),
+                tiles_across: 1,
+                first_output: plan.tiles.len() as u32,
+            });
+        }
+        targets
+    }
+}
+
+/// Side of a v2 patch in output pixels, and its threads (kernels/preprocess.cu).
+const PATCH: u32 = 32;
+const FUSED_THREADS: u32 = 256;
+/// v2's shared memory per block: the staged intermediate of one chunk of a
+/// patch's window (256 samples of RGB, 768 of grey).
+const SLAB_BYTES: u32 = 24 * 1024;
+
+/// The host side of one v2 launch: every table in one blob of 32-bit words,
+/// and the parameters with addresses as byte offsets into the blob (the
+/// image and output addresses zero) until [`FusedLaunch::relocated`].
+struct FusedLaunch {
+    blob: Vec<u32>,
+    params: NvlmFusedPreprocess,
+    blocks: u32,
+}
+
+impl FusedLaunch {
+    fn new<T: TensorElement>(
+        pre: &Preprocessor,
+        plan: &TilePlan,
+        (width, height): (u32, u32),
+        stride: usize,
+        format: PixelFormat,
+    ) -> FusedLaunch {
+        let tables = normalization_tables::<T>(pre.normalization.mean, pre.normalization.std);
+        let table_bytes: Vec<u8> = tables
+            .iter()
+            .flat_map(|t| bytemuck::cast_slice::<T, u8>(t).iter().copied())
+            .collect();
+        let mut blob = Blob::default();
+        let table = blob.push(&table_bytes);
+        let mut params = NvlmFusedPreprocess {
+            table,
+            src_stride: stride as u64,
+            src_bpp: format.bytes_per_pixel() as u32,
+            channels: format.colour_channels() as u32,
+            elem_bytes: T::DTYPE.size_bytes() as u32,
+            tile_size: plan.tile_size,
+            slab_bytes: SLAB_BYTES,
+            ..Default::default()
+        };
+        let mut blocks = 0u32;
+        let targets = Target::of(plan);
+        params.num_targets = targets.len() as u32;
+        for (slot, target) in params.target.iter_mut().zip(&targets) {
+            let (out_w, out_h) = target.size;
+            let axes = FusedAxes::new(pre.pillow, (width, height), target.size);
+            *slot = NvlmFusedTarget {
+                first_f: blob.push_words(&axes.first.first),
+                count_f: blob.push_words(&axes.first.count),
+                coeffs_f: blob.push_words(bytemuck::cast_slice(&axes.first.coeffs)),
+                first_s: blob.push_words(&axes.second.first),
+                count_s: blob.push_words(&axes.second.count),
+                coeffs_s: blob.push_words(bytemuck::cast_slice(&axes.second.coeffs)),
+                taps_f: axes.first.taps,
+                taps_s: axes.second.taps,
+                out_width: out_w,
+                out_height: out_h,
+                vertical_first: u32::from(axes.vertical_first),
+                first_block: blocks,
+                tiles_across: target.tiles_across,
+                first_output: target.first_output,
+            };
+            blocks += out_w.div_ceil(PATCH) * out_h.div_ceil(PATCH);
+        }
+        FusedLaunch {
+            blob: blob.words,
+            params,
+            blocks,
+        }
+    }
+
+    /// The parameters with the blob's offsets turned into addresses.
+    fn relocated(&self, blob: u64, src: u64, out: u64) -> NvlmFusedPreprocess {
+        let mut p = self.params;
+        p.src = src;
+        p.out = out;
+        p.table += blob;
+        for t in p.target.iter_mut().take(p.num_targets as usize) {
+            for field in [
+                &mut t.first_f,
+                &mut t.count_f,
+                &mut t.coeffs_f,
+                &mut t.first_s,
+                &mut t.count_s,
+                &mut t.coeffs_s,
+            ] {
+                *field += blob;
+            }
+        }
+        p
+    }
+}
+
+/// The tables of one target for v2: the first pass's axis, the second's,
+/// and which is vertical. A pass Pillow skips becomes an identity table.
+struct FusedAxes {
+    first: AxisCoefficients,
+    second: AxisCoefficients,
+    vertical_first: bool,
+}
+
+impl FusedAxes {
+    fn new(pillow: PillowVersion, (in_w, in_h): (u32, u32), (out_w, out_h): (u32, u32)) -> Self {
+        let horizontal = || AxisCoefficients::bicubic(in_w, out_w);
+        let vertical = || AxisCoefficients::bicubic(in_h, out_h);
+        let (first, second, vertical_first) = match pillow.passes(in_w, in_h, out_w, out_h) {
+            Passes::HorizontalThenVertical => (horizontal(), vertical(), false),
+            Passes::VerticalThenHorizontal => (vertical(), horizontal(), true),
+            Passes::Horizontal => (AxisCoefficients::identity(in_h), horizontal(), true),
+            Passes::Vertical => (AxisCoefficients::identity(in_w), vertical(), false),
+            Passes::Copy => (
+                AxisCoefficients::identity(in_w),
+                AxisCoefficients::identity(in_h),
+                false,
+            ),
+        };
+        FusedAxes {
+            first,
+            second,
+            vertical_first,
+        }
+    }
+}
+
+/// 32-bit words, each array starting on a 16-byte boundary.
+#[derive(Default)]
+struct Blob {
+    words: Vec<u32>,
+}
+
+impl Blob {
+    /// Appends `words`; returns their byte offset.
+    fn push_words(&mut self, words: &[u32]) -> u64 {
+        let offset = (self.words.len() * 4) as u64;
+        self.words.extend_from_slice(words);
+        self.words.resize(self.words.len().next_multiple_of(4), 0);
+        offset
+    }
+
+    /// Appends `bytes` (zero-padded to whole words); returns their byte offset.
+    fn push(&mut self, bytes: &[u8]) -> u64 {
+        let words: Vec<u32> = bytes
+            .chunks(4)
+            .map(|c| {
+                let mut w = [0u8; 4];
+                w[..c.len()].copy_from_slice(c);
+                u32::from_le_bytes(w)
+            })
+            .collect();
+        self.push_words(&words)
+    }
+}
+
+/// The device copy of one axis table (v1).
+struct DeviceAxis {
+    first: CudaSlice<u32>,
+    count: CudaSlice<u32>,
+    coeffs: CudaSlice<i32>,
+    host: AxisCoefficients,
+}
+
+const BLOCK: (u32, u32) = (32, 8);
+/// gridDim.y cap; the v1 kernels stride over the remaining rows.
+const MAX_GRID_Y: u32 = 65535;
+
 /// A source image on the device: `height` rows of `width` pixels of `bpp` bytes.
 #[derive(Clone, Copy)]
 struct Plane {
@@ -229,7 +544,7 @@ fn pass_params(
     vertical: bool,
     channels: u32,
     (dst_width, dst_height): (u32, u32),
-    stream: &cudarc::driver::CudaStream,
+    stream: &CudaStream,
 ) -> NvlmResamplePass {
     NvlmResamplePass {
         src: src.addr,
@@ -248,7 +563,7 @@ fn pass_params(
     }
 }
 
-fn device_addr<T>(slice: &CudaSlice<T>, stream: &cudarc::driver::CudaStream) -> u64 {
+fn device_addr<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     let (addr, _sync) = slice.device_ptr(stream);
     addr
 }
@@ -258,5 +573,269 @@ fn launch_config(w: u32, h: u32) -> LaunchConfig {
         grid_dim: (w.div_ceil(BLOCK.0), h.div_ceil(BLOCK.1).min(MAX_GRID_Y), 1),
         block_dim: (BLOCK.0, BLOCK.1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Without a GPU, the v2 launch's host side is checked by running a
+    //! line-for-line CPU model of `preprocess_fused` on its blob and params
+    //! and comparing with the CPU reference: the tables, the pass order, the
+    //! identity tables, the patch and block layout and the chunking.
+    use super::*;
+    use crate::preprocess::DhrConfig;
+
+    const GROUP: u32 = 4;
+    const ROUNDING: i32 = 1 << 21;
+
+    fn clip8(acc: i32) -> u8 {
+        (acc >> 22).clamp(0, 255) as u8
+    }
+
+    /// `preprocess_fused` for every block, threads run one after another
+    /// between barriers. The slab is poisoned before each chunk so a read
+    /// of an entry the first pass did not write shows up as a wrong byte.
+    /// Returns the most chunks any patch took, horizontal-first targets
+    /// then vertical-first ones.
+    fn model(launch: &FusedLaunch, src: &[u8], out: &mut [f32]) -> [u32; 2] {
+        let mut most_chunks = [0; 2];
+        let p = &launch.params;
+        let word = |offset: u64, i: u64| launch.blob[(offset / 4 + i) as usize];
+        let c_n = p.channels as usize;
+        let table: Vec<f32> = (0..768u64)
+            .map(|i| f32::from_bits(word(p.table, i)))
+            .collect();
+        let mut slab = vec![0u8; p.slab_bytes as usize];
+        for block in 0..launch.blocks {
+            let second = p.num_targets == 2 && block >= p.target[1].first_block;
+            let t = if second { p.target[1] } else { p.target[0] };
+            let vf = t.vertical_first != 0;
+            let patch = block - t.first_block;
+            let across = t.out_width.div_ceil(PATCH);
+            let (x0, y0) = ((patch % across) * PATCH, (patch / across) * PATCH);
+            let (f0, s0) = if vf { (y0, x0) } else { (x0, y0) };
+            let nf = PATCH.min(if vf { t.out_height } else { t.out_width } - f0);
+            let ns = PATCH.min(if vf { t.out_width } else { t.out_height } - s0);
+            let first_s = |s: u32| word(t.first_s, s.into());
+            let count_s = |s: u32| word(t.count_s, s.into());
+            let w0 = first_s(s0);
+            let w1 = first_s(s0 + ns - 1) + count_s(s0 + ns - 1);
+            let rows = p.slab_bytes / (PATCH * p.channels);
+            let index = |s_local: u32, f_local: u32| {
+                (if vf {
+                    f_local * rows + s_local
+                } else {
+                    s_local * PATCH + f_local
+                }) as usize
+                    * c_n
+            };
+            let mut acc = vec![[[ROUNDING; 3]; GROUP as usize]; FUSED_THREADS as usize];
+            let chunks = &mut most_chunks[usize::from(vf)];
+            *chunks = (*chunks).max((w1 - w0).div_ceil(rows));
+            let mut c0 = w0;
+            while c0 < w1 {
+                let n = rows.min(w1 - c0);
+                slab.fill(0xA5);
+                for tid in 0..FUSED_THREADS {
+                    let mut i = tid;
+                    while i < n * PATCH {
+                        let (f_local, s_local) = if vf {
+                            (i / n, i % n)
+                        } else {
+                            (i % PATCH, i / PATCH)
+                        };
+                        i += FUSED_THREADS;
+                        if f_local >= nf {
+                            continue;
+                        }
+                        let (f, s) = (f0 + f_local, c0 + s_local);
+                        let start = word(t.first_f, f.into());
+                        let mut a = [ROUNDING; 3];
+                        for tap in 0..word(t.count_f, f.into()) {
+                            let w = word(
+                                t.coeffs_f,
+                                u64::from(f) * u64::from(t.taps_f) + u64::from(tap),
+                            ) as i32;
+                            let (row, col) = if vf {
+                                (start + tap, s)
+                            } else {
+                                (s, start + tap)
+                            };
+                            let px =
+                                row as usize * p.src_stride as usize + (col * p.src_bpp) as usize;
+                            for c in 0..c_n {
+                                a[c] += i32::from(src[px + c]) * w;
+                            }
+                        }
+                        for c in 0..c_n {
+                            slab[index(s_local, f_local) + c] = clip8(a[c]);
+                        }
+                    }
+                }
+                for tid in 0..FUSED_THREADS {
+                    let (x, y) = (x0 + (tid % 8) * GROUP, y0 + tid / 8);
+                    if y >= t.out_height {
+                        continue;
+                    }
+                    for j in 0..GROUP {
+                        if x + j >= t.out_width {
+                            continue;
+                        }
+                        let (s, f_local) = if vf { (x + j, y - y0) } else { (y, x + j - x0) };
+                        let fs = first_s(s);
+                        for r in fs.max(c0)..(fs + count_s(s)).min(c0 + n) {
+                            let w = word(
+                                t.coeffs_s,
+                                u64::from(s) * u64::from(t.taps_s) + u64::from(r - fs),
+                            ) as i32;
+                            for c in 0..c_n {
+                                acc[tid as usize][j as usize][c] +=
+                                    i32::from(slab[index(r - c0, f_local) + c]) * w;
+                            }
+                        }
+                    }
+                }
+                c0 += rows;
+            }
+            let ts = p.tile_size;
+            for tid in 0..FUSED_THREADS {
+                let (x, y) = (x0 + (tid % 8) * GROUP, y0 + tid / 8);
+                for j in 0..GROUP {
+                    if y >= t.out_height || x + j >= t.out_width {
+                        continue;
+                    }
+                    let tile = t.first_output + (y / ts) * t.tiles_across + (x + j) / ts;
+                    let within = (y % ts) * ts + (x + j) % ts;
+                    for c in 0..3 {
+                        let u = clip8(acc[tid as usize][j as usize][c.min(c_n - 1)]);
+                        let at = ((tile * 3 + c as u32) * ts * ts + within) as usize;
+                        out[at] = table[c * 256 + usize::from(u)];
+                    }
+                }
+            }
+        }
+        most_chunks
+    }
+
+    /// Checks one case; returns the passes of its targets and the most
+    /// chunks a patch took.
+    fn check(
+        pre: Preprocessor,
+        w: u32,
+        h: u32,
+        format: PixelFormat,
+        pad: usize,
+        seed: u64,
+    ) -> (Vec<Passes>, [u32; 2]) {
+        let stride = w as usize * format.bytes_per_pixel() + pad;
+        let mut x = seed | 1;
+        let data: Vec<u8> = (0..stride * h as usize)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let view = ImageView::new(&data, w, h, stride, format).unwrap();
+        let want = pre.run::<f32>(&view).unwrap();
+        let launch = FusedLaunch::new::<f32>(&pre, &want.plan, (w, h), stride, format);
+        let mut got = vec![f32::NAN; want.data.len()];
+        let chunks = model(&launch, view.data(), &mut got);
+        let what = format!("{w}x{h} {format:?} {:?} {:?}", pre.pillow, pre.config);
+        for (i, (a, b)) in got.iter().zip(&want.data).enumerate() {
+            assert!(
+                a.to_bits() == b.to_bits(),
+                "{what}: element {i}: {a} != {b}"
+            );
+        }
+        let passes = Target::of(&want.plan)
+            .iter()
+            .map(|t| pre.pillow.passes(w, h, t.size.0, t.size.1))
+            .collect();
+        (passes, chunks)
+    }
+
+    #[test]
+    fn fused_launch_model_equals_the_cpu_reference() {
+        let (mut n, mut seen, mut most_chunks) = (0u64, Vec::new(), [0; 2]);
+        let formats = [
+            PixelFormat::Rgb8,
+            PixelFormat::Rgba8,
+            PixelFormat::L8,
+            PixelFormat::La8,
+        ];
+        // (width, height, tile size, max tiles): sizes that make every pass
+        // order, the one-pass and copy cases, upscales, and downscales whose
+        // windows take several chunks (checked below), plus tile sizes that
+        // are not multiples of the patch or of 4.
+        let cases: &[(u32, u32, u32, u32)] = &[
+            (640, 480, 448, 6),
+            (1344, 896, 448, 6),
+            (1344, 500, 448, 6),
+            (900, 448, 448, 2),
+            (448, 900, 448, 2),
+            (200, 6000, 448, 6),
+            (30, 5000, 448, 6),
+            (7000, 120, 448, 6),
+            (3, 2, 448, 12),
+            (1, 1, 448, 6),
+            (97, 61, 30, 5),
+            (500, 333, 61, 6),
+            (300, 20000, 448, 6),
+            (1000, 5000, 32, 6),
+        ];
+        for &(w, h, tile, max_tiles) in cases {
+            for pillow in [PillowVersion::V12, PillowVersion::V13] {
+                let pre = Preprocessor {
+                    config: DhrConfig {
+                        tile_size: tile,
+                        max_tiles,
+                        ..DhrConfig::NVLM_D
+                    },
+                    pillow,
+                    ..Default::default()
+                };
+                n += 1;
+                let (passes, chunks) = check(pre, w, h, formats[n as usize % 4], n as usize % 3, n);
+                seen.extend(passes);
+                most_chunks = [0, 1].map(|o| most_chunks[o].max(chunks[o]));
+            }
+        }
+        for passes in [
+            Passes::Copy,
+            Passes::Horizontal,
+            Passes::Vertical,
+            Passes::HorizontalThenVertical,
+            Passes::VerticalThenHorizontal,
+        ] {
+            assert!(seen.contains(&passes), "no case ran {passes:?}");
+        }
+        assert!(
+            most_chunks.iter().all(|&c| c >= 3),
+            "some pass order never took several chunks: {most_chunks:?}"
+        );
+    }
+
+    #[test]
+    fn fused_tables_are_laid_out_on_16_byte_boundaries() {
+        let pre = Preprocessor::default();
+        let plan = pre.plan(4032, 3024).unwrap();
+        let launch =
+            FusedLaunch::new::<f32>(&pre, &plan, (4032, 3024), 4032 * 3, PixelFormat::Rgb8);
+        let p = launch.params;
+        assert_eq!(p.num_targets, 2);
+        assert_eq!(p.target[1].first_block, 42 * 28); // 1344x896 in 32x32 patches
+        assert_eq!(launch.blocks, 42 * 28 + 14 * 14);
+        assert_eq!(p.table, 0);
+        for t in &p.target {
+            for offset in [
+                t.first_f, t.count_f, t.coeffs_f, t.first_s, t.count_s, t.coeffs_s,
+            ] {
+                assert_eq!(offset % 16, 0);
+                assert!(offset < (launch.blob.len() * 4) as u64);
+            }
+            assert_eq!(t.vertical_first, 0, "V12, landscape: horizontal first");
+        }
     }
 }

@@ -19,7 +19,7 @@ pub mod tags;
 
 pub use coeffs::{AxisCoefficients, PRECISION_BITS};
 pub use cpu::{Interleaved, PillowVersion, normalize_value};
-pub use gpu::CudaPreprocessor;
+pub use gpu::{CudaPreprocessor, DeviceImage, PreprocessKernel};
 pub use image::{ImageView, PixelFormat};
 pub use plan::{
     DhrConfig, Grid, MAX_PIXELS, MAX_SIDE, MAX_TILE_SIZE, MAX_TILES_LIMIT, Rect, TilePlan,
@@ -168,7 +168,7 @@ impl Preprocessor {
         out: &mut [T],
     ) -> Result<()> {
         self.check_run(
-            image,
+            (image.width(), image.height()),
             plan,
             out.len(),
             "output tensor (elements, must be exact)",
@@ -200,25 +200,21 @@ impl Preprocessor {
     }
 
     /// The checks every run makes before any work, CPU or GPU: valid
-    /// normalisation, `plan` being this preprocessor's plan for `image`, and
-    /// an output of exactly `plan.tensor_len()` elements.
+    /// normalisation, `plan` being this preprocessor's plan for an image of
+    /// `(width, height)`, and an output of exactly `plan.tensor_len()` elements.
     pub(crate) fn check_run(
         &self,
-        image: &ImageView<'_>,
+        (width, height): (u32, u32),
         plan: &TilePlan,
         out_len: usize,
         what: &'static str,
     ) -> Result<()> {
         self.normalization.validate()?;
-        let expected = self.plan(image.width(), image.height())?;
+        let expected = self.plan(width, height)?;
         if *plan != expected {
             return Err(Error::InvalidConfig(format!(
                 "the plan given is for a {}x{} image with grid {:?}, not this preprocessor's plan for {}x{}",
-                plan.image.0,
-                plan.image.1,
-                plan.grid,
-                image.width(),
-                image.height()
+                plan.image.0, plan.image.1, plan.grid, width, height
             )));
         }
         if out_len != plan.tensor_len() {

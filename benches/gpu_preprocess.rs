@@ -1,0 +1,92 @@
+//! DHR preprocessing on the GPU, every kernel version, on the sizes of
+//! REFERENCE.md §7 and `scripts/peer_preprocess.py` (which times torch, PIL
+//! and a device copy on the same cases): NVLM-D config (1..=6 tiles of 448
+//! + thumbnail), random uint8 RGB, f32 `[T, 3, 448, 448]` out.
+//!
+//! Ids `preprocess/<impl>/<case>`: `nvlm-v1`, `nvlm-v2` take an image
+//! already on the device; `nvlm-v1-host`, `nvlm-v2-host` take it from
+//! (pageable) host memory, copy included. Times are CUDA-event times of
+//! calls queued back to back, rotating among input and output sets larger
+//! than L2; for the host-input ids they include the copy and any time the
+//! stream waits on the host. Skips without a GPU.
+
+mod common;
+
+use common::{device_time, gpu_or_skip};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use nvlm_vision::preprocess::{
+    CudaPreprocessor, DeviceImage, ImageView, PixelFormat, PreprocessKernel, Preprocessor,
+};
+
+const SIZES: [(u32, u32); 3] = [(4032, 3024), (1920, 1080), (640, 480)];
+/// Input + output bytes the rotation spans: several times an H100/H200's L2.
+const ROTATE_BYTES: usize = 256 << 20;
+
+/// Random bytes (xorshift), a different stream per `seed`.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn preprocess(c: &mut Criterion) {
+    let Some(gpu) = gpu_or_skip("gpu_preprocess") else {
+        return;
+    };
+    let stream = gpu.stream();
+    let pre = Preprocessor::default();
+    let mut group = c.benchmark_group("preprocess");
+    for (w, h) in SIZES {
+        let case = format!("{w}x{h}");
+        let plan = pre.plan(w, h).unwrap();
+        let in_bytes = (w * h * 3) as usize;
+        let out_bytes = plan.tensor_len() * 4;
+        let sets = ROTATE_BYTES.div_ceil(in_bytes + out_bytes).clamp(2, 32);
+        let hosts: Vec<Vec<u8>> = (0..sets).map(|s| noise(in_bytes, s as u64)).collect();
+        let views: Vec<ImageView<'_>> = hosts
+            .iter()
+            .map(|p| ImageView::packed(p, w, h, PixelFormat::Rgb8).unwrap())
+            .collect();
+        let images: Vec<DeviceImage> = views
+            .iter()
+            .map(|v| DeviceImage::upload(&gpu, v).unwrap())
+            .collect();
+        let mut outs: Vec<_> = (0..sets)
+            .map(|_| stream.alloc_zeros::<f32>(plan.tensor_len()).unwrap())
+            .collect();
+        // The floor's bytes: input read once, output written once.
+        group.throughput(Throughput::Bytes((in_bytes + out_bytes) as u64));
+        for kernel in PreprocessKernel::ALL {
+            let cuda = CudaPreprocessor::new(pre, gpu.clone()).with_kernel(kernel);
+            let name = format!("nvlm-{}", kernel.name());
+            group.bench_function(BenchmarkId::new(&name, &case), |b| {
+                b.iter_custom(|iters| {
+                    device_time(&gpu, iters, |i| {
+                        let k = i as usize % sets;
+                        cuda.run_device_into(&images[k], &plan, &mut outs[k])
+                            .expect("preprocess");
+                    })
+                })
+            });
+            group.bench_function(BenchmarkId::new(format!("{name}-host"), &case), |b| {
+                b.iter_custom(|iters| {
+                    device_time(&gpu, iters, |i| {
+                        let k = i as usize % sets;
+                        cuda.run_into(&views[k], &plan, &mut outs[k])
+                            .expect("preprocess");
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, preprocess);
+criterion_main!(benches);
