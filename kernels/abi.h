@@ -57,12 +57,12 @@ typedef struct NvlmTileWrite {
 typedef struct NvlmFusedTarget {
     uint64_t first_f;      // uint32_t[out size along F]: first input index per output
     uint64_t count_f;      // uint32_t[...]: taps used per output
-    uint64_t coeffs_f;     // int32_t[... * taps_f]
-    uint64_t first_s;      // the same for axis S
+    uint64_t coeffs_f;     // int32_t[taps_f][out size along F]: tap-major
+    uint64_t first_s;      // the same for axis S, but
     uint64_t count_s;
-    uint64_t coeffs_s;
-    uint32_t taps_f;
-    uint32_t taps_s;
+    uint64_t coeffs_s;     // int32_t[out size along S][taps_s]: output-major
+    uint32_t taps_f;       // rows of coeffs_f
+    uint32_t taps_s;       // row length of coeffs_s
     uint32_t out_width;    // the resized image this target cuts tiles from
     uint32_t out_height;
     uint32_t vertical_first;

@@ -145,7 +145,8 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
     // The patch along F (first pass) and S (second pass), in output pixels.
     const uint32_t f0 = kVerticalFirst ? y0 : x0;
     const uint32_t s0 = kVerticalFirst ? x0 : y0;
-    const uint32_t nf = min(kPatch, (kVerticalFirst ? t.out_height : t.out_width) - f0);
+    const uint32_t out_f = kVerticalFirst ? t.out_height : t.out_width;
+    const uint32_t nf = min(kPatch, out_f - f0);
     const uint32_t ns = min(kPatch, (kVerticalFirst ? t.out_width : t.out_height) - s0);
 
     const uint32_t* first_f = reinterpret_cast<const uint32_t*>(t.first_f);
@@ -184,7 +185,8 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
             const uint32_t s = c0 + s_local;
             const uint32_t start = __ldg(first_f + f);
             const uint32_t taps = __ldg(count_f + f);
-            const int32_t* k = coeffs_f + static_cast<uint64_t>(f) * t.taps_f;
+            // coeffs_f is tap-major: a warp's consecutive f read one line per tap.
+            const int32_t* k = coeffs_f + f;
             // Along F the image advances by rows (vertical first) or pixels.
             const uint64_t step = kVerticalFirst ? p.src_stride : p.src_bpp;
             const uint8_t* px = src + (kVerticalFirst ? static_cast<uint64_t>(start) * p.src_stride +
@@ -195,7 +197,7 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
 #pragma unroll
             for (int c = 0; c < C; ++c) a[c] = 1 << (kPrecisionBits - 1);
             for (uint32_t tap = 0; tap < taps; ++tap, px += step) {
-                const int32_t w = __ldg(k + tap);
+                const int32_t w = __ldg(k + static_cast<uint64_t>(tap) * out_f);
 #pragma unroll
                 for (int c = 0; c < C; ++c) a[c] += static_cast<int32_t>(__ldg(px + c)) * w;
             }
@@ -232,12 +234,21 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
                 const int32_t* k = coeffs_s + static_cast<uint64_t>(y) * t.taps_s;
                 for (uint32_t r = lo; r < hi; ++r) {
                     const int32_t w = __ldg(k + (r - fs));
-                    const uint8_t* px = slab + slab_index<false>(r - c0, x - x0, rows) * C;
+                    // The group's 4 x C bytes are contiguous and 4-byte aligned
+                    // (rows are 32 x C bytes, the group starts at 4 x C x gx):
+                    // C word loads instead of 4 x C byte loads.
+                    const uint32_t* words =
+                        reinterpret_cast<const uint32_t*>(slab + slab_index<false>(r - c0, x - x0, rows) * C);
+                    uint32_t packed[C];
+#pragma unroll
+                    for (int q = 0; q < C; ++q) packed[q] = words[q];
 #pragma unroll
                     for (uint32_t j = 0; j < kGroup; ++j) {
-                        if (x + j >= t.out_width) continue;  // unwritten slab columns
 #pragma unroll
-                        for (int c = 0; c < C; ++c) acc[j][c] += static_cast<int32_t>(px[j * C + c]) * w;
+                        for (int c = 0; c < C; ++c) {
+                            const uint32_t b = j * C + c;
+                            acc[j][c] += static_cast<int32_t>((packed[b / 4] >> (8 * (b % 4))) & 0xFF) * w;
+                        }
                     }
                 }
             }

@@ -54,12 +54,9 @@ while read -r kind name path; do
     esac
 done < "$bundle/artifacts.txt"
 rm "$bundle/artifacts.txt"
-# A fresh build reports its build script; a cached one does not, so fall
-# back to the newest release report.
 if [ ! -f "$bundle/ptxas_report.txt" ]; then
-    target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-    report=$(ls -t "$target_dir"/release/build/nvlm-vision-*/out/ptxas_report.txt | head -1)
-    cp "$report" "$bundle/ptxas_report.txt"
+    echo "gpu_bundle: cargo reported no build script output for nvlm-vision (no ptxas report)" >&2
+    exit 1
 fi
 strip "$bundle"/bin/*/*
 

@@ -14,7 +14,9 @@ use crate::error::Result;
 use crate::preprocess::coeffs::AxisCoefficients;
 use crate::preprocess::cpu::{Passes, PillowVersion, normalization_tables};
 use crate::preprocess::{ImageView, PixelFormat, Preprocessor, TilePlan};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use std::sync::Arc;
 
 /// Which preprocessing kernel runs.
@@ -171,11 +173,12 @@ impl CudaPreprocessor {
         let blob = stream
             .clone_htod(&launch.blob)
             .map_err(driver_error("copy tables"))?;
-        let params = launch.relocated(
-            device_addr(&blob, stream),
-            device_addr(&image.data, stream),
-            device_addr(out, stream),
-        );
+        // The guards live until after the launch, so cudarc records the
+        // kernel's reads and writes for work on other streams.
+        let (blob_addr, _blob_read) = blob.device_ptr(stream);
+        let (src_addr, _src_read) = image.data.device_ptr(stream);
+        let (out_addr, _out_write) = out.device_ptr_mut(stream);
+        let params = launch.relocated(blob_addr, src_addr, out_addr);
         let f = self
             .gpu
             .function(KernelModule::Preprocess, "preprocess_fused")?;
@@ -412,7 +415,7 @@ impl FusedLaunch {
             *slot = NvlmFusedTarget {
                 first_f: blob.push_words(&axes.first.first),
                 count_f: blob.push_words(&axes.first.count),
-                coeffs_f: blob.push_words(bytemuck::cast_slice(&axes.first.coeffs)),
+                coeffs_f: blob.push_words(&tap_major(&axes.first)),
                 first_s: blob.push_words(&axes.second.first),
                 count_s: blob.push_words(&axes.second.count),
                 coeffs_s: blob.push_words(bytemuck::cast_slice(&axes.second.coeffs)),
@@ -454,6 +457,20 @@ impl FusedLaunch {
         }
         p
     }
+}
+
+/// `axis.coeffs` transposed to `[taps][out_size]`, as 32-bit words: the
+/// first pass's threads take consecutive outputs, so each tap's weights are
+/// one contiguous read.
+fn tap_major(axis: &AxisCoefficients) -> Vec<u32> {
+    let (taps, out) = (axis.taps as usize, axis.out_size as usize);
+    let mut words = vec![0u32; taps * out];
+    for (o, row) in axis.coeffs.chunks_exact(taps).enumerate() {
+        for (t, &k) in row.iter().enumerate() {
+            words[t * out + o] = k as u32;
+        }
+    }
+    words
 }
 
 /// The tables of one target for v2: the first pass's axis, the second's,
@@ -652,10 +669,10 @@ mod tests {
                         let start = word(t.first_f, f.into());
                         let mut a = [ROUNDING; 3];
                         for tap in 0..word(t.count_f, f.into()) {
-                            let w = word(
-                                t.coeffs_f,
-                                u64::from(f) * u64::from(t.taps_f) + u64::from(tap),
-                            ) as i32;
+                            let out_f = if vf { t.out_height } else { t.out_width };
+                            let w =
+                                word(t.coeffs_f, u64::from(tap) * u64::from(out_f) + u64::from(f))
+                                    as i32;
                             let (row, col) = if vf {
                                 (start + tap, s)
                             } else {
