@@ -49,3 +49,39 @@ static_assert(sizeof(NvlmResamplePass) == 72, "NvlmResamplePass layout");
 static_assert(sizeof(NvlmIntermediate) == 80, "NvlmIntermediate layout");
 static_assert(sizeof(NvlmTileWrite) == 104, "NvlmTileWrite layout");
 #endif
+
+// ---- Hopper primitive self-tests (kernels/hopper_selftest.cu) ----
+
+// selftest_tma_round_trip: the box loaded at (load_x, load_y) of the source
+// map is copied to box_out (box_width * box_height bf16, row-major) and
+// TMA-stored at (store_x, store_y) of the destination map.
+typedef struct NvlmTmaSelftest {
+    uint64_t box_out;
+    int32_t load_x;
+    int32_t load_y;
+    int32_t store_x;
+    int32_t store_y;
+    uint32_t box_width;
+    uint32_t box_height;
+} NvlmTmaSelftest;
+
+// selftest_mbarrier_pipeline: column sums and sums of squares of a
+// [rows, 64] bf16 matrix, into out (128 f32).
+typedef struct NvlmPipelineSelftest {
+    uint64_t out;
+    uint32_t rows;
+    uint32_t reserved;     // keeps the size a multiple of 8 on both sides
+} NvlmPipelineSelftest;
+
+// selftest_wgmma_tile: c (64x64 f32) = a (64x64 bf16) * b (64x64 bf16)^T.
+typedef struct NvlmWgmmaSelftest {
+    uint64_t a;
+    uint64_t b;
+    uint64_t c;
+} NvlmWgmmaSelftest;
+
+#ifdef __cplusplus
+static_assert(sizeof(NvlmTmaSelftest) == 32, "NvlmTmaSelftest layout");
+static_assert(sizeof(NvlmPipelineSelftest) == 16, "NvlmPipelineSelftest layout");
+static_assert(sizeof(NvlmWgmmaSelftest) == 24, "NvlmWgmmaSelftest layout");
+#endif

@@ -95,3 +95,69 @@ const _: () = {
     ["Offset of field: NvlmTileWrite::first_output"]
         [::core::mem::offset_of!(NvlmTileWrite, first_output) - 100usize];
 };
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmTmaSelftest {
+    pub box_out: u64,
+    pub load_x: i32,
+    pub load_y: i32,
+    pub store_x: i32,
+    pub store_y: i32,
+    pub box_width: u32,
+    pub box_height: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmTmaSelftest"][::core::mem::size_of::<NvlmTmaSelftest>() - 32usize];
+    ["Alignment of NvlmTmaSelftest"][::core::mem::align_of::<NvlmTmaSelftest>() - 8usize];
+    ["Offset of field: NvlmTmaSelftest::box_out"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, box_out) - 0usize];
+    ["Offset of field: NvlmTmaSelftest::load_x"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, load_x) - 8usize];
+    ["Offset of field: NvlmTmaSelftest::load_y"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, load_y) - 12usize];
+    ["Offset of field: NvlmTmaSelftest::store_x"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, store_x) - 16usize];
+    ["Offset of field: NvlmTmaSelftest::store_y"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, store_y) - 20usize];
+    ["Offset of field: NvlmTmaSelftest::box_width"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, box_width) - 24usize];
+    ["Offset of field: NvlmTmaSelftest::box_height"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, box_height) - 28usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmPipelineSelftest {
+    pub out: u64,
+    pub rows: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmPipelineSelftest"][::core::mem::size_of::<NvlmPipelineSelftest>() - 16usize];
+    ["Alignment of NvlmPipelineSelftest"][::core::mem::align_of::<NvlmPipelineSelftest>() - 8usize];
+    ["Offset of field: NvlmPipelineSelftest::out"]
+        [::core::mem::offset_of!(NvlmPipelineSelftest, out) - 0usize];
+    ["Offset of field: NvlmPipelineSelftest::rows"]
+        [::core::mem::offset_of!(NvlmPipelineSelftest, rows) - 8usize];
+    ["Offset of field: NvlmPipelineSelftest::reserved"]
+        [::core::mem::offset_of!(NvlmPipelineSelftest, reserved) - 12usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmWgmmaSelftest {
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmWgmmaSelftest"][::core::mem::size_of::<NvlmWgmmaSelftest>() - 24usize];
+    ["Alignment of NvlmWgmmaSelftest"][::core::mem::align_of::<NvlmWgmmaSelftest>() - 8usize];
+    ["Offset of field: NvlmWgmmaSelftest::a"]
+        [::core::mem::offset_of!(NvlmWgmmaSelftest, a) - 0usize];
+    ["Offset of field: NvlmWgmmaSelftest::b"]
+        [::core::mem::offset_of!(NvlmWgmmaSelftest, b) - 8usize];
+    ["Offset of field: NvlmWgmmaSelftest::c"]
+        [::core::mem::offset_of!(NvlmWgmmaSelftest, c) - 16usize];
+};
