@@ -80,7 +80,20 @@ typedef struct NvlmWgmmaSelftest {
     uint64_t c;
 } NvlmWgmmaSelftest;
 
+// selftest_wgmma_swizzled: c (64x64 f32) = A * B^T from two tensor maps.
+typedef struct NvlmWgmmaSwizzledSelftest {
+    uint64_t c;
+} NvlmWgmmaSwizzledSelftest;
+
+// selftest_wgmma_rs: c (64x128 f32) = p (64x64 bf16, row-major) * V (map).
+typedef struct NvlmWgmmaRsSelftest {
+    uint64_t p;
+    uint64_t c;
+} NvlmWgmmaRsSelftest;
+
 #ifdef __cplusplus
+static_assert(sizeof(NvlmWgmmaSwizzledSelftest) == 8, "NvlmWgmmaSwizzledSelftest layout");
+static_assert(sizeof(NvlmWgmmaRsSelftest) == 16, "NvlmWgmmaRsSelftest layout");
 static_assert(sizeof(NvlmTmaSelftest) == 32, "NvlmTmaSelftest layout");
 static_assert(sizeof(NvlmPipelineSelftest) == 16, "NvlmPipelineSelftest layout");
 static_assert(sizeof(NvlmWgmmaSelftest) == 24, "NvlmWgmmaSelftest layout");

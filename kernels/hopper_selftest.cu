@@ -162,3 +162,133 @@ extern "C" __global__ void __launch_bounds__(128) selftest_wgmma_tile(NvlmWgmmaS
     __trap();
 #endif
 }
+
+// The two wgmma forms attention needs, on operands TMA loaded with the
+// 128-byte swizzle (64-element atoms, tiles 1024-byte aligned):
+// - selftest_wgmma_swizzled: C[64x64] = A[64x128] * B[64x128]^T, both
+//   K-major (Q K^T with head_dim 128): 8 k16 steps, two atoms along K.
+// - selftest_wgmma_rs: C[64x128] = P[64x64] * V[64x128], P from registers
+//   (as attention's probabilities are), V MN-major (head_dim contiguous):
+//   4 k16 steps, two atoms along N.
+[[maybe_unused]] constexpr uint32_t kAtomBytes = 64 * 64 * 2;  // 64 rows of 128 bytes
+
+// Dynamic shared memory rounded up to the 1024-byte alignment swizzled
+// tiles need (the launch asks for 1024 bytes of slack).
+__device__ __forceinline__ uint16_t* swizzle_aligned(uint8_t* smem) {
+    const uint32_t misalign = smem_addr(smem) % 1024;
+    return reinterpret_cast<uint16_t*>(smem + (misalign ? 1024 - misalign : 0));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    selftest_wgmma_swizzled(const __grid_constant__ CUtensorMap a_map,
+                            const __grid_constant__ CUtensorMap b_map, NvlmWgmmaSwizzledSelftest p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ uint8_t smem_raw[];
+    uint16_t* atoms = swizzle_aligned(smem_raw);  // a0 a1 b0 b1, 8 KB each
+    __shared__ __align__(8) uint64_t loaded;
+    if (threadIdx.x == 0) {
+        mbarrier_init(&loaded, 1);
+        mbarrier_init_fence();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        mbarrier_arrive_expect_tx(&loaded, 4 * kAtomBytes);
+        for (int atom = 0; atom < 2; ++atom) {
+            tma_load_2d(atoms + atom * 4096, &a_map, &loaded, 64 * atom, 0);
+            tma_load_2d(atoms + (2 + atom) * 4096, &b_map, &loaded, 64 * atom, 0);
+        }
+    }
+    mbarrier_wait(&loaded, 0);
+
+    float acc[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[i] = __int_as_float(0x7fc00000);
+    wgmma_fence();
+#pragma unroll
+    for (int step = 0; step < 8; ++step) {
+        // Within an atom a k16 step is 32 bytes (16 elements) further along
+        // the (swizzled) 128-byte rows.
+        const int offset = (step / 4) * 4096 + (step % 4) * 16;
+        const uint64_t da = wgmma_descriptor(atoms + offset, 16, 1024, WgmmaSwizzle::B128);
+        const uint64_t db =
+            wgmma_descriptor(atoms + 2 * 4096 + offset, 16, 1024, WgmmaSwizzle::B128);
+        wgmma_m64n64k16_bf16(acc, da, db, step > 0);
+    }
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    wgmma_fence_operands(acc);
+
+    float* c = reinterpret_cast<float*>(p.c);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int row = 16 * warp + lane / 4, col = 8 * j + 2 * (lane % 4);
+        c[row * 64 + col] = acc[4 * j];
+        c[row * 64 + col + 1] = acc[4 * j + 1];
+        c[(row + 8) * 64 + col] = acc[4 * j + 2];
+        c[(row + 8) * 64 + col + 1] = acc[4 * j + 3];
+    }
+#else
+    __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    selftest_wgmma_rs(const __grid_constant__ CUtensorMap v_map, NvlmWgmmaRsSelftest p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ uint8_t smem_raw[];
+    uint16_t* v_atoms = swizzle_aligned(smem_raw);  // head_dim 0..63, 64..127
+    __shared__ __align__(8) uint64_t loaded;
+    if (threadIdx.x == 0) {
+        mbarrier_init(&loaded, 1);
+        mbarrier_init_fence();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        mbarrier_arrive_expect_tx(&loaded, 2 * kAtomBytes);
+        tma_load_2d(v_atoms, &v_map, &loaded, 0, 0);
+        tma_load_2d(v_atoms + 4096, &v_map, &loaded, 64, 0);
+    }
+
+    // P's A fragments, straight from global memory (bf16 pairs).
+    const uint32_t* p_pairs = reinterpret_cast<const uint32_t*>(p.p);  // [64][32] pairs
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int row = 16 * warp + lane / 4, pair = lane % 4;
+    uint32_t a[4][4];
+#pragma unroll
+    for (int step = 0; step < 4; ++step) {
+        a[step][0] = p_pairs[row * 32 + step * 8 + pair];
+        a[step][1] = p_pairs[(row + 8) * 32 + step * 8 + pair];
+        a[step][2] = p_pairs[row * 32 + step * 8 + 4 + pair];
+        a[step][3] = p_pairs[(row + 8) * 32 + step * 8 + 4 + pair];
+    }
+    mbarrier_wait(&loaded, 0);
+
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = __int_as_float(0x7fc00000);
+    wgmma_fence();
+#pragma unroll
+    for (int step = 0; step < 4; ++step) {
+        // A k16 step is 16 V rows (two 8-row groups of 1024 bytes) further.
+        const uint64_t dv =
+            wgmma_descriptor(v_atoms + step * 16 * 64, kAtomBytes, 1024, WgmmaSwizzle::B128);
+        wgmma_m64n128k16_bf16_rs(acc, a[step], dv, step > 0);
+    }
+    wgmma_commit_group();
+    wgmma_wait_group<0>();
+    wgmma_fence_operands(acc);
+
+    float* c = reinterpret_cast<float*>(p.c);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const int col = 8 * j + 2 * (lane % 4);
+        c[row * 128 + col] = acc[4 * j];
+        c[row * 128 + col + 1] = acc[4 * j + 1];
+        c[(row + 8) * 128 + col] = acc[4 * j + 2];
+        c[(row + 8) * 128 + col + 1] = acc[4 * j + 3];
+    }
+#else
+    __trap();
+#endif
+}

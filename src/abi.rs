@@ -161,3 +161,32 @@ const _: () = {
     ["Offset of field: NvlmWgmmaSelftest::c"]
         [::core::mem::offset_of!(NvlmWgmmaSelftest, c) - 16usize];
 };
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmWgmmaSwizzledSelftest {
+    pub c: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmWgmmaSwizzledSelftest"]
+        [::core::mem::size_of::<NvlmWgmmaSwizzledSelftest>() - 8usize];
+    ["Alignment of NvlmWgmmaSwizzledSelftest"]
+        [::core::mem::align_of::<NvlmWgmmaSwizzledSelftest>() - 8usize];
+    ["Offset of field: NvlmWgmmaSwizzledSelftest::c"]
+        [::core::mem::offset_of!(NvlmWgmmaSwizzledSelftest, c) - 0usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmWgmmaRsSelftest {
+    pub p: u64,
+    pub c: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmWgmmaRsSelftest"][::core::mem::size_of::<NvlmWgmmaRsSelftest>() - 16usize];
+    ["Alignment of NvlmWgmmaRsSelftest"][::core::mem::align_of::<NvlmWgmmaRsSelftest>() - 8usize];
+    ["Offset of field: NvlmWgmmaRsSelftest::p"]
+        [::core::mem::offset_of!(NvlmWgmmaRsSelftest, p) - 0usize];
+    ["Offset of field: NvlmWgmmaRsSelftest::c"]
+        [::core::mem::offset_of!(NvlmWgmmaRsSelftest, c) - 8usize];
+};

@@ -59,6 +59,8 @@ unsafe impl DeviceRepr for crate::abi::NvlmTileWrite {}
 unsafe impl DeviceRepr for crate::abi::NvlmTmaSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmPipelineSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmWgmmaSelftest {}
+unsafe impl DeviceRepr for crate::abi::NvlmWgmmaSwizzledSelftest {}
+unsafe impl DeviceRepr for crate::abi::NvlmWgmmaRsSelftest {}
 
 pub(crate) fn driver_error(call: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Cuda(format!("{call}: {e}"))

@@ -240,22 +240,157 @@ fn wgmma_tile_matches_the_cpu_product() {
         // SAFETY: a, b hold 64x64 bf16 and c 64x64 f32.
         unsafe { stream.launch_builder(&f).arg(&params).launch(cfg) }.unwrap();
         let got = stream.clone_dtoh(&c).unwrap();
-        let value = |m: &[u16], i: usize| f64::from(bf16::from_bits(m[i]).to_f32());
-        let (mut err2, mut ref2, mut max_abs) = (0f64, 0f64, 0f64);
-        for i in 0..64 {
-            for j in 0..64 {
-                let want: f64 = (0..64)
-                    .map(|k| value(&a_host, i * 64 + k) * value(&b_host, j * 64 + k))
-                    .sum();
-                let g = f64::from(got[i * 64 + j]);
-                assert!(g.is_finite(), "C[{i}][{j}] = {g}: not written or NaN");
-                err2 += (g - want).powi(2);
-                ref2 += want * want;
-                max_abs = max_abs.max((g - want).abs());
-            }
-        }
-        let rel = (err2 / ref2).sqrt();
+        let rel = relative_error(
+            &got,
+            (64, 64, 64),
+            |i, t| bf16_at(&a_host, i * 64 + t),
+            |t, j| bf16_at(&b_host, j * 64 + t),
+        );
         // f32 accumulation of 64 exact bf16 products: ~1e-7 relative.
-        assert!(rel < 1e-5, "relative error {rel:e}, max abs {max_abs:e}");
+        assert!(rel < 1e-5, "relative error {rel:e}");
     }
+}
+
+/// A [rows, cols] row-major bf16 matrix as a tensor map with 64x64 boxes
+/// and the 128-byte swizzle (the layout the attention tiles use).
+fn swizzled_map(gpu: &Gpu, addr: u64, rows: u64, cols: u64) -> TensorMap {
+    TensorMap::tiled_2d(
+        gpu,
+        &Tiled2d {
+            address: addr,
+            element: TmaElement::Bf16,
+            width: cols,
+            rows,
+            row_stride_bytes: cols * 2,
+            box_width: 64,
+            box_rows: 64,
+            swizzle: TmaSwizzle::B128,
+        },
+    )
+    .unwrap()
+}
+
+/// ‖got − want‖/‖want‖ of `got` (f32, row-major m×n) against the f64
+/// product sum_k a(i, k)·b(k, j); panics on an unwritten (NaN) element.
+fn relative_error(
+    got: &[f32],
+    (m, n, k): (usize, usize, usize),
+    a: impl Fn(usize, usize) -> f64,
+    b: impl Fn(usize, usize) -> f64,
+) -> f64 {
+    let (mut err2, mut ref2) = (0f64, 0f64);
+    for i in 0..m {
+        for j in 0..n {
+            let want: f64 = (0..k).map(|t| a(i, t) * b(t, j)).sum();
+            let g = f64::from(got[i * n + j]);
+            assert!(g.is_finite(), "C[{i}][{j}] = {g}: not written or NaN");
+            err2 += (g - want).powi(2);
+            ref2 += want * want;
+        }
+    }
+    (err2 / ref2).sqrt()
+}
+
+fn bf16_at(m: &[u16], i: usize) -> f64 {
+    f64::from(bf16::from_bits(m[i]).to_f32())
+}
+
+#[test]
+fn wgmma_reads_swizzled_k_major_tiles_loaded_by_tma() {
+    let Some(gpu) = hopper_or_skip("wgmma_reads_swizzled_k_major_tiles_loaded_by_tma") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("wgmma_swizzled");
+    let stream = gpu.stream();
+    let a_host = random_bf16(&mut rng, 64 * 128);
+    let b_host = random_bf16(&mut rng, 64 * 128);
+    let a = stream.clone_htod(&a_host).unwrap();
+    let b = stream.clone_htod(&b_host).unwrap();
+    let c = stream.clone_htod(&vec![f32::NAN; 64 * 64]).unwrap();
+    let ((pa, ga), (pb, gb), (pc, gc)) = (
+        a.device_ptr(stream),
+        b.device_ptr(stream),
+        c.device_ptr(stream),
+    );
+    let (a_map, b_map) = (
+        swizzled_map(&gpu, pa, 64, 128),
+        swizzled_map(&gpu, pb, 64, 128),
+    );
+    let params = nvlm_vision::abi::NvlmWgmmaSwizzledSelftest { c: pc };
+    drop((ga, gb, gc));
+    let f = gpu
+        .function(KernelModule::HopperSelftest, "selftest_wgmma_swizzled")
+        .unwrap();
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 4 * 8192 + 1024,
+    };
+    // SAFETY: the maps describe the live a and b (64x128 bf16); c holds
+    // 64x64 f32.
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(&a_map)
+            .arg(&b_map)
+            .arg(&params)
+            .launch(cfg)
+    }
+    .unwrap();
+    let got = stream.clone_dtoh(&c).unwrap();
+    let rel = relative_error(
+        &got,
+        (64, 64, 128),
+        |i, t| bf16_at(&a_host, i * 128 + t),
+        |t, j| bf16_at(&b_host, j * 128 + t),
+    );
+    assert!(rel < 1e-5, "relative error {rel:e}");
+}
+
+#[test]
+fn wgmma_takes_a_from_registers_and_mn_major_b() {
+    let Some(gpu) = hopper_or_skip("wgmma_takes_a_from_registers_and_mn_major_b") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("wgmma_rs");
+    let stream = gpu.stream();
+    let p_host = random_bf16(&mut rng, 64 * 64);
+    let v_host = random_bf16(&mut rng, 64 * 128);
+    let p = stream.clone_htod(&p_host).unwrap();
+    let v = stream.clone_htod(&v_host).unwrap();
+    let c = stream.clone_htod(&vec![f32::NAN; 64 * 128]).unwrap();
+    let ((pp, gp), (pv, gv), (pc, gc)) = (
+        p.device_ptr(stream),
+        v.device_ptr(stream),
+        c.device_ptr(stream),
+    );
+    let v_map = swizzled_map(&gpu, pv, 64, 128);
+    let params = nvlm_vision::abi::NvlmWgmmaRsSelftest { p: pp, c: pc };
+    drop((gp, gv, gc));
+    let f = gpu
+        .function(KernelModule::HopperSelftest, "selftest_wgmma_rs")
+        .unwrap();
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 2 * 8192 + 1024,
+    };
+    // SAFETY: the map describes the live v (64x128 bf16); p holds 64x64
+    // bf16 and c 64x128 f32.
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(&v_map)
+            .arg(&params)
+            .launch(cfg)
+    }
+    .unwrap();
+    let got = stream.clone_dtoh(&c).unwrap();
+    let rel = relative_error(
+        &got,
+        (64, 128, 64),
+        |i, t| bf16_at(&p_host, i * 64 + t),
+        |t, j| bf16_at(&v_host, t * 128 + j),
+    );
+    assert!(rel < 1e-5, "relative error {rel:e}");
 }
