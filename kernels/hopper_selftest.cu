@@ -142,7 +142,7 @@ extern "C" __global__ void __launch_bounds__(128) selftest_wgmma_tile(NvlmWgmmaS
                                              WgmmaSwizzle::None);
         const uint64_t db = wgmma_descriptor(b_tile + step * 128, 128, (kTileK / 8) * 128,
                                              WgmmaSwizzle::None);
-        wgmma_m64n64k16_bf16(acc, da, db, step > 0);
+        wgmma_ss<64, __nv_bfloat16>(acc, da, db, step > 0);
     }
     wgmma_commit_group();
     wgmma_wait_group<0>();
@@ -212,7 +212,7 @@ extern "C" __global__ void __launch_bounds__(128)
         const uint64_t da = wgmma_descriptor(atoms + offset, 16, 1024, WgmmaSwizzle::B128);
         const uint64_t db =
             wgmma_descriptor(atoms + 2 * 4096 + offset, 16, 1024, WgmmaSwizzle::B128);
-        wgmma_m64n64k16_bf16(acc, da, db, step > 0);
+        wgmma_ss<64, __nv_bfloat16>(acc, da, db, step > 0);
     }
     wgmma_commit_group();
     wgmma_wait_group<0>();
@@ -273,7 +273,7 @@ extern "C" __global__ void __launch_bounds__(128)
         // A k16 step is 16 V rows (two 8-row groups of 1024 bytes) further.
         const uint64_t dv =
             wgmma_descriptor(v_atoms + step * 16 * 64, kAtomBytes, 1024, WgmmaSwizzle::B128);
-        wgmma_m64n128k16_bf16_rs(acc, a[step], dv, step > 0);
+        wgmma_rs<128, __nv_bfloat16>(acc, a[step], dv, step > 0);
     }
     wgmma_commit_group();
     wgmma_wait_group<0>();

@@ -4,6 +4,10 @@
 //! tests/abi_bindgen.rs regenerates it and fails on any difference.
 #![allow(non_camel_case_types, non_snake_case, clippy::all)]
 
+pub const NVLM_HOPPER_ATTENTION_THREADS: u32 = 384;
+pub const NVLM_HOPPER_ATTENTION_QUERY_ROWS: u32 = 128;
+pub const NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64: u32 = 82944;
+pub const NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128: u32 = 164864;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct NvlmResamplePass {
@@ -94,6 +98,54 @@ const _: () = {
         [::core::mem::offset_of!(NvlmTileWrite, tiles_across) - 96usize];
     ["Offset of field: NvlmTileWrite::first_output"]
         [::core::mem::offset_of!(NvlmTileWrite, first_output) - 100usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmHopperAttention {
+    pub o: u64,
+    pub lse: u64,
+    pub o_batch_stride: i64,
+    pub o_token_stride: i64,
+    pub o_head_stride: i64,
+    pub batch: u32,
+    pub heads: u32,
+    pub q_len: u32,
+    pub kv_len: u32,
+    pub softmax_scale: f32,
+    pub q_tokens_inner: u32,
+    pub kv_tokens_inner: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmHopperAttention"][::core::mem::size_of::<NvlmHopperAttention>() - 72usize];
+    ["Alignment of NvlmHopperAttention"][::core::mem::align_of::<NvlmHopperAttention>() - 8usize];
+    ["Offset of field: NvlmHopperAttention::o"]
+        [::core::mem::offset_of!(NvlmHopperAttention, o) - 0usize];
+    ["Offset of field: NvlmHopperAttention::lse"]
+        [::core::mem::offset_of!(NvlmHopperAttention, lse) - 8usize];
+    ["Offset of field: NvlmHopperAttention::o_batch_stride"]
+        [::core::mem::offset_of!(NvlmHopperAttention, o_batch_stride) - 16usize];
+    ["Offset of field: NvlmHopperAttention::o_token_stride"]
+        [::core::mem::offset_of!(NvlmHopperAttention, o_token_stride) - 24usize];
+    ["Offset of field: NvlmHopperAttention::o_head_stride"]
+        [::core::mem::offset_of!(NvlmHopperAttention, o_head_stride) - 32usize];
+    ["Offset of field: NvlmHopperAttention::batch"]
+        [::core::mem::offset_of!(NvlmHopperAttention, batch) - 40usize];
+    ["Offset of field: NvlmHopperAttention::heads"]
+        [::core::mem::offset_of!(NvlmHopperAttention, heads) - 44usize];
+    ["Offset of field: NvlmHopperAttention::q_len"]
+        [::core::mem::offset_of!(NvlmHopperAttention, q_len) - 48usize];
+    ["Offset of field: NvlmHopperAttention::kv_len"]
+        [::core::mem::offset_of!(NvlmHopperAttention, kv_len) - 52usize];
+    ["Offset of field: NvlmHopperAttention::softmax_scale"]
+        [::core::mem::offset_of!(NvlmHopperAttention, softmax_scale) - 56usize];
+    ["Offset of field: NvlmHopperAttention::q_tokens_inner"]
+        [::core::mem::offset_of!(NvlmHopperAttention, q_tokens_inner) - 60usize];
+    ["Offset of field: NvlmHopperAttention::kv_tokens_inner"]
+        [::core::mem::offset_of!(NvlmHopperAttention, kv_tokens_inner) - 64usize];
+    ["Offset of field: NvlmHopperAttention::reserved"]
+        [::core::mem::offset_of!(NvlmHopperAttention, reserved) - 68usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -69,60 +69,93 @@ impl TmaSwizzle {
     }
 }
 
-/// A 2-D row-major tensor in device memory as TMA sees it.
+/// A rank-`R` tensor in device memory as TMA sees it, innermost dimension
+/// first (the innermost must be contiguous).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tiled2d {
-    /// Device address of element (0, 0).
+pub struct TiledTensor<const R: usize> {
+    /// Device address of element (0, ..., 0).
     pub address: u64,
     pub element: TmaElement,
-    /// Elements per row (the contiguous dimension).
-    pub width: u64,
-    pub rows: u64,
-    /// Bytes between rows.
-    pub row_stride_bytes: u64,
-    /// The box one copy moves: (elements along a row, rows).
-    pub box_width: u32,
-    pub box_rows: u32,
+    pub dims: [u64; R],
+    /// Bytes between neighbours along each dimension; `strides_bytes[0]`
+    /// must be the element size.
+    pub strides_bytes: [u64; R],
+    /// The box one copy moves, in elements per dimension.
+    pub box_dims: [u32; R],
     pub swizzle: TmaSwizzle,
 }
 
+/// A 2-D row-major matrix: `(width, rows)` with a row stride.
+pub type Tiled2d = TiledTensor<2>;
+
 impl Tiled2d {
+    /// A row-major matrix of `rows` rows of `width` elements,
+    /// `row_stride_bytes` apart, moved in boxes of `box_width` x `box_rows`.
+    pub fn matrix(
+        address: u64,
+        element: TmaElement,
+        (width, rows, row_stride_bytes): (u64, u64, u64),
+        (box_width, box_rows): (u32, u32),
+        swizzle: TmaSwizzle,
+    ) -> Tiled2d {
+        TiledTensor {
+            address,
+            element,
+            dims: [width, rows],
+            strides_bytes: [element.size_bytes(), row_stride_bytes],
+            box_dims: [box_width, box_rows],
+            swizzle,
+        }
+    }
+}
+
+impl<const R: usize> TiledTensor<R> {
     /// The driver's rules for a tiled tensor map, checked here so that a
     /// violation is an error naming the field instead of an opaque
     /// CUDA_ERROR_INVALID_VALUE.
     pub fn check(&self) -> Result<()> {
         let bad = |what: String| Err(Error::InvalidShape(format!("TMA tensor map: {what}")));
         let elem = self.element.size_bytes();
+        if !(1..=5).contains(&R) {
+            return bad(format!("rank {R} is outside 1..=5"));
+        }
         if !self.address.is_multiple_of(16) {
             return bad(format!(
                 "address {:#x} is not 16-byte aligned",
                 self.address
             ));
         }
-        for (name, dim) in [("width", self.width), ("rows", self.rows)] {
+        for (i, &dim) in self.dims.iter().enumerate() {
             if dim == 0 || dim > 1 << 32 {
-                return bad(format!("{name} {dim} is outside 1..=2^32"));
+                return bad(format!("dimension {i} size {dim} is outside 1..=2^32"));
             }
         }
-        if !self.row_stride_bytes.is_multiple_of(16) || self.row_stride_bytes >= 1 << 40 {
+        if self.strides_bytes[0] != elem {
             return bad(format!(
-                "row stride {} bytes is not a multiple of 16 below 2^40",
-                self.row_stride_bytes
+                "the innermost stride is {} bytes, not the element size {elem}",
+                self.strides_bytes[0]
             ));
         }
-        if self.row_stride_bytes < self.width * elem {
+        for (i, &stride) in self.strides_bytes.iter().enumerate().skip(1) {
+            if !stride.is_multiple_of(16) || stride >= 1 << 40 {
+                return bad(format!(
+                    "dimension {i} stride {stride} bytes is not a multiple of 16 below 2^40"
+                ));
+            }
+        }
+        if R > 1 && self.strides_bytes[1] < self.dims[0] * elem {
             return bad(format!(
-                "row stride {} bytes is shorter than a row ({} bytes)",
-                self.row_stride_bytes,
-                self.width * elem
+                "dimension 1 stride {} bytes is shorter than a row ({} bytes)",
+                self.strides_bytes[1],
+                self.dims[0] * elem
             ));
         }
-        for (name, dim) in [("box width", self.box_width), ("box rows", self.box_rows)] {
+        for (i, &dim) in self.box_dims.iter().enumerate() {
             if !(1..=256).contains(&dim) {
-                return bad(format!("{name} {dim} is outside 1..=256"));
+                return bad(format!("box dimension {i} size {dim} is outside 1..=256"));
             }
         }
-        let box_row_bytes = u64::from(self.box_width) * elem;
+        let box_row_bytes = u64::from(self.box_dims[0]) * elem;
         if !box_row_bytes.is_multiple_of(16) {
             return bad(format!(
                 "a box row is {box_row_bytes} bytes, not a multiple of 16"
@@ -151,28 +184,24 @@ unsafe impl DeviceRepr for TensorMap {}
 
 impl TensorMap {
     /// Encodes `tensor` (checked first). Out-of-bounds box elements load as
-    /// zeros; stores outside the tensor are dropped.
-    pub fn tiled_2d(gpu: &Gpu, tensor: &Tiled2d) -> Result<TensorMap> {
+    /// zeros; stores outside the tensor are dropped. Taking the `Gpu` is the
+    /// proof that the driver library is loaded.
+    pub fn tiled<const R: usize>(_gpu: &Gpu, tensor: &TiledTensor<R>) -> Result<TensorMap> {
         tensor.check()?;
-        // The driver library is loadable: `gpu` exists.
-        let _ = gpu;
-        let dims = [tensor.width, tensor.rows];
-        let strides = [tensor.row_stride_bytes];
-        let boxes = [tensor.box_width, tensor.box_rows];
-        let element_strides = [1u32, 1];
+        let element_strides = [1u32; R];
         let mut map = CUtensorMap { opaque: [0; 16] };
-        // SAFETY: every pointer is to a live local array of the rank's
-        // length (strides: rank - 1); the values passed the driver's rules
-        // in `check`.
+        // SAFETY: every pointer is to a live array of R elements (the
+        // driver reads R - 1 strides, skipping the innermost); the values
+        // passed the driver's rules in `check`.
         let status = unsafe {
             cudarc::driver::sys::cuTensorMapEncodeTiled(
                 &mut map,
                 tensor.element.driver(),
-                2,
+                R as u32,
                 tensor.address as *mut std::ffi::c_void,
-                dims.as_ptr(),
-                strides.as_ptr(),
-                boxes.as_ptr(),
+                tensor.dims.as_ptr(),
+                tensor.strides_bytes[1..].as_ptr(),
+                tensor.box_dims.as_ptr(),
                 element_strides.as_ptr(),
                 CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
                 tensor.swizzle.driver(),
@@ -204,16 +233,13 @@ mod tests {
     use super::*;
 
     fn valid() -> Tiled2d {
-        Tiled2d {
-            address: 0x7f00_0000_0000,
-            element: TmaElement::Bf16,
-            width: 100,
-            rows: 70,
-            row_stride_bytes: 208,
-            box_width: 64,
-            box_rows: 32,
-            swizzle: TmaSwizzle::B128,
-        }
+        Tiled2d::matrix(
+            0x7f00_0000_0000,
+            TmaElement::Bf16,
+            (100, 70, 208),
+            (64, 32),
+            TmaSwizzle::B128,
+        )
     }
 
     fn rejected(t: Tiled2d, needle: &str) {
@@ -230,75 +256,38 @@ mod tests {
 
     #[test]
     fn each_driver_rule_is_an_error_naming_it() {
-        rejected(
-            Tiled2d {
-                address: 0x7f00_0000_0008,
-                ..valid()
-            },
-            "aligned",
-        );
-        rejected(
-            Tiled2d {
-                width: 0,
-                ..valid()
-            },
-            "width 0",
-        );
-        rejected(
-            Tiled2d {
-                rows: (1 << 32) + 1,
-                ..valid()
-            },
-            "rows",
-        );
-        rejected(
-            Tiled2d {
-                row_stride_bytes: 200,
-                ..valid()
-            },
-            "multiple of 16",
-        );
-        rejected(
-            Tiled2d {
-                width: 120,
-                ..valid()
-            },
-            "shorter than a row",
-        );
-        rejected(
-            Tiled2d {
-                box_rows: 257,
-                ..valid()
-            },
-            "box rows 257",
-        );
-        rejected(
-            Tiled2d {
-                box_width: 0,
-                ..valid()
-            },
-            "box width 0",
-        );
-        rejected(
-            Tiled2d {
-                box_width: 12,
-                ..valid()
-            },
-            "not a multiple of 16",
-        );
-        rejected(
-            Tiled2d {
-                box_width: 72,
-                ..valid()
-            },
-            "swizzle span",
-        );
-        Tiled2d {
-            box_width: 72,
-            swizzle: TmaSwizzle::None,
-            ..valid()
-        }
+        let with = |f: &dyn Fn(&mut Tiled2d)| {
+            let mut t = valid();
+            f(&mut t);
+            t
+        };
+        rejected(with(&|t| t.address += 8), "aligned");
+        rejected(with(&|t| t.dims[0] = 0), "dimension 0 size 0");
+        rejected(with(&|t| t.dims[1] = (1 << 32) + 1), "dimension 1 size");
+        rejected(with(&|t| t.strides_bytes[0] = 4), "innermost stride");
+        rejected(with(&|t| t.strides_bytes[1] = 200), "multiple of 16");
+        rejected(with(&|t| t.dims[0] = 120), "shorter than a row");
+        rejected(with(&|t| t.box_dims[1] = 257), "box dimension 1 size 257");
+        rejected(with(&|t| t.box_dims[0] = 0), "box dimension 0 size 0");
+        rejected(with(&|t| t.box_dims[0] = 12), "not a multiple of 16");
+        rejected(with(&|t| t.box_dims[0] = 72), "swizzle span");
+        with(&|t| {
+            t.box_dims[0] = 72;
+            t.swizzle = TmaSwizzle::None;
+        })
         .check()
         .unwrap();
+        let rank6 = TiledTensor::<6> {
+            address: 0,
+            element: TmaElement::U8,
+            dims: [16; 6],
+            strides_bytes: [1, 16, 256, 4096, 65536, 1 << 20],
+            box_dims: [16; 6],
+            swizzle: TmaSwizzle::None,
+        };
+        match rank6.check() {
+            Err(Error::InvalidShape(m)) => assert!(m.contains("rank 6"), "{m}"),
+            other => panic!("rank 6 accepted: {other:?}"),
+        }
     }
 }

@@ -58,20 +58,19 @@ fn tma_load_fills_outside_with_zeros_and_store_clips() {
         let (load_x, load_y) = (signed_in(&mut rng, -32, 99), signed_in(&mut rng, -16, 69));
         let (store_x, store_y) = (signed_in(&mut rng, 0, 71), signed_in(&mut rng, 0, 39));
 
-        let map = |addr: u64, w: u32, h: u32, pitch: u32| Tiled2d {
-            address: addr,
-            element: TmaElement::Bf16,
-            width: w.into(),
-            rows: h.into(),
-            row_stride_bytes: u64::from(pitch) * 2,
-            box_width: box_w,
-            box_rows: box_h,
-            swizzle: TmaSwizzle::None,
+        let map = |addr: u64, w: u32, h: u32, pitch: u32| {
+            Tiled2d::matrix(
+                addr,
+                TmaElement::Bf16,
+                (w.into(), h.into(), u64::from(pitch) * 2),
+                (box_w, box_h),
+                TmaSwizzle::None,
+            )
         };
         let (src_addr, _g1) = src.device_ptr(stream);
         let (dst_addr, _g2) = dst.device_ptr(stream);
-        let src_map = TensorMap::tiled_2d(&gpu, &map(src_addr, src_w, src_h, src_pitch)).unwrap();
-        let dst_map = TensorMap::tiled_2d(&gpu, &map(dst_addr, dst_w, dst_h, dst_pitch)).unwrap();
+        let src_map = TensorMap::tiled(&gpu, &map(src_addr, src_w, src_h, src_pitch)).unwrap();
+        let dst_map = TensorMap::tiled(&gpu, &map(dst_addr, dst_w, dst_h, dst_pitch)).unwrap();
         let (box_addr, _g3) = box_out.device_ptr(stream);
         let params = NvlmTmaSelftest {
             box_out: box_addr,
@@ -151,18 +150,15 @@ fn mbarrier_pipeline_streams_every_tile_once() {
         let matrix = stream.clone_htod(&host).unwrap();
         let out = stream.clone_htod(&vec![f32::NAN; 128]).unwrap();
         let (addr, g) = matrix.device_ptr(stream);
-        let map = TensorMap::tiled_2d(
+        let map = TensorMap::tiled(
             &gpu,
-            &Tiled2d {
-                address: addr,
-                element: TmaElement::Bf16,
-                width: 64,
-                rows: rows.into(),
-                row_stride_bytes: 128,
-                box_width: 64,
-                box_rows: 32,
-                swizzle: TmaSwizzle::None,
-            },
+            &Tiled2d::matrix(
+                addr,
+                TmaElement::Bf16,
+                (64, rows.into(), 128),
+                (64, 32),
+                TmaSwizzle::None,
+            ),
         )
         .unwrap();
         drop(g);
@@ -254,18 +250,15 @@ fn wgmma_tile_matches_the_cpu_product() {
 /// A [rows, cols] row-major bf16 matrix as a tensor map with 64x64 boxes
 /// and the 128-byte swizzle (the layout the attention tiles use).
 fn swizzled_map(gpu: &Gpu, addr: u64, rows: u64, cols: u64) -> TensorMap {
-    TensorMap::tiled_2d(
+    TensorMap::tiled(
         gpu,
-        &Tiled2d {
-            address: addr,
-            element: TmaElement::Bf16,
-            width: cols,
-            rows,
-            row_stride_bytes: cols * 2,
-            box_width: 64,
-            box_rows: 64,
-            swizzle: TmaSwizzle::B128,
-        },
+        &Tiled2d::matrix(
+            addr,
+            TmaElement::Bf16,
+            (cols, rows, cols * 2),
+            (64, 64),
+            TmaSwizzle::B128,
+        ),
     )
     .unwrap()
 }

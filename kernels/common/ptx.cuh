@@ -18,4 +18,26 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 }
 #endif
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Warpgroup register reallocation: a producer gives registers back, the
+// math warpgroups take them. Needs a register cap at kernel entry
+// (__launch_bounds__(threads, 1)) and a warpgroup-uniform branch.
+template <uint32_t Registers>
+__device__ __forceinline__ void warpgroup_registers_release() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Registers));
+}
+template <uint32_t Registers>
+__device__ __forceinline__ void warpgroup_registers_claim() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Registers));
+}
+#endif
+
+// 2^x by the hardware approximation (2 ulp), the exponential of the online
+// softmax; exp2f without fast-math is several instructions.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 }  // namespace nvlm
