@@ -10,6 +10,7 @@ pub mod abi;
 pub mod cuda;
 pub mod dtype;
 pub mod error;
+pub mod hopper;
 pub mod preprocess;
 
 pub use error::{Error, Result};
