@@ -5,10 +5,13 @@
 //!
 //! Ids `preprocess/<impl>/<case>`: `nvlm-v1`, `nvlm-v2` take an image
 //! already on the device; `nvlm-v1-host`, `nvlm-v2-host` take it from
-//! (pageable) host memory, copy included. Times are CUDA-event times of
-//! calls queued back to back, rotating among input and output sets larger
-//! than L2; for the host-input ids they include the copy and any time the
-//! stream waits on the host. Skips without a GPU.
+//! (pageable) host memory, copy included; `nvlm-v1-pinned-batch`,
+//! `nvlm-v2-pinned-batch` take host images 8 at a time through
+//! `run_batch_into` (pinned staging, copies overlapping kernels), time per
+//! image. Times are CUDA-event times of calls queued back to back, rotating
+//! among input and output sets larger than L2; for the host-input ids they
+//! include the copies and any time the stream waits on the host. Skips
+//! without a GPU.
 
 mod common;
 
@@ -21,6 +24,8 @@ use nvlm_vision::preprocess::{
 const SIZES: [(u32, u32); 3] = [(4032, 3024), (1920, 1080), (640, 480)];
 /// Input + output bytes the rotation spans: several times an H100/H200's L2.
 const ROTATE_BYTES: usize = 256 << 20;
+/// Images per `run_batch_into` call in the pinned-batch ids.
+const BATCH: usize = 8;
 
 /// Random bytes (xorshift), a different stream per `seed`.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -83,6 +88,29 @@ fn preprocess(c: &mut Criterion) {
                     })
                 })
             });
+            // Host images in batches through pinned staging: the time is
+            // per image, each batch's copies overlapping its kernels.
+            group.bench_function(
+                BenchmarkId::new(format!("{name}-pinned-batch"), &case),
+                |b| {
+                    b.iter_custom(|iters| {
+                        let mut done = 0u64;
+                        device_time(&gpu, 1, |_| {
+                            while done < iters {
+                                let first = done as usize % sets;
+                                let n = (BATCH as u64).min(iters - done).min((sets - first) as u64)
+                                    as usize;
+                                cuda.run_batch_into(
+                                    &views[first..first + n],
+                                    &mut outs[first..first + n],
+                                )
+                                .expect("preprocess");
+                                done += n as u64;
+                            }
+                        })
+                    })
+                },
+            );
         }
     }
     group.finish();

@@ -187,6 +187,102 @@ fn corpus_equals_the_cpu_reference() {
     }
 }
 
+/// A batch through the pinned staging buffers: sizes that grow and shrink
+/// (so the buffers are reallocated while the other one is in flight), all
+/// formats, strided rows, every kernel version.
+#[test]
+fn batches_equal_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("batches_equal_the_cpu_reference") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("gpu batches");
+    let formats = [
+        PixelFormat::Rgb8,
+        PixelFormat::Rgba8,
+        PixelFormat::L8,
+        PixelFormat::La8,
+    ];
+    let sizes = [
+        (640, 480),
+        (33, 2000),
+        (1920, 1080),
+        (7, 5),
+        (3000, 2000),
+        (448, 448),
+        (1200, 901),
+    ];
+    let images: Vec<(Vec<u8>, u32, u32, usize, PixelFormat)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(n, &(w, h))| {
+            let format = formats[n % 4];
+            let stride = w as usize * format.bytes_per_pixel() + rng.range(0, 5) as usize;
+            (rng.bytes(stride * h as usize), w, h, stride, format)
+        })
+        .collect();
+    let views: Vec<ImageView<'_>> = images
+        .iter()
+        .map(|(p, w, h, stride, format)| ImageView::new(p, *w, *h, *stride, *format).unwrap())
+        .collect();
+    let pre = Preprocessor::default();
+    for kernel in PreprocessKernel::ALL {
+        let cuda = CudaPreprocessor::new(pre, gpu.clone()).with_kernel(kernel);
+        // Twice, so the second batch reuses the buffers the first one made.
+        for round in 0..2 {
+            let mut outs: Vec<_> = views
+                .iter()
+                .map(|v| {
+                    let len = pre.plan(v.width(), v.height()).unwrap().tensor_len();
+                    gpu.stream().clone_htod(&vec![f32::NAN; len]).unwrap()
+                })
+                .collect();
+            let plans = cuda.run_batch_into(&views, &mut outs).unwrap();
+            for ((view, plan), out) in views.iter().zip(&plans).zip(&outs) {
+                let want = pre.run::<f32>(view).unwrap();
+                assert_eq!(*plan, want.plan);
+                let got: Vec<f32> = gpu.stream().clone_dtoh(out).unwrap();
+                let what = format!(
+                    "{}x{} {:?} {kernel:?} round {round}",
+                    view.width(),
+                    view.height(),
+                    view.format()
+                );
+                if let Some(i) = got
+                    .iter()
+                    .zip(&want.data)
+                    .position(|(a, b)| a.to_bits() != b.to_bits())
+                {
+                    panic!("{what}: first differing element {i} of {}", got.len());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_with_mismatched_outputs_is_an_error_before_any_copy() {
+    let Some(gpu) = gpu_or_skip("batch_with_mismatched_outputs_is_an_error_before_any_copy") else {
+        return;
+    };
+    let pixels = vec![9u8; 30 * 20 * 3];
+    let view = ImageView::packed(&pixels, 30, 20, PixelFormat::Rgb8).unwrap();
+    let cuda = CudaPreprocessor::new(Preprocessor::default(), gpu.clone());
+    let len = cuda.preprocessor.plan(30, 20).unwrap().tensor_len();
+    let mut one = vec![gpu.stream().alloc_zeros::<f32>(len).unwrap()];
+    assert!(matches!(
+        cuda.run_batch_into(&[view, view], &mut one).unwrap_err(),
+        Error::InvalidShape(_)
+    ));
+    let mut short = vec![
+        gpu.stream().alloc_zeros::<f32>(len).unwrap(),
+        gpu.stream().alloc_zeros::<f32>(len - 1).unwrap(),
+    ];
+    assert!(matches!(
+        cuda.run_batch_into(&[view, view], &mut short).unwrap_err(),
+        Error::BufferTooShort { .. }
+    ));
+}
+
 #[test]
 fn wrong_output_length_is_an_error_before_launch() {
     let Some(gpu) = gpu_or_skip("wrong_output_length_is_an_error_before_launch") else {

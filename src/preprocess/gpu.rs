@@ -10,14 +10,16 @@ use crate::abi::{
 };
 use crate::cuda::{Gpu, KernelModule, driver_error};
 use crate::dtype::TensorElement;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::preprocess::coeffs::AxisCoefficients;
 use crate::preprocess::cpu::{Passes, PillowVersion, normalization_tables};
 use crate::preprocess::{ImageView, PixelFormat, Preprocessor, TilePlan};
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
-    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PinnedHostSlice, PushKernelArg,
 };
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Which preprocessing kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -87,6 +89,8 @@ pub struct CudaPreprocessor {
     pub preprocessor: Preprocessor,
     pub kernel: PreprocessKernel,
     gpu: Arc<Gpu>,
+    /// [`CudaPreprocessor::run_batch_into`]'s buffers, made on first use.
+    staging: Mutex<Option<Staging>>,
 }
 
 impl CudaPreprocessor {
@@ -96,6 +100,7 @@ impl CudaPreprocessor {
             preprocessor,
             kernel: PreprocessKernel::default(),
             gpu,
+            staging: Mutex::new(None),
         }
     }
 
@@ -132,6 +137,92 @@ impl CudaPreprocessor {
         self.run_device_into(&device_image, plan, out)
     }
 
+    /// Preprocesses several host images, `outs[i]` being image i's tensor
+    /// (exactly its plan's `tensor_len()` elements). Each image goes through
+    /// one of two pinned staging buffers and is copied on a second stream,
+    /// so the copy of image i+1 overlaps the kernel of image i. Every check
+    /// runs before any copy. Returns the plans; the work is queued on the
+    /// GPU's stream when it returns.
+    pub fn run_batch_into<T: TensorElement + DeviceRepr>(
+        &self,
+        images: &[ImageView<'_>],
+        outs: &mut [CudaSlice<T>],
+    ) -> Result<Vec<TilePlan>> {
+        if images.len() != outs.len() {
+            return Err(Error::InvalidShape(format!(
+                "{} images but {} output tensors",
+                images.len(),
+                outs.len()
+            )));
+        }
+        let plans = images
+            .iter()
+            .zip(outs.iter())
+            .map(|(image, out)| {
+                let plan = self.preprocessor.plan(image.width(), image.height())?;
+                self.check(image.width(), image.height(), &plan, out)?;
+                Ok(plan)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut staging = self.staging.lock().expect("staging lock");
+        if staging.is_none() {
+            *staging = Some(Staging::new(&self.gpu)?);
+        }
+        let Staging { copy_stream, slots } = staging.as_mut().expect("made above");
+        let compute = self.gpu.stream();
+        for (i, ((image, plan), out)) in images.iter().zip(&plans).zip(outs.iter_mut()).enumerate()
+        {
+            let slot = &mut slots[i % 2];
+            let bytes = image.data();
+            slot.reserve(&self.gpu, bytes.len())?;
+            // The copy out of this host buffer two images ago has finished.
+            slot.copied
+                .synchronize()
+                .map_err(driver_error("wait for staging copy"))?;
+            let host = &mut slot
+                .host
+                .as_mut()
+                .expect("reserved")
+                .as_mut_slice()
+                .map_err(driver_error("pinned staging buffer"))?[..bytes.len()];
+            host.copy_from_slice(bytes);
+            let device = slot.device.as_mut().expect("reserved");
+            // ... and so has the kernel that read this device buffer.
+            copy_stream
+                .wait(&slot.consumed)
+                .map_err(driver_error("copy stream wait"))?;
+            {
+                let (dst, _write) = device.device_ptr_mut(copy_stream);
+                // SAFETY: `dst` holds at least `host.len()` bytes (reserved);
+                // `host` is pinned and stays unwritten until `copied` has
+                // passed (synchronized above before the next write, and on drop).
+                unsafe {
+                    cudarc::driver::result::memcpy_htod_async(dst, host, copy_stream.cu_stream())
+                }
+                .map_err(driver_error("copy image to device"))?;
+            }
+            slot.copied
+                .record(copy_stream)
+                .map_err(driver_error("record staging copy"))?;
+            compute
+                .wait(&slot.copied)
+                .map_err(driver_error("compute stream wait"))?;
+            let (addr, _read) = device.device_ptr(compute);
+            let source = Source {
+                addr,
+                width: image.width(),
+                height: image.height(),
+                stride: image.stride(),
+                format: image.format(),
+            };
+            self.queue(source, plan, out)?;
+            slot.consumed
+                .record(compute)
+                .map_err(driver_error("record staging use"))?;
+        }
+        Ok(plans)
+    }
+
     /// As [`CudaPreprocessor::run_into`] for an image already on the device.
     pub fn run_device_into<T: TensorElement + DeviceRepr>(
         &self,
@@ -140,9 +231,30 @@ impl CudaPreprocessor {
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
         self.check(image.width, image.height, plan, out)?;
+        // The guard lives until the work is queued, so cudarc records the
+        // kernels' reads for work on other streams.
+        let (addr, _read) = image.data.device_ptr(self.gpu.stream());
+        let source = Source {
+            addr,
+            width: image.width,
+            height: image.height,
+            stride: image.stride,
+            format: image.format,
+        };
+        self.queue(source, plan, out)
+    }
+
+    /// Queues the preprocessing of `source` (checked against `plan` and
+    /// `out` by the caller) on the GPU's stream.
+    fn queue<T: TensorElement + DeviceRepr>(
+        &self,
+        source: Source,
+        plan: &TilePlan,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
         match self.kernel {
-            PreprocessKernel::TwoPassV1 => self.run_v1(image, plan, out),
-            PreprocessKernel::FusedV2 => self.run_v2(image, plan, out),
+            PreprocessKernel::TwoPassV1 => self.run_v1(source, plan, out),
+            PreprocessKernel::FusedV2 => self.run_v2(source, plan, out),
         }
     }
 
@@ -157,7 +269,7 @@ impl CudaPreprocessor {
 
     fn run_v2<T: TensorElement + DeviceRepr>(
         &self,
-        image: &DeviceImage,
+        source: Source,
         plan: &TilePlan,
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
@@ -165,9 +277,9 @@ impl CudaPreprocessor {
         let launch = FusedLaunch::new::<T>(
             &self.preprocessor,
             plan,
-            (image.width, image.height),
-            image.stride,
-            image.format,
+            (source.width, source.height),
+            source.stride,
+            source.format,
         );
         // Every table, one copy. Freed in stream order after the kernel.
         let blob = stream
@@ -176,9 +288,8 @@ impl CudaPreprocessor {
         // The guards live until after the launch, so cudarc records the
         // kernel's reads and writes for work on other streams.
         let (blob_addr, _blob_read) = blob.device_ptr(stream);
-        let (src_addr, _src_read) = image.data.device_ptr(stream);
         let (out_addr, _out_write) = out.device_ptr_mut(stream);
-        let params = launch.relocated(blob_addr, src_addr, out_addr);
+        let params = launch.relocated(blob_addr, source.addr, out_addr);
         let f = self
             .gpu
             .function(KernelModule::Preprocess, "preprocess_fused")?;
@@ -187,8 +298,8 @@ impl CudaPreprocessor {
             block_dim: (FUSED_THREADS, 1, 1),
             shared_mem_bytes: SLAB_BYTES,
         };
-        // SAFETY: the params describe live device buffers: the image as
-        // uploaded, the tensor of plan.tensor_len() elements (checked), and
+        // SAFETY: the params describe live device buffers: the image (the
+        // caller's), the tensor of plan.tensor_len() elements (checked), and
         // the tables, whose indices stay inside the image (AxisCoefficients'
         // contract). One stream orders the copies, the kernel and the frees.
         unsafe { stream.launch_builder(&f).arg(&params).launch(config) }
@@ -198,7 +309,7 @@ impl CudaPreprocessor {
 
     fn run_v1<T: TensorElement + DeviceRepr>(
         &self,
-        image: &DeviceImage,
+        source: Source,
         plan: &TilePlan,
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
@@ -210,14 +321,14 @@ impl CudaPreprocessor {
             .clone_htod(&flat)
             .map_err(driver_error("copy normalisation table"))?;
         for target in Target::of(plan) {
-            self.resize_into_tiles_v1(image, target, &table, out)?;
+            self.resize_into_tiles_v1(source, target, &table, out)?;
         }
         Ok(())
     }
 
     fn resize_into_tiles_v1<T: TensorElement + DeviceRepr>(
         &self,
-        image: &DeviceImage,
+        image: Source,
         target: Target,
         table: &CudaSlice<T>,
         out: &mut CudaSlice<T>,
@@ -227,7 +338,7 @@ impl CudaPreprocessor {
         let (out_w, out_h) = target.size;
         let channels = image.format.colour_channels() as u32;
         let source = Plane {
-            addr: device_addr(&image.data, stream),
+            addr: image.addr,
             stride: image.stride as u64,
             width: in_w,
             height: in_h,
@@ -336,6 +447,98 @@ impl CudaPreprocessor {
             host,
         })
     }
+}
+
+/// Two pinned host buffers with their device twins, and the stream that
+/// copies between them, for [`CudaPreprocessor::run_batch_into`].
+struct Staging {
+    copy_stream: Arc<CudaStream>,
+    slots: [StagingSlot; 2],
+}
+
+struct StagingSlot {
+    host: Option<PinnedHostSlice<u8>>,
+    device: Option<CudaSlice<u8>>,
+    /// Recorded on the copy stream after the copy out of `host`.
+    copied: CudaEvent,
+    /// Recorded on the GPU's stream after the work that reads `device`.
+    consumed: CudaEvent,
+}
+
+impl Staging {
+    fn new(gpu: &Gpu) -> Result<Staging> {
+        let ctx = gpu.context();
+        let event = || {
+            ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))
+                .map_err(driver_error("create event"))
+        };
+        let slot = || {
+            Ok(StagingSlot {
+                host: None,
+                device: None,
+                copied: event()?,
+                consumed: event()?,
+            })
+        };
+        Ok(Staging {
+            copy_stream: ctx
+                .new_stream()
+                .map_err(driver_error("create copy stream"))?,
+            slots: [slot()?, slot()?],
+        })
+    }
+}
+
+impl Drop for Staging {
+    /// The pinned buffers may be freed only once no copy reads them.
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            let _ = slot.copied.synchronize();
+            let _ = slot.consumed.synchronize();
+        }
+    }
+}
+
+impl StagingSlot {
+    /// Makes both buffers hold at least `len` bytes.
+    fn reserve(&mut self, gpu: &Gpu, len: usize) -> Result<()> {
+        if self.host.as_ref().is_some_and(|h| h.len() >= len) {
+            return Ok(());
+        }
+        // The old buffers may still be in use.
+        self.copied
+            .synchronize()
+            .map_err(driver_error("wait for staging copy"))?;
+        self.consumed
+            .synchronize()
+            .map_err(driver_error("wait for staging use"))?;
+        let capacity = len.next_multiple_of(1 << 20);
+        // SAFETY: both are written (the first `len` bytes) before they are read.
+        self.host = Some(
+            unsafe { gpu.context().alloc_pinned::<u8>(capacity) }
+                .map_err(driver_error("alloc pinned staging buffer"))?,
+        );
+        self.device = Some(
+            unsafe { gpu.stream().alloc::<u8>(capacity) }
+                .map_err(driver_error("alloc staging device buffer"))?,
+        );
+        // The allocation is ordered on the GPU's stream; the copy stream
+        // waits for `consumed` before its first copy into it.
+        self.consumed
+            .record(gpu.stream())
+            .map_err(driver_error("record staging allocation"))?;
+        Ok(())
+    }
+}
+
+/// An image's device address and layout.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    addr: u64,
+    width: u32,
+    height: u32,
+    stride: usize,
+    format: PixelFormat,
 }
 
 /// One resize target of a plan: the grid's resized image or the thumbnail.
