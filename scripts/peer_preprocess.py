@@ -95,7 +95,8 @@ def torch_pipeline(hwc_u8, cols, rows, thumbnail, mean, std):
         return y.round_().clamp_(0, 255)  # PIL's uint8 levels
 
     grid = resize(rows * TILE, cols * TILE)
-    parts = [grid.view(3, rows, TILE, cols, TILE).permute(1, 3, 0, 2, 4).reshape(-1, 3, TILE, TILE)]
+    # reshape, not view: interpolate may return a channels-last layout.
+    parts = [grid.reshape(3, rows, TILE, cols, TILE).permute(1, 3, 0, 2, 4).reshape(-1, 3, TILE, TILE)]
     if thumbnail:
         parts.append(resize(TILE, TILE))
     return torch.cat(parts).div_(255).sub_(mean).div_(std)
