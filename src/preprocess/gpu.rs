@@ -798,12 +798,18 @@ fn launch_config(w: u32, h: u32) -> LaunchConfig {
 
 #[cfg(test)]
 mod tests {
-    //! Without a GPU, the v2 launch's host side is checked by running a
-    //! line-for-line CPU model of `preprocess_fused` on its blob and params
-    //! and comparing with the CPU reference: the tables, the pass order, the
-    //! identity tables, the patch and block layout and the chunking.
+    //! Without a GPU, the v2 launch is checked two ways against the CPU
+    //! reference: a line-for-line Rust model of `preprocess_fused` run on
+    //! the launch's blob and params (the tables, the pass order, the
+    //! identity tables, the patch and block layout, the chunking), and the
+    //! kernel's own source compiled for the CPU with the address sanitizer
+    //! (tests/host_emulation/preprocess_on_cpu.cpp: 256 threads per block,
+    //! __syncthreads as a barrier), which executes its indexing.
     use super::*;
     use crate::preprocess::DhrConfig;
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::sync::OnceLock;
 
     const GROUP: u32 = 4;
     const ROUNDING: i32 = 1 << 21;
@@ -937,15 +943,103 @@ mod tests {
         most_chunks
     }
 
-    /// Checks one case; returns the passes of its targets and the most
-    /// chunks a patch took.
+    /// The kernel source built for the CPU (once per test binary), or
+    /// `None` without a C++ compiler, which fails under CI.
+    fn host_emulator() -> Option<&'static PathBuf> {
+        static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+        BUILT
+            .get_or_init(|| {
+                let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+                let dir =
+                    std::env::temp_dir().join(format!("nvlm-vision-emu-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).unwrap();
+                let exe = dir.join("preprocess_on_cpu");
+                let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+                let built = Command::new(&cxx)
+                    .args(["-std=c++17", "-O1", "-g", "-fsanitize=address", "-pthread"])
+                    .args(["-Wall", "-Werror", "-Wno-unknown-pragmas", "-I"])
+                    .arg(root.join("kernels"))
+                    .arg(root.join("tests/host_emulation/preprocess_on_cpu.cpp"))
+                    .arg("-o")
+                    .arg(&exe)
+                    .output();
+                match built {
+                    Ok(o) if o.status.success() => Some(exe),
+                    Ok(o) => panic!(
+                        "{cxx} failed on the host emulation:\n{}",
+                        String::from_utf8_lossy(&o.stderr)
+                    ),
+                    Err(e) => {
+                        let ci = std::env::var("CI")
+                            .is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+                        assert!(
+                            !ci,
+                            "no C++ compiler ({cxx}: {e}); CI requires the host emulation"
+                        );
+                        eprintln!("skipped: no C++ compiler ({cxx}: {e})");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// Runs the kernel source on the CPU; returns the output tensor's bytes.
+    fn emulate(exe: &PathBuf, launch: &FusedLaunch, image: &[u8], out_bytes: usize) -> Vec<u8> {
+        let dir = exe.parent().unwrap();
+        let (launch_file, out_file) = (dir.join("launch.bin"), dir.join("out.bin"));
+        let params_bytes = std::mem::size_of::<NvlmFusedPreprocess>();
+        let blob: &[u8] = bytemuck::cast_slice(&launch.blob);
+        let mut file = Vec::new();
+        for n in [
+            params_bytes,
+            blob.len(),
+            image.len(),
+            out_bytes,
+            launch.blocks as usize,
+            SLAB_BYTES as usize,
+        ] {
+            file.extend_from_slice(&(n as u64).to_le_bytes());
+        }
+        // SAFETY: repr(C) plain integers without padding (abi.h asserts the size).
+        file.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(
+                (&launch.params as *const NvlmFusedPreprocess).cast::<u8>(),
+                params_bytes,
+            )
+        });
+        file.extend_from_slice(blob);
+        file.extend_from_slice(image);
+        std::fs::write(&launch_file, file).unwrap();
+        let run = Command::new(exe)
+            .arg(&launch_file)
+            .arg(&out_file)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "host emulation failed:\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        std::fs::read(&out_file).unwrap()
+    }
+
+    fn first_difference<T: bytemuck::Pod>(got: &[u8], want: &[T]) -> Option<usize> {
+        let want: &[u8] = bytemuck::cast_slice(want);
+        assert_eq!(got.len(), want.len());
+        got.iter().zip(want).position(|(a, b)| a != b)
+    }
+
+    /// Checks one case with the model and, given `emulator`, with the
+    /// kernel source on the CPU in f32 and bf16. Returns the passes of its
+    /// targets and the most chunks a patch took in each pass order.
     fn check(
         pre: Preprocessor,
-        w: u32,
-        h: u32,
+        (w, h): (u32, u32),
         format: PixelFormat,
         pad: usize,
         seed: u64,
+        emulator: Option<&PathBuf>,
     ) -> (Vec<Passes>, [u32; 2]) {
         let stride = w as usize * format.bytes_per_pixel() + pad;
         let mut x = seed | 1;
@@ -958,16 +1052,25 @@ mod tests {
             })
             .collect();
         let view = ImageView::new(&data, w, h, stride, format).unwrap();
+        let what = format!("{w}x{h} {format:?} {:?} {:?}", pre.pillow, pre.config);
         let want = pre.run::<f32>(&view).unwrap();
         let launch = FusedLaunch::new::<f32>(&pre, &want.plan, (w, h), stride, format);
         let mut got = vec![f32::NAN; want.data.len()];
         let chunks = model(&launch, view.data(), &mut got);
-        let what = format!("{w}x{h} {format:?} {:?} {:?}", pre.pillow, pre.config);
-        for (i, (a, b)) in got.iter().zip(&want.data).enumerate() {
-            assert!(
-                a.to_bits() == b.to_bits(),
-                "{what}: element {i}: {a} != {b}"
-            );
+        if let Some(i) = first_difference(bytemuck::cast_slice(&got), &want.data) {
+            panic!("{what}: model: first differing byte {i}");
+        }
+        if let Some(exe) = emulator {
+            let got = emulate(exe, &launch, view.data(), want.data.len() * 4);
+            if let Some(i) = first_difference(&got, &want.data) {
+                panic!("{what} f32: kernel source on the CPU: first differing byte {i}");
+            }
+            let want = pre.run::<half::bf16>(&view).unwrap();
+            let launch = FusedLaunch::new::<half::bf16>(&pre, &want.plan, (w, h), stride, format);
+            let got = emulate(exe, &launch, view.data(), want.data.len() * 2);
+            if let Some(i) = first_difference(&got, &want.data) {
+                panic!("{what} bf16: kernel source on the CPU: first differing byte {i}");
+            }
         }
         let passes = Target::of(&want.plan)
             .iter()
@@ -976,40 +1079,23 @@ mod tests {
         (passes, chunks)
     }
 
-    #[test]
-    fn fused_launch_model_equals_the_cpu_reference() {
-        let (mut n, mut seen, mut most_chunks) = (0u64, Vec::new(), [0; 2]);
+    /// Runs `check` on every (width, height, tile size, max tiles) case with
+    /// both Pillow versions and rotating formats and row padding, then
+    /// asserts that the cases made every pass order, the one-pass and copy
+    /// cases, and windows of several chunks in both pass orders.
+    fn check_cases(cases: &[(u32, u32, u32, u32)], emulator: Option<&PathBuf>) {
         let formats = [
             PixelFormat::Rgb8,
             PixelFormat::Rgba8,
             PixelFormat::L8,
             PixelFormat::La8,
         ];
-        // (width, height, tile size, max tiles): sizes that make every pass
-        // order, the one-pass and copy cases, upscales, and downscales whose
-        // windows take several chunks (checked below), plus tile sizes that
-        // are not multiples of the patch or of 4.
-        let cases: &[(u32, u32, u32, u32)] = &[
-            (640, 480, 448, 6),
-            (1344, 896, 448, 6),
-            (1344, 500, 448, 6),
-            (900, 448, 448, 2),
-            (448, 900, 448, 2),
-            (200, 6000, 448, 6),
-            (30, 5000, 448, 6),
-            (7000, 120, 448, 6),
-            (3, 2, 448, 12),
-            (1, 1, 448, 6),
-            (97, 61, 30, 5),
-            (500, 333, 61, 6),
-            (300, 20000, 448, 6),
-            (1000, 5000, 32, 6),
-        ];
-        for &(w, h, tile, max_tiles) in cases {
+        let (mut n, mut seen, mut most_chunks) = (0u64, Vec::new(), [0; 2]);
+        for &(w, h, tile_size, max_tiles) in cases {
             for pillow in [PillowVersion::V12, PillowVersion::V13] {
                 let pre = Preprocessor {
                     config: DhrConfig {
-                        tile_size: tile,
+                        tile_size,
                         max_tiles,
                         ..DhrConfig::NVLM_D
                     },
@@ -1017,7 +1103,8 @@ mod tests {
                     ..Default::default()
                 };
                 n += 1;
-                let (passes, chunks) = check(pre, w, h, formats[n as usize % 4], n as usize % 3, n);
+                let format = formats[n as usize % 4];
+                let (passes, chunks) = check(pre, (w, h), format, n as usize % 3, n, emulator);
                 seen.extend(passes);
                 most_chunks = [0, 1].map(|o| most_chunks[o].max(chunks[o]));
             }
@@ -1034,6 +1121,57 @@ mod tests {
         assert!(
             most_chunks.iter().all(|&c| c >= 3),
             "some pass order never took several chunks: {most_chunks:?}"
+        );
+    }
+
+    #[test]
+    fn fused_launch_model_equals_the_cpu_reference() {
+        // Upscales, tile sizes that are not multiples of the patch or of
+        // 4, long strips, and the cases the emulation test runs.
+        check_cases(
+            &[
+                (640, 480, 448, 6),
+                (1344, 896, 448, 6),
+                (1344, 500, 448, 6),
+                (900, 448, 448, 2),
+                (448, 900, 448, 2),
+                (200, 6000, 448, 6),
+                (30, 5000, 448, 6),
+                (7000, 120, 448, 6),
+                (3, 2, 448, 12),
+                (1, 1, 448, 6),
+                (97, 61, 30, 5),
+                (500, 333, 61, 6),
+                (300, 20000, 448, 6),
+                (1000, 5000, 32, 6),
+                (5000, 1000, 32, 6),
+            ],
+            None,
+        );
+    }
+
+    /// The same checks on `preprocess_fused`'s own source. Small tile sizes
+    /// keep the blocks few (each is 256 threads and a barrier per chunk on
+    /// the CPU) while making every pass order and several-chunk windows.
+    #[test]
+    fn fused_kernel_source_on_the_cpu_equals_the_cpu_reference() {
+        let Some(exe) = host_emulator() else {
+            return;
+        };
+        check_cases(
+            &[
+                (640, 480, 64, 6),
+                (192, 128, 64, 6),
+                (150, 64, 64, 2),
+                (64, 150, 64, 2),
+                (3, 400, 64, 6),
+                (1, 1, 64, 6),
+                (97, 61, 30, 5),
+                (500, 333, 61, 6),
+                (7500, 1500, 32, 6),
+                (1500, 7500, 32, 6), // V13 and RGB: vertical first, 6 chunks
+            ],
+            Some(exe),
         );
     }
 
