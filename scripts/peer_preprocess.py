@@ -167,7 +167,7 @@ def main():
         del sets
 
         half = floor_bytes // 2  # a copy reads and writes: floor_bytes in all
-        pairs = [(torch.empty(half, dtype=torch.uint8, device=dev).random_(0, 256),
+        pairs = [(torch.randint(0, 256, (half,), dtype=torch.uint8, device=dev),
                   torch.empty(half, dtype=torch.uint8, device=dev)) for _ in range(n_sets)]
         us = gpu_median_us(lambda p: p[1].copy_(p[0]), pairs)
         emit(card, "d2d-copy-floor", case, us, bytes=2 * half, gbps=round(2 * half / us / 1e3, 1))
