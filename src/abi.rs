@@ -95,3 +95,88 @@ const _: () = {
     ["Offset of field: NvlmTileWrite::first_output"]
         [::core::mem::offset_of!(NvlmTileWrite, first_output) - 100usize];
 };
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmAttentionTensor {
+    pub ptr: u64,
+    pub stride_batch: i64,
+    pub stride_token: i64,
+    pub stride_head: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmAttentionTensor"][::core::mem::size_of::<NvlmAttentionTensor>() - 32usize];
+    ["Alignment of NvlmAttentionTensor"][::core::mem::align_of::<NvlmAttentionTensor>() - 8usize];
+    ["Offset of field: NvlmAttentionTensor::ptr"]
+        [::core::mem::offset_of!(NvlmAttentionTensor, ptr) - 0usize];
+    ["Offset of field: NvlmAttentionTensor::stride_batch"]
+        [::core::mem::offset_of!(NvlmAttentionTensor, stride_batch) - 8usize];
+    ["Offset of field: NvlmAttentionTensor::stride_token"]
+        [::core::mem::offset_of!(NvlmAttentionTensor, stride_token) - 16usize];
+    ["Offset of field: NvlmAttentionTensor::stride_head"]
+        [::core::mem::offset_of!(NvlmAttentionTensor, stride_head) - 24usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmFlashAttention {
+    pub q: NvlmAttentionTensor,
+    pub k: NvlmAttentionTensor,
+    pub v: NvlmAttentionTensor,
+    pub o: NvlmAttentionTensor,
+    pub lse: u64,
+    pub heads: i32,
+    pub q_len: i32,
+    pub kv_len: i32,
+    pub scale_log2: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmFlashAttention"][::core::mem::size_of::<NvlmFlashAttention>() - 152usize];
+    ["Alignment of NvlmFlashAttention"][::core::mem::align_of::<NvlmFlashAttention>() - 8usize];
+    ["Offset of field: NvlmFlashAttention::q"]
+        [::core::mem::offset_of!(NvlmFlashAttention, q) - 0usize];
+    ["Offset of field: NvlmFlashAttention::k"]
+        [::core::mem::offset_of!(NvlmFlashAttention, k) - 32usize];
+    ["Offset of field: NvlmFlashAttention::v"]
+        [::core::mem::offset_of!(NvlmFlashAttention, v) - 64usize];
+    ["Offset of field: NvlmFlashAttention::o"]
+        [::core::mem::offset_of!(NvlmFlashAttention, o) - 96usize];
+    ["Offset of field: NvlmFlashAttention::lse"]
+        [::core::mem::offset_of!(NvlmFlashAttention, lse) - 128usize];
+    ["Offset of field: NvlmFlashAttention::heads"]
+        [::core::mem::offset_of!(NvlmFlashAttention, heads) - 136usize];
+    ["Offset of field: NvlmFlashAttention::q_len"]
+        [::core::mem::offset_of!(NvlmFlashAttention, q_len) - 140usize];
+    ["Offset of field: NvlmFlashAttention::kv_len"]
+        [::core::mem::offset_of!(NvlmFlashAttention, kv_len) - 144usize];
+    ["Offset of field: NvlmFlashAttention::scale_log2"]
+        [::core::mem::offset_of!(NvlmFlashAttention, scale_log2) - 148usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmQkRmsNorm {
+    pub qkv: u64,
+    pub q_weight: u64,
+    pub k_weight: u64,
+    pub token_stride: i64,
+    pub part_stride: i64,
+    pub width: u32,
+    pub eps: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmQkRmsNorm"][::core::mem::size_of::<NvlmQkRmsNorm>() - 48usize];
+    ["Alignment of NvlmQkRmsNorm"][::core::mem::align_of::<NvlmQkRmsNorm>() - 8usize];
+    ["Offset of field: NvlmQkRmsNorm::qkv"][::core::mem::offset_of!(NvlmQkRmsNorm, qkv) - 0usize];
+    ["Offset of field: NvlmQkRmsNorm::q_weight"]
+        [::core::mem::offset_of!(NvlmQkRmsNorm, q_weight) - 8usize];
+    ["Offset of field: NvlmQkRmsNorm::k_weight"]
+        [::core::mem::offset_of!(NvlmQkRmsNorm, k_weight) - 16usize];
+    ["Offset of field: NvlmQkRmsNorm::token_stride"]
+        [::core::mem::offset_of!(NvlmQkRmsNorm, token_stride) - 24usize];
+    ["Offset of field: NvlmQkRmsNorm::part_stride"]
+        [::core::mem::offset_of!(NvlmQkRmsNorm, part_stride) - 32usize];
+    ["Offset of field: NvlmQkRmsNorm::width"]
+        [::core::mem::offset_of!(NvlmQkRmsNorm, width) - 40usize];
+    ["Offset of field: NvlmQkRmsNorm::eps"][::core::mem::offset_of!(NvlmQkRmsNorm, eps) - 44usize];
+};

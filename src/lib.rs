@@ -7,6 +7,7 @@
 //! GPU.
 
 pub mod abi;
+pub mod attention;
 pub mod cuda;
 pub mod dtype;
 pub mod error;
