@@ -2,7 +2,8 @@
 //! read straight from the packed qkv buffer `[B, N, 3, H, D]` as the model
 //! produces it, output `[B, N, H, D]`. The same cases as
 //! `scripts/peer_attention.py` (torch SDPA per backend). Prints TFLOP/s
-//! counted as 4·B·H·N²·D per call. Skips without a GPU.
+//! counted as 4·B·H·N²·D per call. The N = 1024 cases measure what the
+//! 1025 tail costs (ideal: (1025/1024)² = +0.2%). Skips without a GPU.
 
 mod common;
 
@@ -13,10 +14,17 @@ use nvlm_vision::attention::{AttentionLayout, AttentionTensor, QkvPart, flash_at
 use std::cell::RefCell;
 use std::time::Duration;
 
-const TOKENS: usize = 1025;
-/// (batch, heads, head_dim): InternViT-6B (25 x 128) and -300M (16 x 64) at
-/// 7 tiles (NVLM-D's maximum) and 13 (InternVL's).
-const CASES: [(usize, usize, usize); 4] = [(7, 25, 128), (13, 25, 128), (7, 16, 64), (13, 16, 64)];
+/// (batch, heads, head_dim, tokens): InternViT-6B (25 x 128) and -300M
+/// (16 x 64) at 7 tiles (NVLM-D's maximum) and 13 (InternVL's), 1025 tokens
+/// per tile; and 1024 tokens, the same work without the 1-token tail.
+const CASES: [(usize, usize, usize, usize); 6] = [
+    (7, 25, 128, 1025),
+    (13, 25, 128, 1025),
+    (7, 16, 64, 1025),
+    (13, 16, 64, 1025),
+    (7, 25, 128, 1024),
+    (7, 16, 64, 1024),
+];
 /// Input sets rotate until they span this many bytes, so no call finds its
 /// inputs in the previous call's L2 (50 MiB on an H100).
 const ROTATION_BYTES: usize = 160 << 20;
@@ -28,9 +36,9 @@ fn attention(c: &mut Criterion) {
     let stream = gpu.stream();
     let mut group = c.benchmark_group("attention");
     group.sample_size(30);
-    for (batch, heads, head_dim) in CASES {
-        let case = format!("B{batch}_H{heads}_D{head_dim}_N{TOKENS}");
-        let packed_len = batch * TOKENS * 3 * heads * head_dim;
+    for (batch, heads, head_dim, tokens) in CASES {
+        let case = format!("B{batch}_H{heads}_D{head_dim}_N{tokens}");
+        let packed_len = batch * tokens * 3 * heads * head_dim;
         let sets = (ROTATION_BYTES / (packed_len * 2)).max(1) + 1;
         // Random values (never zeros: they can run faster than real data).
         let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ packed_len as u64;
@@ -42,12 +50,18 @@ fn attention(c: &mut Criterion) {
                 bf16::from_f32((x >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0)
             })
             .collect();
-        let qkv: Vec<_> = (0..sets).map(|_| stream.clone_htod(&host).unwrap()).collect();
-        let out_layout = AttentionLayout::contiguous(batch, TOKENS, heads, head_dim);
-        let mut outs: Vec<_> = (0..sets)
-            .map(|_| stream.alloc_zeros::<bf16>(out_layout.span().unwrap()).unwrap())
+        let qkv: Vec<_> = (0..sets)
+            .map(|_| stream.clone_htod(&host).unwrap())
             .collect();
-        let part = |p| AttentionLayout::packed_qkv(batch, TOKENS, heads, head_dim, p);
+        let out_layout = AttentionLayout::contiguous(batch, tokens, heads, head_dim);
+        let mut outs: Vec<_> = (0..sets)
+            .map(|_| {
+                stream
+                    .alloc_zeros::<bf16>(out_layout.span().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let part = |p| AttentionLayout::packed_qkv(batch, tokens, heads, head_dim, p);
         let samples = RefCell::new(Vec::new());
         group.bench_function(format!("nvlm-portable/{case}"), |b| {
             b.iter_custom(|iters| {
@@ -71,7 +85,7 @@ fn attention(c: &mut Criterion) {
         let mut per_call: Vec<Duration> = samples.into_inner();
         per_call.sort();
         let median = per_call[per_call.len() / 2].as_secs_f64();
-        let flops = 4.0 * (batch * heads * TOKENS * TOKENS * head_dim) as f64;
+        let flops = 4.0 * (batch * heads * tokens * tokens * head_dim) as f64;
         println!(
             "attention/nvlm-portable/{case}: median {:.1} us over criterion's samples, {:.1} TFLOP/s",
             median * 1e6,

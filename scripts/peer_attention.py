@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peer timings for benches/gpu_attention.rs: torch SDPA with each backend
 forced (flash = FlashAttention-2, cuDNN, memory-efficient) on the same
-cases: bf16, N = 1025, q/k/v as views of a packed qkv buffer
+cases: bf16, N = 1025 (and 1024), q/k/v as views of a packed qkv buffer
 [B, N, 3, H, D] (what InternViT's qkv Linear produces), non-causal.
 
 Times with CUDA events (warm-up, then the median of many calls, rotating
@@ -20,8 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-TOKENS = 1025
-CASES = [(7, 25, 128), (13, 25, 128), (7, 16, 64), (13, 16, 64)]  # (batch, heads, head_dim)
+# (batch, heads, head_dim, tokens): the 1024-token cases show each peer's
+# cost of the 1025 tail.
+CASES = [
+    (7, 25, 128, 1025),
+    (13, 25, 128, 1025),
+    (7, 16, 64, 1025),
+    (13, 16, 64, 1025),
+    (7, 25, 128, 1024),
+    (7, 16, 64, 1024),
+]
 BACKENDS = {
     "torch-sdpa-flash": SDPBackend.FLASH_ATTENTION,
     "torch-sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -64,16 +72,16 @@ def main():
         return 0
     card = torch.cuda.get_device_name()
     gen = torch.Generator(device="cuda").manual_seed(0)
-    for batch, heads, head_dim in CASES:
-        case = f"B{batch}_H{heads}_D{head_dim}_N{TOKENS}"
-        shape = (batch, TOKENS, 3, heads, head_dim)
-        nbytes = 2 * batch * TOKENS * 3 * heads * head_dim
+    for batch, heads, head_dim, tokens in CASES:
+        case = f"B{batch}_H{heads}_D{head_dim}_N{tokens}"
+        shape = (batch, tokens, 3, heads, head_dim)
+        nbytes = 2 * batch * tokens * 3 * heads * head_dim
         sets = ROTATION_BYTES // nbytes + 2
         inputs = [
             views(torch.rand(shape, device="cuda", dtype=torch.bfloat16, generator=gen) * 4 - 2)
             for _ in range(sets)
         ]
-        flops = 4 * batch * heads * TOKENS * TOKENS * head_dim
+        flops = 4 * batch * heads * tokens * tokens * head_dim
         for name, backend in BACKENDS.items():
             record = {"stage": "attention", "impl": name, "case": case, "card": card}
             try:
