@@ -157,12 +157,17 @@ impl AttentionLayout {
             .filter(|&(size, _)| size > 1)
             .collect();
         dims.sort_by_key(|&(_, stride)| stride);
-        let mut covered = 1usize; // elements spanned by the dims so far
+        // Elements spanned by one step of the dims so far: the next dim's
+        // stride must be at least that.
+        let mut covered = 1usize;
         for (size, stride) in dims {
             if stride < covered {
                 return false;
             }
-            match stride.checked_mul(size - 1).and_then(|s| s.checked_add(1)) {
+            match stride
+                .checked_mul(size - 1)
+                .and_then(|s| s.checked_add(covered))
+            {
                 Some(span) => covered = span,
                 None => return false,
             }

@@ -437,6 +437,15 @@ fn overlapping_output_is_rejected() {
     layouts[3].strides = [65 * 3 * 64, 128, 64];
     lens[3] = layouts[3].span().unwrap();
     assert!(invalid_because(check(layouts, lens, None, 0.1), "overlap"));
+    // 3 heads of 64 span 192 elements: a token stride of 136 overlaps too,
+    // though it passes the last head's first element.
+    layouts[3].strides = [65 * 192, 136, 64];
+    lens[3] = layouts[3].span().unwrap();
+    assert!(invalid_because(check(layouts, lens, None, 0.1), "overlap"));
+    // Exactly 192 does not.
+    layouts[3].strides = [65 * 192, 192, 64];
+    lens[3] = layouts[3].span().unwrap();
+    check(layouts, lens, None, 0.1).unwrap();
 }
 
 #[test]
