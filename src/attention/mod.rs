@@ -9,6 +9,20 @@
 //! the output projection reads. Every check on shapes, strides, alignment
 //! and buffer lengths ([`check_flash_attention`], [`check_qk_rms_norm`]) is
 //! pure host code that runs before any launch.
+//!
+//! ```
+//! use half::bf16;
+//! use nvlm_vision::attention::{AttentionLayout, AttentionTensor, QkvPart, attention_f64, default_scale};
+//! // InternViT's packed qkv [B, N, 3, H, D], here 1 tile of 5 tokens, 2 heads of 64.
+//! let (b, n, h, d) = (1, 5, 2, 64);
+//! let qkv: Vec<bf16> = (0..b * n * 3 * h * d).map(|i| bf16::from_f32((i % 7) as f32 / 7.0)).collect();
+//! let view = |part| AttentionTensor::new(&qkv[..], AttentionLayout::packed_qkv(b, n, h, d, part));
+//! let (out, lse) = attention_f64(&view(QkvPart::Q), &view(QkvPart::K), &view(QkvPart::V), default_scale(d).into())?;
+//! assert_eq!((out.len(), lse.len()), (b * n * h * d, b * h * n)); // [B, N, H, D] and [B, H, N]
+//! // On a GPU: nvlm_vision::attention::flash_attention(&gpu, q, k, v, out, lse, None) with
+//! // the same layouts over device buffers.
+//! # Ok::<(), nvlm_vision::Error>(())
+//! ```
 
 mod cpu;
 mod gpu;
