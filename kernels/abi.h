@@ -93,3 +93,86 @@ static_assert(sizeof(NvlmAttentionTensor) == 32, "NvlmAttentionTensor layout");
 static_assert(sizeof(NvlmFlashAttention) == 152, "NvlmFlashAttention layout");
 static_assert(sizeof(NvlmQkRmsNorm) == 48, "NvlmQkRmsNorm layout");
 #endif
+
+// ---- Attention, sm_90a path (kernels/attention_hopper.cu) ----
+
+// Q, K and V come through three CUtensorMap kernel parameters (4-D,
+// d innermost, batch outermost, 64 x 1 x 128 x 1 boxes with the 128-byte
+// swizzle); `*_tokens_inner` says whether dimension 1 of that map is the
+// token (1) or the head (0). The output is [B, Nq, H, D] by element strides.
+// Launch shape: grid (ceil(q_len / QUERY_ROWS), heads, batch), THREADS
+// threads, SMEM_BYTES_D<head_dim> bytes of dynamic shared memory (tiles
+// plus 1024 bytes to reach the swizzle alignment).
+#define NVLM_HOPPER_ATTENTION_THREADS 384
+#define NVLM_HOPPER_ATTENTION_QUERY_ROWS 128
+#define NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64 82944
+#define NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128 164864
+
+typedef struct NvlmHopperAttention {
+    uint64_t o;              // device address of the output (d contiguous)
+    uint64_t lse;            // f32 [batch, heads, q_len] natural-log LSE, or 0
+    int64_t o_batch_stride;  // elements
+    int64_t o_token_stride;
+    int64_t o_head_stride;
+    uint32_t batch;
+    uint32_t heads;
+    uint32_t q_len;
+    uint32_t kv_len;
+    float softmax_scale;
+    uint32_t q_tokens_inner;
+    uint32_t kv_tokens_inner;  // K and V share one layout
+    uint32_t reserved;         // keeps the size a multiple of 8 on both sides
+} NvlmHopperAttention;
+
+#ifdef __cplusplus
+static_assert(sizeof(NvlmHopperAttention) == 72, "NvlmHopperAttention layout");
+#endif
+
+// ---- Hopper primitive self-tests (kernels/hopper_selftest.cu) ----
+
+// selftest_tma_round_trip: the box loaded at (load_x, load_y) of the source
+// map is copied to box_out (box_width * box_height bf16, row-major) and
+// TMA-stored at (store_x, store_y) of the destination map.
+typedef struct NvlmTmaSelftest {
+    uint64_t box_out;
+    int32_t load_x;
+    int32_t load_y;
+    int32_t store_x;
+    int32_t store_y;
+    uint32_t box_width;
+    uint32_t box_height;
+} NvlmTmaSelftest;
+
+// selftest_mbarrier_pipeline: column sums and sums of squares of a
+// [rows, 64] bf16 matrix, into out (128 f32).
+typedef struct NvlmPipelineSelftest {
+    uint64_t out;
+    uint32_t rows;
+    uint32_t reserved;     // keeps the size a multiple of 8 on both sides
+} NvlmPipelineSelftest;
+
+// selftest_wgmma_tile: c (64x64 f32) = a (64x64 bf16) * b (64x64 bf16)^T.
+typedef struct NvlmWgmmaSelftest {
+    uint64_t a;
+    uint64_t b;
+    uint64_t c;
+} NvlmWgmmaSelftest;
+
+// selftest_wgmma_swizzled: c (64x64 f32) = A * B^T from two tensor maps.
+typedef struct NvlmWgmmaSwizzledSelftest {
+    uint64_t c;
+} NvlmWgmmaSwizzledSelftest;
+
+// selftest_wgmma_rs: c (64x128 f32) = p (64x64 bf16, row-major) * V (map).
+typedef struct NvlmWgmmaRsSelftest {
+    uint64_t p;
+    uint64_t c;
+} NvlmWgmmaRsSelftest;
+
+#ifdef __cplusplus
+static_assert(sizeof(NvlmWgmmaSwizzledSelftest) == 8, "NvlmWgmmaSwizzledSelftest layout");
+static_assert(sizeof(NvlmWgmmaRsSelftest) == 16, "NvlmWgmmaRsSelftest layout");
+static_assert(sizeof(NvlmTmaSelftest) == 32, "NvlmTmaSelftest layout");
+static_assert(sizeof(NvlmPipelineSelftest) == 16, "NvlmPipelineSelftest layout");
+static_assert(sizeof(NvlmWgmmaSelftest) == 24, "NvlmWgmmaSelftest layout");
+#endif

@@ -4,6 +4,10 @@
 //! tests/abi_bindgen.rs regenerates it and fails on any difference.
 #![allow(non_camel_case_types, non_snake_case, clippy::all)]
 
+pub const NVLM_HOPPER_ATTENTION_THREADS: u32 = 384;
+pub const NVLM_HOPPER_ATTENTION_QUERY_ROWS: u32 = 128;
+pub const NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64: u32 = 82944;
+pub const NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128: u32 = 164864;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct NvlmResamplePass {
@@ -179,4 +183,147 @@ const _: () = {
     ["Offset of field: NvlmQkRmsNorm::width"]
         [::core::mem::offset_of!(NvlmQkRmsNorm, width) - 40usize];
     ["Offset of field: NvlmQkRmsNorm::eps"][::core::mem::offset_of!(NvlmQkRmsNorm, eps) - 44usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmHopperAttention {
+    pub o: u64,
+    pub lse: u64,
+    pub o_batch_stride: i64,
+    pub o_token_stride: i64,
+    pub o_head_stride: i64,
+    pub batch: u32,
+    pub heads: u32,
+    pub q_len: u32,
+    pub kv_len: u32,
+    pub softmax_scale: f32,
+    pub q_tokens_inner: u32,
+    pub kv_tokens_inner: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmHopperAttention"][::core::mem::size_of::<NvlmHopperAttention>() - 72usize];
+    ["Alignment of NvlmHopperAttention"][::core::mem::align_of::<NvlmHopperAttention>() - 8usize];
+    ["Offset of field: NvlmHopperAttention::o"]
+        [::core::mem::offset_of!(NvlmHopperAttention, o) - 0usize];
+    ["Offset of field: NvlmHopperAttention::lse"]
+        [::core::mem::offset_of!(NvlmHopperAttention, lse) - 8usize];
+    ["Offset of field: NvlmHopperAttention::o_batch_stride"]
+        [::core::mem::offset_of!(NvlmHopperAttention, o_batch_stride) - 16usize];
+    ["Offset of field: NvlmHopperAttention::o_token_stride"]
+        [::core::mem::offset_of!(NvlmHopperAttention, o_token_stride) - 24usize];
+    ["Offset of field: NvlmHopperAttention::o_head_stride"]
+        [::core::mem::offset_of!(NvlmHopperAttention, o_head_stride) - 32usize];
+    ["Offset of field: NvlmHopperAttention::batch"]
+        [::core::mem::offset_of!(NvlmHopperAttention, batch) - 40usize];
+    ["Offset of field: NvlmHopperAttention::heads"]
+        [::core::mem::offset_of!(NvlmHopperAttention, heads) - 44usize];
+    ["Offset of field: NvlmHopperAttention::q_len"]
+        [::core::mem::offset_of!(NvlmHopperAttention, q_len) - 48usize];
+    ["Offset of field: NvlmHopperAttention::kv_len"]
+        [::core::mem::offset_of!(NvlmHopperAttention, kv_len) - 52usize];
+    ["Offset of field: NvlmHopperAttention::softmax_scale"]
+        [::core::mem::offset_of!(NvlmHopperAttention, softmax_scale) - 56usize];
+    ["Offset of field: NvlmHopperAttention::q_tokens_inner"]
+        [::core::mem::offset_of!(NvlmHopperAttention, q_tokens_inner) - 60usize];
+    ["Offset of field: NvlmHopperAttention::kv_tokens_inner"]
+        [::core::mem::offset_of!(NvlmHopperAttention, kv_tokens_inner) - 64usize];
+    ["Offset of field: NvlmHopperAttention::reserved"]
+        [::core::mem::offset_of!(NvlmHopperAttention, reserved) - 68usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmTmaSelftest {
+    pub box_out: u64,
+    pub load_x: i32,
+    pub load_y: i32,
+    pub store_x: i32,
+    pub store_y: i32,
+    pub box_width: u32,
+    pub box_height: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmTmaSelftest"][::core::mem::size_of::<NvlmTmaSelftest>() - 32usize];
+    ["Alignment of NvlmTmaSelftest"][::core::mem::align_of::<NvlmTmaSelftest>() - 8usize];
+    ["Offset of field: NvlmTmaSelftest::box_out"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, box_out) - 0usize];
+    ["Offset of field: NvlmTmaSelftest::load_x"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, load_x) - 8usize];
+    ["Offset of field: NvlmTmaSelftest::load_y"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, load_y) - 12usize];
+    ["Offset of field: NvlmTmaSelftest::store_x"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, store_x) - 16usize];
+    ["Offset of field: NvlmTmaSelftest::store_y"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, store_y) - 20usize];
+    ["Offset of field: NvlmTmaSelftest::box_width"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, box_width) - 24usize];
+    ["Offset of field: NvlmTmaSelftest::box_height"]
+        [::core::mem::offset_of!(NvlmTmaSelftest, box_height) - 28usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmPipelineSelftest {
+    pub out: u64,
+    pub rows: u32,
+    pub reserved: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmPipelineSelftest"][::core::mem::size_of::<NvlmPipelineSelftest>() - 16usize];
+    ["Alignment of NvlmPipelineSelftest"][::core::mem::align_of::<NvlmPipelineSelftest>() - 8usize];
+    ["Offset of field: NvlmPipelineSelftest::out"]
+        [::core::mem::offset_of!(NvlmPipelineSelftest, out) - 0usize];
+    ["Offset of field: NvlmPipelineSelftest::rows"]
+        [::core::mem::offset_of!(NvlmPipelineSelftest, rows) - 8usize];
+    ["Offset of field: NvlmPipelineSelftest::reserved"]
+        [::core::mem::offset_of!(NvlmPipelineSelftest, reserved) - 12usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmWgmmaSelftest {
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmWgmmaSelftest"][::core::mem::size_of::<NvlmWgmmaSelftest>() - 24usize];
+    ["Alignment of NvlmWgmmaSelftest"][::core::mem::align_of::<NvlmWgmmaSelftest>() - 8usize];
+    ["Offset of field: NvlmWgmmaSelftest::a"]
+        [::core::mem::offset_of!(NvlmWgmmaSelftest, a) - 0usize];
+    ["Offset of field: NvlmWgmmaSelftest::b"]
+        [::core::mem::offset_of!(NvlmWgmmaSelftest, b) - 8usize];
+    ["Offset of field: NvlmWgmmaSelftest::c"]
+        [::core::mem::offset_of!(NvlmWgmmaSelftest, c) - 16usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmWgmmaSwizzledSelftest {
+    pub c: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmWgmmaSwizzledSelftest"]
+        [::core::mem::size_of::<NvlmWgmmaSwizzledSelftest>() - 8usize];
+    ["Alignment of NvlmWgmmaSwizzledSelftest"]
+        [::core::mem::align_of::<NvlmWgmmaSwizzledSelftest>() - 8usize];
+    ["Offset of field: NvlmWgmmaSwizzledSelftest::c"]
+        [::core::mem::offset_of!(NvlmWgmmaSwizzledSelftest, c) - 0usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmWgmmaRsSelftest {
+    pub p: u64,
+    pub c: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmWgmmaRsSelftest"][::core::mem::size_of::<NvlmWgmmaRsSelftest>() - 16usize];
+    ["Alignment of NvlmWgmmaRsSelftest"][::core::mem::align_of::<NvlmWgmmaRsSelftest>() - 8usize];
+    ["Offset of field: NvlmWgmmaRsSelftest::p"]
+        [::core::mem::offset_of!(NvlmWgmmaRsSelftest, p) - 0usize];
+    ["Offset of field: NvlmWgmmaRsSelftest::c"]
+        [::core::mem::offset_of!(NvlmWgmmaRsSelftest, c) - 8usize];
 };

@@ -12,7 +12,7 @@ macro_rules! kernel_modules {
     ($($variant:ident => $file:literal),+ $(,)?) => {
         /// A kernel module (one `kernels/*.cu` file).
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub(crate) enum KernelModule { $($variant),+ }
+        pub enum KernelModule { $($variant),+ }
 
         impl KernelModule {
             const ALL: &'static [KernelModule] = &[$(KernelModule::$variant),+];
@@ -40,6 +40,7 @@ macro_rules! kernel_modules {
 
 kernel_modules! {
     Preprocess => "preprocess",
+    HopperSelftest => "hopper_selftest",
     Attention => "attention",
 }
 
@@ -56,6 +57,11 @@ pub fn ptxas_report() -> Option<&'static str> {
 // the kernels declare in kernels/abi.h.
 unsafe impl DeviceRepr for crate::abi::NvlmIntermediate {}
 unsafe impl DeviceRepr for crate::abi::NvlmTileWrite {}
+unsafe impl DeviceRepr for crate::abi::NvlmTmaSelftest {}
+unsafe impl DeviceRepr for crate::abi::NvlmPipelineSelftest {}
+unsafe impl DeviceRepr for crate::abi::NvlmWgmmaSelftest {}
+unsafe impl DeviceRepr for crate::abi::NvlmWgmmaSwizzledSelftest {}
+unsafe impl DeviceRepr for crate::abi::NvlmWgmmaRsSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmFlashAttention {}
 unsafe impl DeviceRepr for crate::abi::NvlmQkRmsNorm {}
 
@@ -98,6 +104,20 @@ impl Gpu {
         }))
     }
 
+    /// (major, minor) compute capability of the device.
+    pub fn compute_capability(&self) -> Result<(i32, i32)> {
+        use cudarc::driver::sys::CUdevice_attribute::{
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
+        };
+        let get = |a| {
+            self.ctx
+                .attribute(a)
+                .map_err(driver_error("cuDeviceGetAttribute"))
+        };
+        Ok((get(MAJOR)?, get(MINOR)?))
+    }
+
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
@@ -106,8 +126,10 @@ impl Gpu {
         &self.stream
     }
 
-    /// A function of `module`, loading the module on first use.
-    pub(crate) fn function(&self, module: KernelModule, name: &str) -> Result<CudaFunction> {
+    /// A function of `module`, loading the module on first use. The
+    /// low-level door to the kernels, for tests and for callers who launch
+    /// them with their own cudarc code; the stage APIs use it internally.
+    pub fn function(&self, module: KernelModule, name: &str) -> Result<CudaFunction> {
         let slot = &self.modules[module as usize];
         let loaded = match slot.get() {
             Some(m) => m.clone(),

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod cuda;
 pub mod dtype;
 pub mod error;
+pub mod hopper;
 pub mod preprocess;
 
 pub use error::{Error, Result};

@@ -14,6 +14,7 @@ fn generate() -> Result<String, String> {
     let bindings = bindgen::Builder::default()
         .header(header.to_str().unwrap())
         .allowlist_type("Nvlm.*")
+        .allowlist_var("NVLM_.*")
         .use_core()
         .derive_default(true)
         .layout_tests(true)

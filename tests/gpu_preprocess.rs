@@ -5,8 +5,8 @@
 mod common;
 
 use common::Rng;
-use common::gpu::gpu_or_skip;
 use common::decode::decode_file;
+use common::gpu::gpu_or_skip;
 use cudarc::driver::DeviceRepr;
 use half::{bf16, f16};
 use nvlm_vision::Error;

@@ -141,7 +141,9 @@ impl CudaPreprocessor {
                 pass: pass_params(&source, axis, is_vertical, channels, (w, h), stream),
                 dst: device_addr(&buf, stream),
             };
-            let f = self.gpu.function(KernelModule::Preprocess, "resample_to_intermediate")?;
+            let f = self
+                .gpu
+                .function(KernelModule::Preprocess, "resample_to_intermediate")?;
             // SAFETY: the params describe live device buffers of the sizes the
             // kernel indexes (checked on the host above); one stream orders it.
             unsafe {
@@ -180,7 +182,9 @@ impl CudaPreprocessor {
             tiles_across,
             first_output,
         };
-        let f = self.gpu.function(KernelModule::Preprocess, "resample_to_tiles")?;
+        let f = self
+            .gpu
+            .function(KernelModule::Preprocess, "resample_to_tiles")?;
         // SAFETY: as above; the tensor holds every tile this target writes.
         unsafe {
             stream

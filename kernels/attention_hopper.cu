@@ -1,0 +1,301 @@
+// InternViT flash attention forward for sm_90a (v1): TMA, mbarrier
+// pipelines, wgmma, warp specialisation.
+//
+// One CTA = 128 query rows of one (batch, head) and three warpgroups:
+// - warpgroup 0, the producer: one thread loads the Q tile once and streams
+//   128-key K and V tiles through a 2-stage shared-memory ring with TMA; the
+//   warpgroup gives its registers back (setmaxnreg) to the math warpgroups;
+// - warpgroups 1 and 2, the consumers: 64 query rows each; per K/V tile,
+//   S = Q K^T (wgmma, both operands in shared memory), online softmax in
+//   registers (exp2, scale * log2 e folded in), O += P V (wgmma with P from
+//   registers, V MN-major), then the stage is released.
+// Not yet in v1: ping-pong between the two consumer warpgroups, overlap of
+// softmax with the next tile's GEMM inside a warpgroup, a persistent grid.
+//
+// Tails (N = 1025 = 8*128 + 1): TMA fills rows past the sequence with
+// zeros; keys past kv_len get -inf scores (zero-padded keys would score 0
+// and take softmax mass); query rows past q_len are never stored, and a
+// consumer warpgroup whose 64 rows all lie past q_len does no work at all
+// (the last tile of N = 1025 runs one warpgroup, not two).
+//
+// Shared memory: every tile is made of 64-column swizzle atoms ([rows x 64]
+// elements, 128-byte rows, 128-byte swizzle, 1024-byte aligned), the layout
+// both TMA (SWIZZLE_128B) and the wgmma descriptors use.
+#include "abi.h"
+#include "common/mbarrier.cuh"
+#include "common/tma.cuh"
+#include "common/wgmma.cuh"
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+using namespace nvlm;
+
+namespace {
+
+constexpr int kQueryRows = NVLM_HOPPER_ATTENTION_QUERY_ROWS;  // two consumer warpgroups of 64
+constexpr int kKeyRows = 128;                                  // per K/V tile
+constexpr int kStages = 2;
+constexpr int kThreads = NVLM_HOPPER_ATTENTION_THREADS;
+constexpr uint32_t kAtomRowBytes = 128;
+
+template <int D>
+struct SmemLayout {
+    static constexpr int atoms = D / 64;
+    static constexpr uint32_t q_atom_bytes = kQueryRows * kAtomRowBytes;
+    static constexpr uint32_t kv_atom_bytes = kKeyRows * kAtomRowBytes;
+    static constexpr uint32_t q_bytes = atoms * q_atom_bytes;
+    static constexpr uint32_t kv_tile_bytes = atoms * kv_atom_bytes;
+    static constexpr uint32_t k_offset = q_bytes;
+    static constexpr uint32_t v_offset = k_offset + kStages * kv_tile_bytes;
+    static constexpr uint32_t bytes = v_offset + kStages * kv_tile_bytes;
+};
+static_assert(SmemLayout<64>::bytes + 1024 == NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64, "abi.h");
+static_assert(SmemLayout<128>::bytes + 1024 == NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128, "abi.h");
+static_assert(kQueryRows == 128 && kThreads == 3 * 128, "two consumer warpgroups + a producer");
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// The tensor maps are 4-D, (d, ., ., batch), with tokens and heads in the
+// order of increasing stride (packed qkv has heads inside tokens).
+__device__ __forceinline__ void load_tile(void* dst, const CUtensorMap* map, uint64_t* bar,
+                                          int d0, int token, int head, int batch,
+                                          uint32_t tokens_inner) {
+    if (tokens_inner) {
+        tma_load_4d(dst, map, bar, d0, token, head, batch);
+    } else {
+        tma_load_4d(dst, map, bar, d0, head, token, batch);
+    }
+}
+
+template <int D, typename T>
+__device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
+                                                  const CUtensorMap* k_map,
+                                                  const CUtensorMap* v_map,
+                                                  const NvlmHopperAttention& p) {
+    using L = SmemLayout<D>;
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t misalign = smem_addr(smem_raw) % 1024;
+    uint8_t* smem = smem_raw + (misalign ? 1024 - misalign : 0);
+    __shared__ __align__(8) uint64_t q_full;
+    __shared__ __align__(8) uint64_t k_full[kStages];
+    __shared__ __align__(8) uint64_t v_full[kStages];
+    __shared__ __align__(8) uint64_t kv_empty[kStages];
+
+    const int q_tile = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+    const int q_row0 = q_tile * kQueryRows;
+    const int rows_here = min(kQueryRows, static_cast<int>(p.q_len) - q_row0);
+    const int active_consumers = (rows_here + 63) / 64;  // 1 or 2
+    const int kv_tiles = (static_cast<int>(p.kv_len) + kKeyRows - 1) / kKeyRows;
+    const int warpgroup = threadIdx.x / 128;
+
+    if (threadIdx.x == 0) {
+        mbarrier_init(&q_full, 1);
+        for (int s = 0; s < kStages; ++s) {
+            mbarrier_init(&k_full[s], 1);
+            mbarrier_init(&v_full[s], 1);
+            mbarrier_init(&kv_empty[s], 128 * active_consumers);
+        }
+        mbarrier_init_fence();
+    }
+    __syncthreads();
+
+    if (warpgroup == 0) {
+        warpgroup_registers_release<24>();
+        if (threadIdx.x == 0) {
+            mbarrier_arrive_expect_tx(&q_full, L::q_bytes);
+            for (int a = 0; a < L::atoms; ++a) {
+                load_tile(smem + a * L::q_atom_bytes, q_map, &q_full, 64 * a, q_row0, head, batch,
+                          p.q_tokens_inner);
+            }
+            for (int j = 0; j < kv_tiles; ++j) {
+                const int stage = j % kStages, round = j / kStages;
+                mbarrier_wait(&kv_empty[stage], (round & 1) ^ 1);
+                uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
+                uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
+                mbarrier_arrive_expect_tx(&k_full[stage], L::kv_tile_bytes);
+                for (int a = 0; a < L::atoms; ++a) {
+                    load_tile(k_tile + a * L::kv_atom_bytes, k_map, &k_full[stage], 64 * a,
+                              j * kKeyRows, head, batch, p.kv_tokens_inner);
+                }
+                mbarrier_arrive_expect_tx(&v_full[stage], L::kv_tile_bytes);
+                for (int a = 0; a < L::atoms; ++a) {
+                    load_tile(v_tile + a * L::kv_atom_bytes, v_map, &v_full[stage], 64 * a,
+                              j * kKeyRows, head, batch, p.kv_tokens_inner);
+                }
+            }
+        }
+        return;
+    }
+    const int consumer = warpgroup - 1;
+    if (consumer >= active_consumers) return;
+    warpgroup_registers_claim<240>();
+
+    const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
+    const int quad = lane % 4;
+    const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+    // Rows 16*warp + lane/4 (h = 0) and that + 8 (h = 1): running max (in
+    // log2 units) and this thread's part of the running sum.
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.0f, 0.0f};
+
+    const uint8_t* q_rows = smem + consumer * 64 * kAtomRowBytes;
+    mbarrier_wait(&q_full, 0);
+
+    for (int j = 0; j < kv_tiles; ++j) {
+        const int stage = j % kStages, round = j / kStages;
+        const uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
+        const uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
+
+        float s[kKeyRows / 2];
+        mbarrier_wait(&k_full[stage], round & 1);
+        wgmma_fence();
+#pragma unroll
+        for (int t = 0; t < D / 16; ++t) {
+            // k16 step t: atom t / 4, 32 bytes per step along its rows.
+            const uint32_t at = (t / 4) * L::q_atom_bytes + (t % 4) * 32;
+            const uint32_t bt = (t / 4) * L::kv_atom_bytes + (t % 4) * 32;
+            wgmma_ss<kKeyRows, T>(s, wgmma_descriptor(q_rows + at, 16, 1024, WgmmaSwizzle::B128),
+                                  wgmma_descriptor(k_tile + bt, 16, 1024, WgmmaSwizzle::B128),
+                                  t > 0);
+        }
+        wgmma_commit_group();
+        wgmma_wait_group<0>();
+        wgmma_fence_operands(s);
+
+        const int key0 = j * kKeyRows;
+        if (key0 + kKeyRows > static_cast<int>(p.kv_len)) {
+#pragma unroll
+            for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    if (key0 + 8 * n8 + 2 * quad + e >= static_cast<int>(p.kv_len)) {
+                        s[4 * n8 + e] = -INFINITY;
+                        s[4 * n8 + 2 + e] = -INFINITY;
+                    }
+                }
+            }
+        }
+
+        float correction[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float tile_max = -INFINITY;
+#pragma unroll
+            for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
+                tile_max = fmaxf(tile_max, fmaxf(s[4 * n8 + 2 * h], s[4 * n8 + 2 * h + 1]));
+            }
+            // The four lanes of a quad hold the same two rows.
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+            // Every tile has at least one real key, so this is finite.
+            const float new_max = fmaxf(row_max[h], tile_max * scale_log2);
+            correction[h] = fast_exp2(row_max[h] - new_max);
+            row_max[h] = new_max;
+            float tile_sum = 0.0f;
+#pragma unroll
+            for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float prob = fast_exp2(s[4 * n8 + 2 * h + e] * scale_log2 - new_max);
+                    s[4 * n8 + 2 * h + e] = prob;
+                    tile_sum += prob;
+                }
+            }
+            row_sum[h] = row_sum[h] * correction[h] + tile_sum;
+        }
+#pragma unroll
+        for (int n8 = 0; n8 < D / 8; ++n8) {
+            o[4 * n8 + 0] *= correction[0];
+            o[4 * n8 + 1] *= correction[0];
+            o[4 * n8 + 2] *= correction[1];
+            o[4 * n8 + 3] *= correction[1];
+        }
+        // The S accumulators of keys 16t..16t+15 are exactly the A fragment
+        // of k16 step t of P V.
+        uint32_t pa[kKeyRows / 16][4];
+#pragma unroll
+        for (int t = 0; t < kKeyRows / 16; ++t) {
+            pa[t][0] = pack2<T>(s[8 * t + 0], s[8 * t + 1]);
+            pa[t][1] = pack2<T>(s[8 * t + 2], s[8 * t + 3]);
+            pa[t][2] = pack2<T>(s[8 * t + 4], s[8 * t + 5]);
+            pa[t][3] = pack2<T>(s[8 * t + 6], s[8 * t + 7]);
+        }
+
+        mbarrier_wait(&v_full[stage], round & 1);
+        wgmma_fence();
+#pragma unroll
+        for (int t = 0; t < kKeyRows / 16; ++t) {
+            // k16 step t: 16 V rows on; head_dim atoms kv_atom_bytes apart.
+            const uint64_t dv = wgmma_descriptor(v_tile + t * 16 * kAtomRowBytes,
+                                                 L::kv_atom_bytes, 1024, WgmmaSwizzle::B128);
+            wgmma_rs<D, T>(o, pa[t], dv, true);
+        }
+        wgmma_commit_group();
+        wgmma_wait_group<0>();
+        wgmma_fence_operands(o);
+        mbarrier_arrive(&kv_empty[stage]);
+    }
+
+    T* out = reinterpret_cast<T*>(p.o);
+    float* lse = reinterpret_cast<float*>(p.lse);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float total = row_sum[h];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        const int row = q_row0 + consumer * 64 + 16 * warp + lane / 4 + 8 * h;
+        if (row >= static_cast<int>(p.q_len)) continue;
+        const float inv = 1.0f / total;
+        T* out_row = out + batch * p.o_batch_stride + row * p.o_token_stride +
+                     head * p.o_head_stride;
+#pragma unroll
+        for (int n8 = 0; n8 < D / 8; ++n8) {
+            *reinterpret_cast<uint32_t*>(out_row + 8 * n8 + 2 * quad) =
+                pack2<T>(o[4 * n8 + 2 * h] * inv, o[4 * n8 + 2 * h + 1] * inv);
+        }
+        if (lse != nullptr && quad == 0) {
+            // Natural-log LSE of the scaled scores: (max + log2 sum) * ln 2.
+            lse[(static_cast<int64_t>(batch) * p.heads + head) * p.q_len + row] =
+                (row_max[h] + __log2f(total)) * 0.6931471805599453f;
+        }
+    }
+}
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+}  // namespace
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define NVLM_HOPPER_BODY(D, T) attention_forward<D, T>(&q_map, &k_map, &v_map, p);
+#else
+#define NVLM_HOPPER_BODY(D, T) __trap();
+#endif
+
+#define NVLM_HOPPER_ENTRY(name, D, T)                                                        \
+    extern "C" __global__ void __launch_bounds__(kThreads, 1)                                \
+        name(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map, \
+             const __grid_constant__ CUtensorMap v_map, NvlmHopperAttention p) {             \
+        NVLM_HOPPER_BODY(D, T)                                                               \
+    }
+
+NVLM_HOPPER_ENTRY(attention_hopper_d128_bf16, 128, __nv_bfloat16)
+NVLM_HOPPER_ENTRY(attention_hopper_d128_f16, 128, __half)
+NVLM_HOPPER_ENTRY(attention_hopper_d64_bf16, 64, __nv_bfloat16)
+NVLM_HOPPER_ENTRY(attention_hopper_d64_f16, 64, __half)

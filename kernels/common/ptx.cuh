@@ -1,0 +1,43 @@
+// Small PTX helpers shared by the kernels: shared-memory addresses and the
+// proxy fence that orders ordinary stores before async-proxy reads.
+#pragma once
+#include <stdint.h>
+
+namespace nvlm {
+
+// The 32-bit shared-window address PTX's shared-memory operands take.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+#if __CUDA_ARCH__ >= 900
+// Shared memory written by ordinary stores and read next by TMA or wgmma
+// (the async proxy) needs this in each writing thread before the barrier.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+#endif
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Warpgroup register reallocation: a producer gives registers back, the
+// math warpgroups take them. Needs a register cap at kernel entry
+// (__launch_bounds__(threads, 1)) and a warpgroup-uniform branch.
+template <uint32_t Registers>
+__device__ __forceinline__ void warpgroup_registers_release() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Registers));
+}
+template <uint32_t Registers>
+__device__ __forceinline__ void warpgroup_registers_claim() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Registers));
+}
+#endif
+
+// 2^x by the hardware approximation (2 ulp), the exponential of the online
+// softmax; exp2f without fast-math is several instructions.
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+}  // namespace nvlm

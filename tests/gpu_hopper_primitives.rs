@@ -1,0 +1,389 @@
+//! The Hopper primitives of kernels/common/ (TMA, mbarrier pipelines,
+//! wgmma), each alone in a small kernel (kernels/hopper_selftest.cu),
+//! checked exactly against the CPU. Without a usable GPU these skip (see
+//! tests/common/gpu.rs); on a GPU other than compute capability 9.0 they
+//! skip too, since sm_90a code runs nowhere else.
+
+mod common;
+
+use common::Rng;
+use common::gpu::gpu_or_skip;
+use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use half::bf16;
+use nvlm_vision::abi::{NvlmPipelineSelftest, NvlmTmaSelftest, NvlmWgmmaSelftest};
+use nvlm_vision::cuda::{Gpu, KernelModule};
+use nvlm_vision::hopper::{TensorMap, Tiled2d, TmaElement, TmaSwizzle, require_sm90a};
+use std::sync::Arc;
+
+fn hopper_or_skip(test: &str) -> Option<Arc<Gpu>> {
+    let gpu = gpu_or_skip(test)?;
+    if let Err(e) = require_sm90a(&gpu, test) {
+        eprintln!("skipped: {e}");
+        return None;
+    }
+    Some(gpu)
+}
+
+fn random_bf16(rng: &mut Rng, n: usize) -> Vec<u16> {
+    // Values in [-2, 2): exactly representable sums stay far from overflow.
+    (0..n)
+        .map(|_| bf16::from_f32((rng.next_u64() % 4096) as f32 / 1024.0 - 2.0).to_bits())
+        .collect()
+}
+
+fn signed_in(rng: &mut Rng, lo: i32, hi: i32) -> i32 {
+    lo + (rng.next_u64() % (hi - lo + 1) as u64) as i32
+}
+
+#[test]
+fn tma_load_fills_outside_with_zeros_and_store_clips() {
+    let Some(gpu) = hopper_or_skip("tma_load_fills_outside_with_zeros_and_store_clips") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("tma_round_trip");
+    let stream = gpu.stream();
+    let (src_w, src_h, src_pitch) = (100u32, 70u32, 104u32);
+    let (dst_w, dst_h, dst_pitch) = (72u32, 40u32, 80u32);
+    let (box_w, box_h) = (64u32, 32u32);
+    for _ in 0..8 {
+        let src_host = random_bf16(&mut rng, (src_pitch * src_h) as usize);
+        let poison = 0xFFFFu16;
+        let src = stream.clone_htod(&src_host).unwrap();
+        let dst = stream
+            .clone_htod(&vec![poison; (dst_pitch * dst_h) as usize])
+            .unwrap();
+        let box_out = stream
+            .clone_htod(&vec![poison; (box_w * box_h) as usize])
+            .unwrap();
+        let (load_x, load_y) = (signed_in(&mut rng, -32, 99), signed_in(&mut rng, -16, 69));
+        let (store_x, store_y) = (signed_in(&mut rng, 0, 71), signed_in(&mut rng, 0, 39));
+
+        let map = |addr: u64, w: u32, h: u32, pitch: u32| {
+            Tiled2d::matrix(
+                addr,
+                TmaElement::Bf16,
+                (w.into(), h.into(), u64::from(pitch) * 2),
+                (box_w, box_h),
+                TmaSwizzle::None,
+            )
+        };
+        let (src_addr, _g1) = src.device_ptr(stream);
+        let (dst_addr, _g2) = dst.device_ptr(stream);
+        let src_map = TensorMap::tiled(&gpu, &map(src_addr, src_w, src_h, src_pitch)).unwrap();
+        let dst_map = TensorMap::tiled(&gpu, &map(dst_addr, dst_w, dst_h, dst_pitch)).unwrap();
+        let (box_addr, _g3) = box_out.device_ptr(stream);
+        let params = NvlmTmaSelftest {
+            box_out: box_addr,
+            load_x,
+            load_y,
+            store_x,
+            store_y,
+            box_width: box_w,
+            box_height: box_h,
+        };
+        drop((_g1, _g2, _g3));
+        let f = gpu
+            .function(KernelModule::HopperSelftest, "selftest_tma_round_trip")
+            .unwrap();
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: box_w * box_h * 2,
+        };
+        // SAFETY: the maps describe the live `src`/`dst` buffers; box_out
+        // holds box_w * box_h elements.
+        unsafe {
+            stream
+                .launch_builder(&f)
+                .arg(&src_map)
+                .arg(&dst_map)
+                .arg(&params)
+                .launch(cfg)
+        }
+        .unwrap();
+        let got_box = stream.clone_dtoh(&box_out).unwrap();
+        let got_dst = stream.clone_dtoh(&dst).unwrap();
+
+        let what = format!("load ({load_x}, {load_y}) store ({store_x}, {store_y})");
+        for by in 0..box_h as i32 {
+            for bx in 0..box_w as i32 {
+                let (x, y) = (load_x + bx, load_y + by);
+                let inside = (0..src_w as i32).contains(&x) && (0..src_h as i32).contains(&y);
+                let want = if inside {
+                    src_host[(y as u32 * src_pitch + x as u32) as usize]
+                } else {
+                    0
+                };
+                let got = got_box[(by as u32 * box_w + bx as u32) as usize];
+                assert_eq!(got, want, "{what}: box ({bx}, {by})");
+            }
+        }
+        for y in 0..dst_h as i32 {
+            for x in 0..dst_pitch as i32 {
+                let (bx, by) = (x - store_x, y - store_y);
+                let stored = x < dst_w as i32
+                    && (0..box_w as i32).contains(&bx)
+                    && (0..box_h as i32).contains(&by);
+                let want = if stored {
+                    got_box[(by as u32 * box_w + bx as u32) as usize]
+                } else {
+                    poison
+                };
+                let got = got_dst[(y as u32 * dst_pitch + x as u32) as usize];
+                assert_eq!(got, want, "{what}: dst ({x}, {y})");
+            }
+        }
+    }
+}
+
+#[test]
+fn mbarrier_pipeline_streams_every_tile_once() {
+    let Some(gpu) = hopper_or_skip("mbarrier_pipeline_streams_every_tile_once") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("mbarrier_pipeline");
+    let stream = gpu.stream();
+    let mut sizes = vec![1u32, 31, 32, 33, 64, 65];
+    sizes.extend((0..4).map(|_| rng.range(100, 3000)));
+    for rows in sizes {
+        let host = random_bf16(&mut rng, rows as usize * 64);
+        let matrix = stream.clone_htod(&host).unwrap();
+        let out = stream.clone_htod(&vec![f32::NAN; 128]).unwrap();
+        let (addr, g) = matrix.device_ptr(stream);
+        let map = TensorMap::tiled(
+            &gpu,
+            &Tiled2d::matrix(
+                addr,
+                TmaElement::Bf16,
+                (64, rows.into(), 128),
+                (64, 32),
+                TmaSwizzle::None,
+            ),
+        )
+        .unwrap();
+        drop(g);
+        let (out_addr, g) = out.device_ptr(stream);
+        let params = NvlmPipelineSelftest {
+            out: out_addr,
+            rows,
+            reserved: 0,
+        };
+        drop(g);
+        let f = gpu
+            .function(KernelModule::HopperSelftest, "selftest_mbarrier_pipeline")
+            .unwrap();
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (160, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the map describes the live `matrix`; out holds 128 f32.
+        unsafe { stream.launch_builder(&f).arg(&map).arg(&params).launch(cfg) }.unwrap();
+        let got = stream.clone_dtoh(&out).unwrap();
+        for c in 0..64 {
+            let (mut sum, mut squares) = (0f32, 0f32);
+            for r in 0..rows as usize {
+                let v = bf16::from_bits(host[r * 64 + c]).to_f32();
+                sum += v;
+                squares = v.mul_add(v, squares);
+            }
+            assert_eq!(
+                got[c].to_bits(),
+                sum.to_bits(),
+                "rows {rows}: sum of column {c}"
+            );
+            assert_eq!(
+                got[64 + c].to_bits(),
+                squares.to_bits(),
+                "rows {rows}: squares of column {c}"
+            );
+        }
+    }
+}
+
+#[test]
+fn wgmma_tile_matches_the_cpu_product() {
+    let Some(gpu) = hopper_or_skip("wgmma_tile_matches_the_cpu_product") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("wgmma_tile");
+    let stream = gpu.stream();
+    for _ in 0..4 {
+        let a_host = random_bf16(&mut rng, 64 * 64);
+        let b_host = random_bf16(&mut rng, 64 * 64);
+        let a = stream.clone_htod(&a_host).unwrap();
+        let b = stream.clone_htod(&b_host).unwrap();
+        let c = stream.clone_htod(&vec![f32::NAN; 64 * 64]).unwrap();
+        let ((pa, ga), (pb, gb), (pc, gc)) = (
+            a.device_ptr(stream),
+            b.device_ptr(stream),
+            c.device_ptr(stream),
+        );
+        let params = NvlmWgmmaSelftest {
+            a: pa,
+            b: pb,
+            c: pc,
+        };
+        drop((ga, gb, gc));
+        let f = gpu
+            .function(KernelModule::HopperSelftest, "selftest_wgmma_tile")
+            .unwrap();
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: a, b hold 64x64 bf16 and c 64x64 f32.
+        unsafe { stream.launch_builder(&f).arg(&params).launch(cfg) }.unwrap();
+        let got = stream.clone_dtoh(&c).unwrap();
+        let rel = relative_error(
+            &got,
+            (64, 64, 64),
+            |i, t| bf16_at(&a_host, i * 64 + t),
+            |t, j| bf16_at(&b_host, j * 64 + t),
+        );
+        // f32 accumulation of 64 exact bf16 products: ~1e-7 relative.
+        assert!(rel < 1e-5, "relative error {rel:e}");
+    }
+}
+
+/// A [rows, cols] row-major bf16 matrix as a tensor map with 64x64 boxes
+/// and the 128-byte swizzle (the layout the attention tiles use).
+fn swizzled_map(gpu: &Gpu, addr: u64, rows: u64, cols: u64) -> TensorMap {
+    TensorMap::tiled(
+        gpu,
+        &Tiled2d::matrix(
+            addr,
+            TmaElement::Bf16,
+            (cols, rows, cols * 2),
+            (64, 64),
+            TmaSwizzle::B128,
+        ),
+    )
+    .unwrap()
+}
+
+/// ‖got − want‖/‖want‖ of `got` (f32, row-major m×n) against the f64
+/// product sum_k a(i, k)·b(k, j); panics on an unwritten (NaN) element.
+fn relative_error(
+    got: &[f32],
+    (m, n, k): (usize, usize, usize),
+    a: impl Fn(usize, usize) -> f64,
+    b: impl Fn(usize, usize) -> f64,
+) -> f64 {
+    let (mut err2, mut ref2) = (0f64, 0f64);
+    for i in 0..m {
+        for j in 0..n {
+            let want: f64 = (0..k).map(|t| a(i, t) * b(t, j)).sum();
+            let g = f64::from(got[i * n + j]);
+            assert!(g.is_finite(), "C[{i}][{j}] = {g}: not written or NaN");
+            err2 += (g - want).powi(2);
+            ref2 += want * want;
+        }
+    }
+    (err2 / ref2).sqrt()
+}
+
+fn bf16_at(m: &[u16], i: usize) -> f64 {
+    f64::from(bf16::from_bits(m[i]).to_f32())
+}
+
+#[test]
+fn wgmma_reads_swizzled_k_major_tiles_loaded_by_tma() {
+    let Some(gpu) = hopper_or_skip("wgmma_reads_swizzled_k_major_tiles_loaded_by_tma") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("wgmma_swizzled");
+    let stream = gpu.stream();
+    let a_host = random_bf16(&mut rng, 64 * 128);
+    let b_host = random_bf16(&mut rng, 64 * 128);
+    let a = stream.clone_htod(&a_host).unwrap();
+    let b = stream.clone_htod(&b_host).unwrap();
+    let c = stream.clone_htod(&vec![f32::NAN; 64 * 64]).unwrap();
+    let ((pa, ga), (pb, gb), (pc, gc)) = (
+        a.device_ptr(stream),
+        b.device_ptr(stream),
+        c.device_ptr(stream),
+    );
+    let (a_map, b_map) = (
+        swizzled_map(&gpu, pa, 64, 128),
+        swizzled_map(&gpu, pb, 64, 128),
+    );
+    let params = nvlm_vision::abi::NvlmWgmmaSwizzledSelftest { c: pc };
+    drop((ga, gb, gc));
+    let f = gpu
+        .function(KernelModule::HopperSelftest, "selftest_wgmma_swizzled")
+        .unwrap();
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 4 * 8192 + 1024,
+    };
+    // SAFETY: the maps describe the live a and b (64x128 bf16); c holds
+    // 64x64 f32.
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(&a_map)
+            .arg(&b_map)
+            .arg(&params)
+            .launch(cfg)
+    }
+    .unwrap();
+    let got = stream.clone_dtoh(&c).unwrap();
+    let rel = relative_error(
+        &got,
+        (64, 64, 128),
+        |i, t| bf16_at(&a_host, i * 128 + t),
+        |t, j| bf16_at(&b_host, j * 128 + t),
+    );
+    assert!(rel < 1e-5, "relative error {rel:e}");
+}
+
+#[test]
+fn wgmma_takes_a_from_registers_and_mn_major_b() {
+    let Some(gpu) = hopper_or_skip("wgmma_takes_a_from_registers_and_mn_major_b") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("wgmma_rs");
+    let stream = gpu.stream();
+    let p_host = random_bf16(&mut rng, 64 * 64);
+    let v_host = random_bf16(&mut rng, 64 * 128);
+    let p = stream.clone_htod(&p_host).unwrap();
+    let v = stream.clone_htod(&v_host).unwrap();
+    let c = stream.clone_htod(&vec![f32::NAN; 64 * 128]).unwrap();
+    let ((pp, gp), (pv, gv), (pc, gc)) = (
+        p.device_ptr(stream),
+        v.device_ptr(stream),
+        c.device_ptr(stream),
+    );
+    let v_map = swizzled_map(&gpu, pv, 64, 128);
+    let params = nvlm_vision::abi::NvlmWgmmaRsSelftest { p: pp, c: pc };
+    drop((gp, gv, gc));
+    let f = gpu
+        .function(KernelModule::HopperSelftest, "selftest_wgmma_rs")
+        .unwrap();
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 2 * 8192 + 1024,
+    };
+    // SAFETY: the map describes the live v (64x128 bf16); p holds 64x64
+    // bf16 and c 64x128 f32.
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(&v_map)
+            .arg(&params)
+            .launch(cfg)
+    }
+    .unwrap();
+    let got = stream.clone_dtoh(&c).unwrap();
+    let rel = relative_error(
+        &got,
+        (64, 128, 64),
+        |i, t| bf16_at(&p_host, i * 64 + t),
+        |t, j| bf16_at(&v_host, t * 128 + j),
+    );
+    assert!(rel < 1e-5, "relative error {rel:e}");
+}
