@@ -21,11 +21,16 @@
 //   q_len are zero-filled, computed on and never stored; a warp whose 16
 //   rows all lie past q_len skips every MMA. At N = 1025 the 9th tile runs
 //   one warp's worth of tensor work (1 of 65 warp-tiles per head, 1.5%)
-//   instead of a full 128-row tile (12.5%).
+//   instead of a full 128-row tile (12.5%). Its time is another matter: at
+//   D = 128 (one block per SM, see the launch bounds) that block holds its
+//   SM while one warp works through every K/V tile, latency-bound; the
+//   estimate is ~half a full block's time, i.e. ~5% of the call rather than
+//   1.5%. At D = 64 (two blocks per SM) it shares the SM with a full block.
+//   The bench's N = 1024 cases measure the real cost.
 // Why 128 rows (8 warps) and not 64: each K/V tile fetched from L2 serves
 // twice as many query rows (at B7 H25 N1025 the K/V re-reads are ~0.8 GB per
-// call at 128 rows vs ~1.6 GB at 64), and the warp skip above removes the
-// usual cost of a tall tile at the query tail.
+// call at 128 rows vs ~1.6 GB at 64), and the warp skip above removes most
+// of the tensor work a tall tile would waste at the query tail.
 //
 // Shared memory rows are D/8 16-byte chunks; chunk c of row r is stored at
 // chunk c ^ (r % 8), so the 8 row addresses of every ldmatrix (and the
