@@ -42,6 +42,7 @@ kernel_modules! {
     Preprocess => "preprocess",
     HopperSelftest => "hopper_selftest",
     Attention => "attention",
+    AttentionHopper => "attention_hopper",
 }
 
 /// The ptxas resource report (registers, spills, shared memory per kernel
@@ -57,6 +58,7 @@ pub fn ptxas_report() -> Option<&'static str> {
 // the kernels declare in kernels/abi.h.
 unsafe impl DeviceRepr for crate::abi::NvlmIntermediate {}
 unsafe impl DeviceRepr for crate::abi::NvlmTileWrite {}
+unsafe impl DeviceRepr for crate::abi::NvlmHopperAttention {}
 unsafe impl DeviceRepr for crate::abi::NvlmTmaSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmPipelineSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmWgmmaSelftest {}

@@ -13,9 +13,9 @@ use common::gpu::gpu_or_skip;
 use half::{bf16, f16};
 use nvlm_vision::Error;
 use nvlm_vision::attention::{
-    AttentionElement, AttentionLayout, AttentionTensor, QkvPart, QkvRows, attention_row_f64,
-    attention_row_same_precision, check_flash_attention, default_scale, flash_attention,
-    qk_rms_norm, qk_rms_norm_reference,
+    AttentionElement, AttentionKernel, AttentionLayout, AttentionTensor, QkvPart, QkvRows,
+    attention_row_f64, attention_row_same_precision, check_flash_attention, default_scale,
+    flash_attention, flash_attention_with, qk_rms_norm, qk_rms_norm_reference,
 };
 use nvlm_vision::cuda::Gpu;
 
@@ -134,6 +134,7 @@ fn rows_to_check(rng: &mut Rng, case: &Case, row_budget: usize) -> Vec<(usize, u
 /// error) as max-abs over the checked rows, for the log.
 fn check_case<T: AttentionElement>(
     gpu: &Gpu,
+    kernel: AttentionKernel,
     rng: &mut Rng,
     case: Case,
     row_budget: usize,
@@ -186,14 +187,18 @@ fn check_case<T: AttentionElement>(
     let arrangement = pick_arrangement(rng);
     let o_layout = arranged(rng, arrangement, b, n_q, h, d);
     let with_lse = rng.range(0, 3) != 0;
-    let what = format!("{case:?} {:?} out {arrangement:?} lse {with_lse}", T::DTYPE);
+    let what = format!(
+        "{kernel:?} {case:?} {:?} out {arrangement:?} lse {with_lse}",
+        T::DTYPE
+    );
 
     let dev: Vec<_> = host.iter().map(|x| stream.clone_htod(x).unwrap()).collect();
     let poison = vec![T::from_f32(f32::NAN); o_layout.span().unwrap()];
     let mut o_dev = stream.clone_htod(&poison).unwrap();
     let mut lse_dev = stream.clone_htod(&vec![f32::NAN; b * h * n_q]).unwrap();
     let scale = default_scale(d);
-    flash_attention(
+    flash_attention_with(
+        kernel,
         gpu,
         AttentionTensor::new(&dev[qi], q_layout),
         AttentionTensor::new(&dev[ki], k_layout),
@@ -302,8 +307,21 @@ fn random_case(rng: &mut Rng, n_q: usize, n_kv: usize, head_dim: usize, packed: 
     case
 }
 
-fn random_shapes<T: AttentionElement>(test: &str) {
-    let Some(gpu) = gpu_or_skip(test) else {
+/// The GPU, when it runs `kernel` (the Hopper kernel needs compute
+/// capability 9.0; elsewhere its tests skip).
+fn gpu_for(kernel: AttentionKernel, test: &str) -> Option<std::sync::Arc<Gpu>> {
+    let gpu = gpu_or_skip(test)?;
+    if kernel == AttentionKernel::Hopper
+        && let Err(e) = nvlm_vision::hopper::require_sm90a(&gpu, test)
+    {
+        eprintln!("skipped: {e}");
+        return None;
+    }
+    Some(gpu)
+}
+
+fn random_shapes<T: AttentionElement>(kernel: AttentionKernel, test: &str) {
+    let Some(gpu) = gpu_for(kernel, test) else {
         return;
     };
     let mut rng = Rng::from_env_or_time(test);
@@ -329,25 +347,61 @@ fn random_shapes<T: AttentionElement>(test: &str) {
         cases.push(random_case(&mut rng, n_q, n_kv, d, false));
     }
     for case in cases {
-        let (err, naive) = check_case::<T>(&gpu, &mut rng, case, 256);
+        let (err, naive) = check_case::<T>(&gpu, kernel, &mut rng, case, 256);
         eprintln!("{case:?}: max error {err:.2e}, naive same-precision {naive:.2e}");
     }
 }
 
 #[test]
 fn random_shapes_bf16_match_the_f64_reference() {
-    random_shapes::<bf16>("random_shapes_bf16_match_the_f64_reference");
+    random_shapes::<bf16>(
+        AttentionKernel::Portable,
+        "random_shapes_bf16_match_the_f64_reference",
+    );
 }
 
 #[test]
 fn random_shapes_f16_match_the_f64_reference() {
-    random_shapes::<f16>("random_shapes_f16_match_the_f64_reference");
+    random_shapes::<f16>(
+        AttentionKernel::Portable,
+        "random_shapes_f16_match_the_f64_reference",
+    );
+}
+
+#[test]
+fn hopper_random_shapes_bf16_match_the_f64_reference() {
+    random_shapes::<bf16>(
+        AttentionKernel::Hopper,
+        "hopper_random_shapes_bf16_match_the_f64_reference",
+    );
+}
+
+#[test]
+fn hopper_random_shapes_f16_match_the_f64_reference() {
+    random_shapes::<f16>(
+        AttentionKernel::Hopper,
+        "hopper_random_shapes_f16_match_the_f64_reference",
+    );
 }
 
 #[test]
 fn internvit_shapes_on_sampled_rows_at_model_shapes() {
-    let test = "internvit_shapes_on_sampled_rows_at_model_shapes";
-    let Some(gpu) = gpu_or_skip(test) else {
+    internvit_shapes(
+        AttentionKernel::Portable,
+        "internvit_shapes_on_sampled_rows_at_model_shapes",
+    );
+}
+
+#[test]
+fn hopper_internvit_shapes_on_sampled_rows_at_model_shapes() {
+    internvit_shapes(
+        AttentionKernel::Hopper,
+        "hopper_internvit_shapes_on_sampled_rows_at_model_shapes",
+    );
+}
+
+fn internvit_shapes(kernel: AttentionKernel, test: &str) {
+    let Some(gpu) = gpu_for(kernel, test) else {
         return;
     };
     let mut rng = Rng::from_env_or_time(test);
@@ -360,7 +414,7 @@ fn internvit_shapes_on_sampled_rows_at_model_shapes() {
             head_dim,
             packed: true,
         };
-        let (err, naive) = check_case::<bf16>(&gpu, &mut rng, case, 200);
+        let (err, naive) = check_case::<bf16>(&gpu, kernel, &mut rng, case, 200);
         eprintln!("{case:?} bf16: max error {err:.2e}, naive same-precision {naive:.2e}");
     }
 }

@@ -9,6 +9,7 @@ use super::{
 use crate::abi::{NvlmAttentionTensor, NvlmFlashAttention, NvlmQkRmsNorm};
 use crate::cuda::{Gpu, KernelModule, driver_error};
 use crate::error::{Error, Result};
+use crate::hopper::require_sm90a;
 use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
@@ -24,7 +25,7 @@ fn flash_smem_bytes(head_dim: usize) -> usize {
     2 * 2 * BLOCK_N * head_dim * 2
 }
 
-fn check_aligned(addr: u64, what: &str) -> Result<()> {
+pub(super) fn check_aligned(addr: u64, what: &str) -> Result<()> {
     if !addr.is_multiple_of(16) {
         return Err(Error::InvalidShape(format!(
             "{what}: device address {addr:#x} must be 16-byte aligned"
@@ -54,7 +55,35 @@ fn tensor_params(addr: u64, layout: &AttentionLayout) -> NvlmAttentionTensor {
 /// [`AttentionLayout::packed_qkv`]). Every bad input is an `Err` before the
 /// launch ([`check_flash_attention`], plus the 16-byte alignment of the
 /// device addresses). The kernel is queued on `gpu.stream()`.
+///
+/// Runs [`AttentionKernel::Portable`]; [`flash_attention_with`] picks.
 pub fn flash_attention<T: AttentionElement>(
+    gpu: &Gpu,
+    q: AttentionTensor<&impl DevicePtr<T>>,
+    k: AttentionTensor<&impl DevicePtr<T>>,
+    v: AttentionTensor<&impl DevicePtr<T>>,
+    out: AttentionTensor<&mut impl DevicePtrMut<T>>,
+    lse: Option<&mut CudaSlice<f32>>,
+    scale: Option<f32>,
+) -> Result<()> {
+    flash_attention_with(AttentionKernel::Portable, gpu, q, k, v, out, lse, scale)
+}
+
+/// Which flash-attention kernel runs. Both compute the same function and
+/// take the same inputs; every check runs before either launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// kernels/attention.cu: mma.sync, cp.async; sm_80 and newer.
+    Portable,
+    /// kernels/attention_hopper.cu: TMA, wgmma, warp specialisation;
+    /// compute capability 9.0 only (`Err(Unsupported)` elsewhere).
+    Hopper,
+}
+
+/// [`flash_attention`] on the kernel of your choice.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_with<T: AttentionElement>(
+    kernel: AttentionKernel,
     gpu: &Gpu,
     q: AttentionTensor<&impl DevicePtr<T>>,
     k: AttentionTensor<&impl DevicePtr<T>>,
@@ -74,19 +103,9 @@ pub fn flash_attention<T: AttentionElement>(
         lse.as_ref().map(|l| l.len()),
         scale,
     )?;
-    let name = format!("flash_attention_{}_d{head_dim}", T::KERNEL_SUFFIX);
-    let function = gpu.function(KernelModule::Attention, &name)?;
-    let smem = flash_smem_bytes(head_dim);
-    // Above 48 KiB a kernel needs an explicit opt-in (sm_80: up to 163 KiB).
-    function
-        .set_attribute(
-            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(driver_error(
-            "cuFuncSetAttribute(max dynamic shared memory)",
-        ))?;
-
+    if kernel == AttentionKernel::Hopper {
+        require_sm90a(gpu, "the Hopper attention kernel")?;
+    }
     let stream = gpu.stream();
     let (q_addr, _q_sync) = q.data.device_ptr(stream);
     let (k_addr, _k_sync) = k.data.device_ptr(stream);
@@ -102,23 +121,66 @@ pub fn flash_attention<T: AttentionElement>(
         }
         None => (0, None),
     };
-    let params = NvlmFlashAttention {
-        q: tensor_params(q_addr, &q.layout),
-        k: tensor_params(k_addr, &k.layout),
-        v: tensor_params(v_addr, &v.layout),
-        o: tensor_params(o_addr, &out.layout),
+    let device = DeviceTensors {
+        q: (q_addr, &q.layout),
+        k: (k_addr, &k.layout),
+        v: (v_addr, &v.layout),
+        out: (o_addr, &out.layout),
         lse: lse_addr,
+    };
+    match kernel {
+        AttentionKernel::Portable => launch_portable::<T>(gpu, &device, scale),
+        AttentionKernel::Hopper => super::hopper::launch::<T>(gpu, &device, scale),
+    }
+}
+
+/// Device addresses (of element 0 of each buffer) and layouts of a checked
+/// flash-attention call.
+pub(super) struct DeviceTensors<'a> {
+    pub q: (u64, &'a AttentionLayout),
+    pub k: (u64, &'a AttentionLayout),
+    pub v: (u64, &'a AttentionLayout),
+    pub out: (u64, &'a AttentionLayout),
+    /// 0 without an LSE output.
+    pub lse: u64,
+}
+
+fn launch_portable<T: AttentionElement>(
+    gpu: &Gpu,
+    t: &DeviceTensors<'_>,
+    scale: f32,
+) -> Result<()> {
+    let (q_layout, head_dim) = (t.q.1, t.q.1.head_dim);
+    let name = format!("flash_attention_{}_d{head_dim}", T::KERNEL_SUFFIX);
+    let function = gpu.function(KernelModule::Attention, &name)?;
+    let smem = flash_smem_bytes(head_dim);
+    // Above 48 KiB a kernel needs an explicit opt-in (sm_80: up to 163 KiB).
+    function
+        .set_attribute(
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(driver_error(
+            "cuFuncSetAttribute(max dynamic shared memory)",
+        ))?;
+
+    let params = NvlmFlashAttention {
+        q: tensor_params(t.q.0, t.q.1),
+        k: tensor_params(t.k.0, t.k.1),
+        v: tensor_params(t.v.0, t.v.1),
+        o: tensor_params(t.out.0, t.out.1),
+        lse: t.lse,
         // Checked: heads <= 65535, tokens <= i32::MAX.
-        heads: q.layout.heads as i32,
-        q_len: q.layout.tokens as i32,
-        kv_len: k.layout.tokens as i32,
+        heads: q_layout.heads as i32,
+        q_len: q_layout.tokens as i32,
+        kv_len: t.k.1.tokens as i32,
         scale_log2: scale * std::f32::consts::LOG2_E,
     };
     let config = LaunchConfig {
         grid_dim: (
-            q.layout.tokens.div_ceil(BLOCK_M) as u32,
-            q.layout.heads as u32,
-            q.layout.batch as u32,
+            q_layout.tokens.div_ceil(BLOCK_M) as u32,
+            q_layout.heads as u32,
+            q_layout.batch as u32,
         ),
         block_dim: (FLASH_THREADS, 1, 1),
         shared_mem_bytes: smem as u32,
@@ -126,9 +188,14 @@ pub fn flash_attention<T: AttentionElement>(
     // SAFETY: check_flash_attention bounded every index the kernel forms by
     // the buffers' lengths, the addresses are 16-byte aligned, out does not
     // overlap itself, and the stream orders the launch after the buffers'
-    // writers (the device_ptr guards live until after the launch).
-    unsafe { stream.launch_builder(&function).arg(&params).launch(config) }
-        .map_err(driver_error(&name))?;
+    // writers (the caller's device_ptr guards live until after the launch).
+    unsafe {
+        gpu.stream()
+            .launch_builder(&function)
+            .arg(&params)
+            .launch(config)
+    }
+    .map_err(driver_error(&name))?;
     Ok(())
 }
 

@@ -26,12 +26,13 @@
 
 mod cpu;
 mod gpu;
+mod hopper;
 
 pub use cpu::{
     attention_f64, attention_row_f64, attention_row_same_precision, attention_same_precision,
     qk_rms_norm_reference,
 };
-pub use gpu::{flash_attention, qk_rms_norm};
+pub use gpu::{AttentionKernel, flash_attention, flash_attention_with, qk_rms_norm};
 
 use crate::dtype::TensorElement;
 use crate::error::{Error, Result};
