@@ -3,14 +3,18 @@
 //! produces it, output `[B, N, H, D]`. The same cases as
 //! `scripts/peer_attention.py` (torch SDPA per backend). Prints TFLOP/s
 //! counted as 4·B·H·N²·D per call. The N = 1024 cases measure what the
-//! 1025 tail costs (ideal: (1025/1024)² = +0.2%). Skips without a GPU.
+//! 1025 tail costs (ideal: (1025/1024)² = +0.2%). Runs the portable
+//! kernel, and the Hopper kernel on compute capability 9.0. Skips without
+//! a GPU.
 
 mod common;
 
 use common::{device_time, gpu_or_skip};
 use criterion::{Criterion, criterion_group, criterion_main};
 use half::bf16;
-use nvlm_vision::attention::{AttentionLayout, AttentionTensor, QkvPart, flash_attention};
+use nvlm_vision::attention::{
+    AttentionKernel, AttentionLayout, AttentionTensor, QkvPart, flash_attention_with,
+};
 use std::cell::RefCell;
 use std::time::Duration;
 
@@ -33,6 +37,11 @@ fn attention(c: &mut Criterion) {
     let Some(gpu) = gpu_or_skip("gpu_attention") else {
         return;
     };
+    let mut kernels = vec![(AttentionKernel::Portable, "nvlm-portable")];
+    match nvlm_vision::hopper::require_sm90a(&gpu, "the Hopper attention bench") {
+        Ok(()) => kernels.push((AttentionKernel::Hopper, "nvlm-hopper")),
+        Err(e) => eprintln!("skipped: {e}"),
+    }
     let stream = gpu.stream();
     let mut group = c.benchmark_group("attention");
     group.sample_size(30);
@@ -62,35 +71,38 @@ fn attention(c: &mut Criterion) {
             })
             .collect();
         let part = |p| AttentionLayout::packed_qkv(batch, tokens, heads, head_dim, p);
-        let samples = RefCell::new(Vec::new());
-        group.bench_function(format!("nvlm-portable/{case}"), |b| {
-            b.iter_custom(|iters| {
-                let time = device_time(&gpu, iters, |i| {
-                    let s = i as usize % sets;
-                    flash_attention(
-                        &gpu,
-                        AttentionTensor::new(&qkv[s], part(QkvPart::Q)),
-                        AttentionTensor::new(&qkv[s], part(QkvPart::K)),
-                        AttentionTensor::new(&qkv[s], part(QkvPart::V)),
-                        AttentionTensor::new(&mut outs[s], out_layout),
-                        None,
-                        None,
-                    )
-                    .expect("flash_attention");
-                });
-                samples.borrow_mut().push(time / iters as u32);
-                time
-            })
-        });
-        let mut per_call: Vec<Duration> = samples.into_inner();
-        per_call.sort();
-        let median = per_call[per_call.len() / 2].as_secs_f64();
-        let flops = 4.0 * (batch * heads * tokens * tokens * head_dim) as f64;
-        println!(
-            "attention/nvlm-portable/{case}: median {:.1} us over criterion's samples, {:.1} TFLOP/s",
-            median * 1e6,
-            flops / median * 1e-12
-        );
+        for &(kernel, name) in &kernels {
+            let samples = RefCell::new(Vec::new());
+            group.bench_function(format!("{name}/{case}"), |b| {
+                b.iter_custom(|iters| {
+                    let time = device_time(&gpu, iters, |i| {
+                        let s = i as usize % sets;
+                        flash_attention_with(
+                            kernel,
+                            &gpu,
+                            AttentionTensor::new(&qkv[s], part(QkvPart::Q)),
+                            AttentionTensor::new(&qkv[s], part(QkvPart::K)),
+                            AttentionTensor::new(&qkv[s], part(QkvPart::V)),
+                            AttentionTensor::new(&mut outs[s], out_layout),
+                            None,
+                            None,
+                        )
+                        .expect("flash_attention");
+                    });
+                    samples.borrow_mut().push(time / iters as u32);
+                    time
+                })
+            });
+            let mut per_call: Vec<Duration> = samples.into_inner();
+            per_call.sort();
+            let median = per_call[per_call.len() / 2].as_secs_f64();
+            let flops = 4.0 * (batch * heads * tokens * tokens * head_dim) as f64;
+            println!(
+                "attention/{name}/{case}: median {:.1} us over criterion's samples, {:.1} TFLOP/s",
+                median * 1e6,
+                flops / median * 1e-12
+            );
+        }
     }
     group.finish();
 }
