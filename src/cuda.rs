@@ -40,6 +40,7 @@ macro_rules! kernel_modules {
 
 kernel_modules! {
     Preprocess => "preprocess",
+    Projector => "projector",
 }
 
 /// The ptxas resource report (registers, spills, shared memory per kernel
@@ -55,6 +56,8 @@ pub fn ptxas_report() -> Option<&'static str> {
 // the kernels declare in kernels/abi.h.
 unsafe impl DeviceRepr for crate::abi::NvlmIntermediate {}
 unsafe impl DeviceRepr for crate::abi::NvlmTileWrite {}
+unsafe impl DeviceRepr for crate::abi::NvlmProjectorFront {}
+unsafe impl DeviceRepr for crate::abi::NvlmBiasGelu {}
 
 pub(crate) fn driver_error(call: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Cuda(format!("{call}: {e}"))

@@ -10,6 +10,8 @@ pub mod abi;
 pub mod cuda;
 pub mod dtype;
 pub mod error;
+pub mod gemm;
 pub mod preprocess;
+pub mod projector;
 
 pub use error::{Error, Result};
