@@ -119,6 +119,7 @@ template <typename T, int VEC, int VPT>
 __device__ __forceinline__ void front(const NvlmProjectorFront& p) {
     __shared__ float partial[2][32];
     const uint32_t r = blockIdx.x;
+    if (r >= p.rows) return;  // the whole block: before any barrier
     const uint32_t half = p.grid_side / 2;
     const uint32_t t = r / (half * half);
     const uint32_t cell = r - t * half * half;

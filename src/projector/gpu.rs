@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::gemm::{Epilogue, Gemm, LinearShape, check_linear};
 use cudarc::cublaslt::{CudaBlasLT, Matmul};
 use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg,
 };
 use std::sync::Arc;
 
@@ -156,7 +156,8 @@ impl ProjectorKernels {
         let stream = self.gpu.stream();
         let data_addr = addr_mut(data, stream);
         let bias_addr = bias.map_or(0, |b| addr(b, stream));
-        let vector = cols % 8 == 0 && data_addr % 16 == 0 && bias_addr % 16 == 0;
+        let vector =
+            cols.is_multiple_of(8) && data_addr.is_multiple_of(16) && bias_addr.is_multiple_of(16);
         let kernel = format!("bias_gelu_{name}_{}", if vector { "v8" } else { "s1" });
         let params = NvlmBiasGelu {
             data: data_addr,
@@ -185,9 +186,9 @@ impl ProjectorKernels {
 
 /// Intermediates of one forward for up to `tiles` tiles.
 pub struct ProjectorWorkspace<T> {
-    tiles: usize,
     front: CudaSlice<T>,
-    hidden: CudaSlice<T>,
+    /// Linear 1's output; none for a one-layer projector.
+    hidden: Option<CudaSlice<T>>,
 }
 
 /// The whole projector on one GPU.
@@ -218,7 +219,7 @@ impl Projector {
     }
 
     /// Device memory for the intermediates of up to `tiles` tiles:
-    /// `rows · (4C + H1)` elements.
+    /// `rows · 4C` elements, plus `rows · H1` for a two-layer projector.
     pub fn workspace<T: TensorElement + DeviceRepr>(
         &self,
         tiles: usize,
@@ -228,13 +229,14 @@ impl Projector {
         // SAFETY: every forward writes these before reading them.
         let front = unsafe { stream.alloc::<T>(rows * self.config.row_width()) }
             .map_err(driver_error("alloc projector front"))?;
-        let hidden = unsafe { stream.alloc::<T>(rows * self.config.linear1_out) }
-            .map_err(driver_error("alloc projector hidden"))?;
-        Ok(ProjectorWorkspace {
-            tiles,
-            front,
-            hidden,
-        })
+        let hidden = match self.config.linear2_out {
+            Some(_) => Some(
+                unsafe { stream.alloc::<T>(rows * self.config.linear1_out) }
+                    .map_err(driver_error("alloc projector hidden"))?,
+            ),
+            None => None,
+        };
+        Ok(ProjectorWorkspace { front, hidden })
     }
 
     /// Queues the projector: `input` `[tiles, tokens_per_tile, C]` →
@@ -254,15 +256,17 @@ impl Projector {
     {
         let cfg = &self.config;
         cfg.check_forward(tiles, input.len(), &weights.lens(), out.len())?;
-        if tiles > ws.tiles {
-            return Err(Error::BufferTooShort {
-                what: "projector workspace (tiles)",
-                len: ws.tiles,
-                needed: tiles,
-            });
-        }
         let rows = cfg.output_rows(tiles);
         let (h1, k1) = (cfg.linear1_out, cfg.row_width());
+        let hidden_need = cfg.linear2_out.map_or(0, |_| rows * h1);
+        let hidden_len = ws.hidden.as_ref().map_or(0, |h| h.len());
+        if ws.front.len() < rows * k1 || hidden_len < hidden_need {
+            return Err(Error::BufferTooShort {
+                what: "projector workspace (elements; make it with this projector's workspace(tiles))",
+                len: ws.front.len() + hidden_len,
+                needed: rows * k1 + hidden_need,
+            });
+        }
         let gemm1 = LinearShape {
             m: rows,
             n: h1,
@@ -307,7 +311,11 @@ impl Projector {
                 .gemm
                 .linear(&front, &weights.w1, b1, out, gemm1, Epilogue::None);
         };
-        let mut hidden = ws.hidden.slice_mut(..rows * h1);
+        let hidden = ws
+            .hidden
+            .as_mut()
+            .expect("checked above: hidden_len >= rows * h1 > 0");
+        let mut hidden = hidden.slice_mut(..rows * h1);
         match cfg.gelu {
             GeluMode::ExactErf => {
                 self.gemm.linear(
@@ -348,7 +356,7 @@ fn addr<T>(v: &CudaView<'_, T>, stream: &Arc<CudaStream>) -> u64 {
     a
 }
 
-fn addr_mut<T>(v: &CudaViewMut<'_, T>, stream: &Arc<CudaStream>) -> u64 {
-    let (a, _sync) = v.device_ptr(stream);
+fn addr_mut<T>(v: &mut CudaViewMut<'_, T>, stream: &Arc<CudaStream>) -> u64 {
+    let (a, _sync) = v.device_ptr_mut(stream);
     a
 }

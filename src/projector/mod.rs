@@ -165,7 +165,7 @@ impl ProjectorConfig {
         if self.vit_hidden == 0 || self.linear1_out == 0 || self.linear2_out == Some(0) {
             return bad("zero-sized dimension".into());
         }
-        if self.grid_side == 0 || self.grid_side % 2 != 0 {
+        if self.grid_side == 0 || !self.grid_side.is_multiple_of(2) {
             return bad(format!(
                 "grid side {} must be even and non-zero (pixel_shuffle 0.5)",
                 self.grid_side
@@ -259,7 +259,7 @@ impl ProjectorConfig {
             return self.shape_error("zero tiles");
         }
         let c = self.vit_hidden;
-        if input_len % c != 0 {
+        if !input_len.is_multiple_of(c) {
             return self.shape_error(&format!(
                 "input has {input_len} elements, not a multiple of C = {c} (wrong C?)"
             ));
@@ -273,7 +273,7 @@ impl ProjectorConfig {
                 if self.cls_token { " (with CLS)" } else { " (no CLS)" }
             ));
         }
-        if u32::try_from(self.output_rows(tiles)).is_err() {
+        if self.output_rows(tiles) > i32::MAX as usize {
             return self.shape_error(&format!(
                 "{tiles} tiles: too many output rows for one launch"
             ));
@@ -375,7 +375,7 @@ pub fn front_launch(cfg: &ProjectorConfig, dtype: Dtype, aligned: bool) -> Resul
     let width = cfg.row_width();
     let threads_for =
         |chunks: usize, per_thread: usize| chunks.div_ceil(per_thread).next_multiple_of(32);
-    if cfg.vit_hidden % 8 == 0 && aligned {
+    if cfg.vit_hidden.is_multiple_of(8) && aligned {
         let chunks = width / 8;
         if let Some(vpt) = [1usize, 2, 4, 8]
             .into_iter()
@@ -401,7 +401,7 @@ pub fn front_launch(cfg: &ProjectorConfig, dtype: Dtype, aligned: bool) -> Resul
         "projector front: C = {} with {} needs the scalar kernel, which holds at most C = 512; \
          the 16-byte kernel needs C % 8 == 0 and 16-byte aligned input, gamma, beta and output",
         cfg.vit_hidden,
-        if cfg.vit_hidden % 8 != 0 {
+        if !cfg.vit_hidden.is_multiple_of(8) {
             "C % 8 != 0"
         } else {
             "a buffer not 16-byte aligned"
