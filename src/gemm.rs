@@ -85,6 +85,29 @@ pub fn check_linear(
     Ok(())
 }
 
+/// The column-major cuBLASLt problem that computes the row-major
+/// `y[m, n] = x[m, k] · w[n, k]ᵀ`, with A = w and B = x (module docs).
+fn matmul_config(s: LinearShape) -> MatmulConfig {
+    MatmulConfig {
+        transa: true,
+        transb: false,
+        transc: false,
+        m: s.n as u64,
+        n: s.m as u64,
+        k: s.k as u64,
+        alpha: 1.0,
+        lda: s.k as i64,
+        ldb: s.k as i64,
+        beta: 0.0,
+        ldc: s.n as i64,
+        stride_a: None,
+        stride_b: None,
+        stride_c: None,
+        stride_bias: None,
+        batch_size: None,
+    }
+}
+
 /// A cuBLASLt handle (with its workspace) on the GPU's stream.
 pub struct Gemm {
     lt: CudaBlasLT,
@@ -123,25 +146,7 @@ impl Gemm {
         CudaBlasLT: Matmul<T>,
     {
         check_linear(shape, x.len(), w.len(), bias.map(|b| b.len()), y.len())?;
-        let LinearShape { m, n, k } = shape;
-        let cfg = MatmulConfig {
-            transa: true,
-            transb: false,
-            transc: false,
-            m: n as u64,
-            n: m as u64,
-            k: k as u64,
-            alpha: 1.0,
-            lda: k as i64,
-            ldb: k as i64,
-            beta: 0.0,
-            ldc: n as i64,
-            stride_a: None,
-            stride_b: None,
-            stride_c: None,
-            stride_bias: None,
-            batch_size: None,
-        };
+        let cfg = matmul_config(shape);
         let act = match epilogue {
             Epilogue::None => None,
             Epilogue::Relu => Some(Activation::Relu),
@@ -190,6 +195,53 @@ mod tests {
             match r {
                 Err(Error::InvalidShape(m)) => assert!(m.contains(needle), "{m}"),
                 other => panic!("{needle}: {other:?}"),
+            }
+        }
+    }
+
+    /// BLAS semantics, column-major: `C[i + j·ldc] = Σ_l op(A)[i, l] ·
+    /// op(B)[l, j]` with `op(A)[i, l] = A[l + i·lda]` when transposed (A is
+    /// stored k × m) and `A[i + l·lda]` otherwise; the same for B. Run on
+    /// the config [`Gemm::linear`] passes, it must give the row-major
+    /// `nn.Linear` product, and the bias (indexed by C's row) must land on
+    /// the output feature.
+    #[test]
+    fn column_major_config_computes_the_row_major_linear() {
+        let s = LinearShape { m: 4, n: 3, k: 5 };
+        let cfg = matmul_config(s);
+        let x: Vec<f64> = (0..s.m * s.k).map(|i| (i * 7 % 11) as f64 - 5.0).collect();
+        let w: Vec<f64> = (0..s.n * s.k).map(|i| (i * 5 % 13) as f64 - 6.0).collect();
+        let bias = [0.5, -1.5, 2.5];
+        let (a, b) = (&w, &x);
+        let (cm, cn, ck) = (cfg.m as usize, cfg.n as usize, cfg.k as usize);
+        let (lda, ldb, ldc) = (cfg.lda as usize, cfg.ldb as usize, cfg.ldc as usize);
+        let op_a = |i: usize, l: usize| {
+            if cfg.transa {
+                a[l + i * lda]
+            } else {
+                a[i + l * lda]
+            }
+        };
+        let op_b = |l: usize, j: usize| {
+            if cfg.transb {
+                b[j + l * ldb]
+            } else {
+                b[l + j * ldb]
+            }
+        };
+        let mut c = vec![f64::NAN; ldc * cn];
+        for j in 0..cn {
+            for i in 0..cm {
+                c[i + j * ldc] = (0..ck).map(|l| op_a(i, l) * op_b(l, j)).sum::<f64>() + bias[i];
+            }
+        }
+        for r in 0..s.m {
+            for o in 0..s.n {
+                let y: f64 = (0..s.k)
+                    .map(|l| x[r * s.k + l] * w[o * s.k + l])
+                    .sum::<f64>()
+                    + bias[o];
+                assert_eq!(c[r * s.n + o], y, "y[{r}, {o}]");
             }
         }
     }

@@ -317,6 +317,55 @@ mod tests {
         }
     }
 
+    /// The front kernel's address arithmetic (kernels/projector.cu,
+    /// `front`), transcribed: the input element read for element k of
+    /// output row r, in the `[T, tokens, C]` encoder output.
+    fn kernel_source_offset(cfg: &ProjectorConfig, r: usize, k: usize) -> usize {
+        let (c, side) = (cfg.vit_hidden, cfg.grid_side);
+        let half = side / 2;
+        let t = r / (half * half);
+        let cell = r - t * half * half;
+        let i = cell / half;
+        let j = cell - i * half;
+        let transpose = cfg.ps_version == PsVersion::V1;
+        let grid_row = if transpose { 2 * j } else { 2 * i };
+        let grid_col = if transpose { 2 * i } else { 2 * j };
+        let token =
+            t * cfg.tokens_per_tile() + usize::from(cfg.cls_token) + grid_row * side + grid_col;
+        let run0 = token * c;
+        let run1 = run0 + side * c;
+        if k < 2 * c {
+            run0 + k
+        } else {
+            run1 + (k - 2 * c)
+        }
+    }
+
+    #[test]
+    fn kernel_addressing_equals_literal_shuffle_of_the_encoder_output() {
+        for ps in [PsVersion::V1, PsVersion::V2] {
+            for cls in [false, true] {
+                for &(side, c) in &[(32, 3), (32, 8), (6, 5), (4, 16)] {
+                    let cfg = small(c, side, cls, ps);
+                    let tiles = 3;
+                    // The literal shuffle indexes the CLS-free [T, side, side, C]
+                    // grid; map its indices into [T, tokens, C].
+                    let lit = pixel_shuffle_literal(tiles, side, side, c, ps);
+                    for (e, &src) in lit.iter().enumerate() {
+                        let (t, rest) = (src / (side * side * c), src % (side * side * c));
+                        let expected = (t * cfg.tokens_per_tile() + usize::from(cls)) * c + rest;
+                        let (r, k) = (e / (4 * c), e % (4 * c));
+                        assert_eq!(
+                            kernel_source_offset(&cfg, r, k),
+                            expected,
+                            "{ps:?} cls {cls} side {side} C {c}: row {r} k {k}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn v1_is_the_transpose_of_v2() {
         let (side, c) = (6, 3);
