@@ -21,8 +21,9 @@ use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 
 /// InternVL's `ps_version`: v1 leaves the shuffled grid transposed, v2
-/// swaps it back (REFERENCE.md §5). The NVLM-D and InternVL2/2.5 configs
-/// use v2.
+/// swaps it back (REFERENCE.md §5). Public InternVL2/2.5 config.json files
+/// say "v2"; the presets use v2 for NVLM-D too, which was not re-checked
+/// against its config.json here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PsVersion {
     V1,
@@ -66,7 +67,10 @@ pub struct ProjectorConfig {
 
 impl ProjectorConfig {
     /// NVLM-D-72B (HF `nvidia/NVLM-D-72B`): InternViT-6B (C = 3200), mlp1
-    /// LayerNorm(12800, eps 1e-5), 12800 → 29568 → 8192, no biases.
+    /// LayerNorm(12800, eps 1e-5), 12800 → 29568 → 8192, no biases
+    /// (vLLM's `nvlm_d.py` builds it as `LayerNorm(4C)`, `Linear(4C,
+    /// llm intermediate, bias=False)`, `GELU()`, `Linear(.., llm hidden,
+    /// bias=False)`; Qwen2-72B's intermediate and hidden sizes).
     pub fn nvlm_d_72b() -> Self {
         ProjectorConfig {
             name: "NVLM-D-72B",
