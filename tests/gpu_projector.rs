@@ -176,9 +176,17 @@ fn front_matches_cpu_both_ps_versions_cls_and_dtypes() {
     let mut rng = Rng::from_env_or_time("front_matches_cpu");
     for ps in [PsVersion::V1, PsVersion::V2] {
         for cls in [true, false] {
-            // 16-byte path (C % 8 == 0, one to eight chunks per thread) and
+            // 16-byte path (C % 8 == 0: 1, 1, 2, 4, 8 chunks per thread) and
             // the scalar path (odd C).
-            for (c, tiles) in [(8, 2), (200, 3), (1024, 2), (3200, 2), (7, 3), (13, 2)] {
+            for (c, tiles) in [
+                (8, 2),
+                (200, 3),
+                (1024, 2),
+                (1600, 1),
+                (3200, 2),
+                (7, 3),
+                (13, 2),
+            ] {
                 let cfg = small_config(c, cls, ps);
                 front_case::<bf16>(&gpu, &mut rng, &cfg, tiles, 0);
                 front_case::<f16>(&gpu, &mut rng, &cfg, tiles, 0);
