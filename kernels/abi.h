@@ -176,3 +176,40 @@ static_assert(sizeof(NvlmTmaSelftest) == 32, "NvlmTmaSelftest layout");
 static_assert(sizeof(NvlmPipelineSelftest) == 16, "NvlmPipelineSelftest layout");
 static_assert(sizeof(NvlmWgmmaSelftest) == 24, "NvlmWgmmaSelftest layout");
 #endif
+
+// ---- Projector (kernels/projector.cu) ----
+
+// The projector's front: pixel_shuffle(0.5) of the InternViT last hidden
+// state fused with LayerNorm over 4C. Output row r = t * (side/2)^2 + i *
+// (side/2) + j is LayerNorm of cell (i, j) of tile t's shuffled grid; it is
+// two runs of 2C contiguous input values (rows 2i and 2i+1 from column 2j
+// for ps v2; rows 2j and 2j+1 from column 2i for v1, the transposed grid).
+typedef struct NvlmProjectorFront {
+    uint64_t input;           // [T, tokens_per_tile, C], bf16 or f16
+    uint64_t gamma;           // [4C], same dtype
+    uint64_t beta;            // [4C], same dtype
+    uint64_t out;             // [rows, 4C], same dtype
+    uint32_t channels;        // C
+    uint32_t grid_side;       // side of the patch grid (32 at 448 px / patch 14); even
+    uint32_t tokens_per_tile; // side^2, + 1 with a CLS token
+    uint32_t first_token;     // 1 with a CLS token (skipped), else 0
+    uint32_t transpose;       // 1 for ps_version v1
+    uint32_t rows;            // T * (side/2)^2 = gridDim.x
+    uint32_t row_width;       // 4C
+    float eps;                // LayerNorm epsilon
+} NvlmProjectorFront;
+
+// In-place epilogue on a row-major [count / cols, cols] GEMM output:
+// x += bias[col] (when bias != 0), then exact GELU (when gelu != 0).
+typedef struct NvlmBiasGelu {
+    uint64_t data;            // bf16 or f16
+    uint64_t bias;            // [cols], same dtype, or 0
+    uint64_t count;           // rows * cols
+    uint32_t cols;
+    uint32_t gelu;            // 1: x/2 * (1 + erf(x / sqrt 2)) after the bias
+} NvlmBiasGelu;
+
+#ifdef __cplusplus
+static_assert(sizeof(NvlmProjectorFront) == 64, "NvlmProjectorFront layout");
+static_assert(sizeof(NvlmBiasGelu) == 32, "NvlmBiasGelu layout");
+#endif

@@ -327,3 +327,68 @@ const _: () = {
     ["Offset of field: NvlmWgmmaRsSelftest::c"]
         [::core::mem::offset_of!(NvlmWgmmaRsSelftest, c) - 8usize];
 };
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmProjectorFront {
+    pub input: u64,
+    pub gamma: u64,
+    pub beta: u64,
+    pub out: u64,
+    pub channels: u32,
+    pub grid_side: u32,
+    pub tokens_per_tile: u32,
+    pub first_token: u32,
+    pub transpose: u32,
+    pub rows: u32,
+    pub row_width: u32,
+    pub eps: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmProjectorFront"][::core::mem::size_of::<NvlmProjectorFront>() - 64usize];
+    ["Alignment of NvlmProjectorFront"][::core::mem::align_of::<NvlmProjectorFront>() - 8usize];
+    ["Offset of field: NvlmProjectorFront::input"]
+        [::core::mem::offset_of!(NvlmProjectorFront, input) - 0usize];
+    ["Offset of field: NvlmProjectorFront::gamma"]
+        [::core::mem::offset_of!(NvlmProjectorFront, gamma) - 8usize];
+    ["Offset of field: NvlmProjectorFront::beta"]
+        [::core::mem::offset_of!(NvlmProjectorFront, beta) - 16usize];
+    ["Offset of field: NvlmProjectorFront::out"]
+        [::core::mem::offset_of!(NvlmProjectorFront, out) - 24usize];
+    ["Offset of field: NvlmProjectorFront::channels"]
+        [::core::mem::offset_of!(NvlmProjectorFront, channels) - 32usize];
+    ["Offset of field: NvlmProjectorFront::grid_side"]
+        [::core::mem::offset_of!(NvlmProjectorFront, grid_side) - 36usize];
+    ["Offset of field: NvlmProjectorFront::tokens_per_tile"]
+        [::core::mem::offset_of!(NvlmProjectorFront, tokens_per_tile) - 40usize];
+    ["Offset of field: NvlmProjectorFront::first_token"]
+        [::core::mem::offset_of!(NvlmProjectorFront, first_token) - 44usize];
+    ["Offset of field: NvlmProjectorFront::transpose"]
+        [::core::mem::offset_of!(NvlmProjectorFront, transpose) - 48usize];
+    ["Offset of field: NvlmProjectorFront::rows"]
+        [::core::mem::offset_of!(NvlmProjectorFront, rows) - 52usize];
+    ["Offset of field: NvlmProjectorFront::row_width"]
+        [::core::mem::offset_of!(NvlmProjectorFront, row_width) - 56usize];
+    ["Offset of field: NvlmProjectorFront::eps"]
+        [::core::mem::offset_of!(NvlmProjectorFront, eps) - 60usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmBiasGelu {
+    pub data: u64,
+    pub bias: u64,
+    pub count: u64,
+    pub cols: u32,
+    pub gelu: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmBiasGelu"][::core::mem::size_of::<NvlmBiasGelu>() - 32usize];
+    ["Alignment of NvlmBiasGelu"][::core::mem::align_of::<NvlmBiasGelu>() - 8usize];
+    ["Offset of field: NvlmBiasGelu::data"][::core::mem::offset_of!(NvlmBiasGelu, data) - 0usize];
+    ["Offset of field: NvlmBiasGelu::bias"][::core::mem::offset_of!(NvlmBiasGelu, bias) - 8usize];
+    ["Offset of field: NvlmBiasGelu::count"]
+        [::core::mem::offset_of!(NvlmBiasGelu, count) - 16usize];
+    ["Offset of field: NvlmBiasGelu::cols"][::core::mem::offset_of!(NvlmBiasGelu, cols) - 24usize];
+    ["Offset of field: NvlmBiasGelu::gelu"][::core::mem::offset_of!(NvlmBiasGelu, gelu) - 28usize];
+};

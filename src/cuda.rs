@@ -43,6 +43,7 @@ kernel_modules! {
     HopperSelftest => "hopper_selftest",
     Attention => "attention",
     AttentionHopper => "attention_hopper",
+    Projector => "projector",
 }
 
 /// The ptxas resource report (registers, spills, shared memory per kernel
@@ -66,6 +67,8 @@ unsafe impl DeviceRepr for crate::abi::NvlmWgmmaSwizzledSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmWgmmaRsSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmFlashAttention {}
 unsafe impl DeviceRepr for crate::abi::NvlmQkRmsNorm {}
+unsafe impl DeviceRepr for crate::abi::NvlmProjectorFront {}
+unsafe impl DeviceRepr for crate::abi::NvlmBiasGelu {}
 
 pub(crate) fn driver_error(call: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Cuda(format!("{call}: {e}"))

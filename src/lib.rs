@@ -11,7 +11,9 @@ pub mod attention;
 pub mod cuda;
 pub mod dtype;
 pub mod error;
+pub mod gemm;
 pub mod hopper;
 pub mod preprocess;
+pub mod projector;
 
 pub use error::{Error, Result};
