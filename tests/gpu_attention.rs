@@ -584,3 +584,143 @@ fn bad_inputs_are_rejected_before_launch() {
         "a rejected call wrote the output"
     );
 }
+
+/// The attention sub-layer (qkv GEMM, qk-RMSNorm, flash attention, proj
+/// GEMM) against the CPU reference at small random shapes, for both
+/// kernels: 6B-like (qk-norm, padded heads, with and without the padded
+/// proj input) and 300M-like (qkv bias), bf16 and f16.
+fn attention_block_case<T: AttentionElement + cudarc::driver::ValidAsZeroBits>(
+    gpu: &std::sync::Arc<Gpu>,
+    kernel: AttentionKernel,
+    rng: &mut Rng,
+    tolerance: f64,
+) where
+    cudarc::cublaslt::CudaBlasLT: cudarc::cublaslt::Matmul<T>,
+{
+    use nvlm_vision::attention::{
+        AttentionBlock, AttentionBlockConfig, AttentionBlockWeights, attention_block_reference,
+    };
+    let head_dim = [64, 128][rng.range(0, 1) as usize];
+    let heads = rng.range(1, 4) as usize;
+    let heads_padded = heads + rng.range(0, 2) as usize;
+    let qk_norm = rng.range(0, 1) == 0;
+    let cfg = AttentionBlockConfig {
+        hidden: 8 * rng.range(4, 24) as usize,
+        heads,
+        heads_padded,
+        head_dim,
+        qk_norm_eps: qk_norm.then_some(1e-6),
+        qkv_bias: !qk_norm,
+        proj_bias: true,
+        proj_input_heads: if rng.range(0, 1) == 0 {
+            heads
+        } else {
+            heads_padded
+        },
+    };
+    let (batch, tokens) = (
+        rng.range(1, 3) as usize,
+        [1, 63, 65, 130][rng.range(0, 3) as usize],
+    );
+    let what = format!(
+        "{kernel:?} {:?} {cfg:?} batch {batch} tokens {tokens}",
+        T::DTYPE
+    );
+    let c = cfg.hidden;
+    let amplitude = 1.0 / (c as f32).sqrt();
+    let qkv_w: Vec<T> = fill(rng, cfg.qkv_width() * c, 2.0 * amplitude);
+    let qkv_b: Vec<T> = fill(rng, cfg.qkv_width(), 0.5);
+    let norm: Vec<T> = fill(rng, heads_padded * head_dim, 1.0);
+    let proj_w: Vec<T> = fill(
+        rng,
+        c * cfg.proj_input(),
+        1.0 / (cfg.proj_input() as f32).sqrt(),
+    );
+    let proj_b: Vec<T> = fill(rng, c, 0.5);
+    let x: Vec<T> = fill(rng, batch * tokens * c, 1.0);
+    let host = AttentionBlockWeights {
+        qkv_weight: &qkv_w[..],
+        qkv_bias: cfg.qkv_bias.then_some(&qkv_b[..]),
+        q_norm: qk_norm.then_some(&norm[..]),
+        k_norm: qk_norm.then_some(&norm[..]),
+        proj_weight: &proj_w[..],
+        proj_bias: Some(&proj_b[..]),
+    };
+    let want = attention_block_reference(&cfg, &host, &x, (batch, tokens)).unwrap();
+
+    let stream = gpu.stream();
+    let up = |v: &[T]| stream.clone_htod(v).unwrap();
+    let (d_qkv_w, d_qkv_b, d_norm, d_proj_w, d_proj_b, d_x) = (
+        up(&qkv_w),
+        up(&qkv_b),
+        up(&norm),
+        up(&proj_w),
+        up(&proj_b),
+        up(&x),
+    );
+    let weights = AttentionBlockWeights {
+        qkv_weight: d_qkv_w.as_view(),
+        qkv_bias: cfg.qkv_bias.then(|| d_qkv_b.as_view()),
+        q_norm: qk_norm.then(|| d_norm.as_view()),
+        k_norm: qk_norm.then(|| d_norm.as_view()),
+        proj_weight: d_proj_w.as_view(),
+        proj_bias: Some(d_proj_b.as_view()),
+    };
+    let block = AttentionBlock::new(cfg, kernel, gpu.clone()).unwrap();
+    let mut workspace = block.workspace::<T>(batch, tokens).unwrap();
+    let mut out = stream
+        .clone_htod(&vec![T::from_f32(f32::NAN); batch * tokens * c])
+        .unwrap();
+    block
+        .forward(
+            &weights,
+            &d_x.as_view(),
+            (batch, tokens),
+            &mut workspace,
+            &mut out.as_view_mut(),
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let got: Vec<T> = stream.clone_dtoh(&out).unwrap();
+    let (mut err2, mut ref2) = (0f64, 0f64);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let g = f64::from(g.to_f32());
+        assert!(g.is_finite(), "{what}: output {i} = {g} (unwritten or NaN)");
+        err2 += (g - w).powi(2);
+        ref2 += w * w;
+    }
+    let rel = (err2 / ref2).sqrt();
+    assert!(
+        rel <= tolerance,
+        "{what}: relative error {rel:.2e} > {tolerance:.0e}"
+    );
+    eprintln!("{what}: relative error {rel:.2e}");
+}
+
+fn attention_block_matches(kernel: AttentionKernel, test: &str) {
+    let Some(gpu) = gpu_for(kernel, test) else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time(test);
+    for _ in 0..6 {
+        // Rounding to the dtype where the GPU stores (mirrored by the
+        // reference) leaves the f32-vs-f64 sums and the final rounding.
+        attention_block_case::<bf16>(&gpu, kernel, &mut rng, 1.5e-2);
+        attention_block_case::<f16>(&gpu, kernel, &mut rng, 3e-3);
+    }
+}
+
+#[test]
+fn attention_block_matches_the_cpu_reference() {
+    attention_block_matches(
+        AttentionKernel::Portable,
+        "attention_block_matches_the_cpu_reference",
+    );
+}
+
+#[test]
+fn hopper_attention_block_matches_the_cpu_reference() {
+    attention_block_matches(
+        AttentionKernel::Hopper,
+        "hopper_attention_block_matches_the_cpu_reference",
+    );
+}

@@ -2,8 +2,11 @@
 //! "naive same-precision" attention that FlashAttention's error rule
 //! compares against, and InternViT-6B's qk-RMSNorm.
 
+use super::block::layouts;
 use super::{
-    AttentionElement, AttentionLayout, AttentionTensor, QkvRows, check_inputs, check_qk_rms_norm,
+    AttentionBlockConfig, AttentionBlockWeights, AttentionElement, AttentionLayout,
+    AttentionTensor, QkvRows, check_attention_block, check_inputs, check_qk_rms_norm,
+    default_scale,
 };
 use crate::error::{Error, Result};
 
@@ -199,4 +202,89 @@ pub fn qk_rms_norm_reference<T: AttentionElement>(
         }
     }
     Ok(())
+}
+
+/// InternViT's attention sub-layer (see [`super::AttentionBlock`]) on the
+/// CPU, rounding to `T` where the GPU path stores a tensor in `T`: the qkv
+/// rows (after the f64 product and bias), the qk-RMSNorm
+/// ([`qk_rms_norm_reference`]) and the attention output (f64 attention);
+/// the proj product and bias in f64. Returns `[batch·tokens, hidden]`.
+pub fn attention_block_reference<T: AttentionElement>(
+    cfg: &AttentionBlockConfig,
+    weights: &AttentionBlockWeights<&[T]>,
+    x: &[T],
+    (batch, tokens): (usize, usize),
+) -> Result<Vec<f64>> {
+    let rows = batch * tokens;
+    let (qkv_width, proj_input) = (cfg.qkv_width(), cfg.proj_input());
+    check_attention_block(
+        cfg,
+        &weights.lens(|w| w.len()),
+        (batch, tokens),
+        x.len(),
+        rows * cfg.hidden,
+        (rows * qkv_width, rows * proj_input),
+    )?;
+    let f = |t: &T| f64::from(t.to_f32());
+    // y[r][j] = x[r] · w[j] + bias[j], f64.
+    let linear = |x: &[f64], w: &[T], bias: Option<&[T]>, n: usize, k: usize| -> Vec<f64> {
+        let mut y = vec![0f64; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                let dot: f64 = x[r * k..(r + 1) * k]
+                    .iter()
+                    .zip(&w[j * k..(j + 1) * k])
+                    .map(|(a, b)| a * f(b))
+                    .sum();
+                y[r * n + j] = dot + bias.map_or(0.0, |b| f(&b[j]));
+            }
+        }
+        y
+    };
+    let x64: Vec<f64> = x.iter().map(f).collect();
+    let mut qkv: Vec<T> = linear(
+        &x64,
+        weights.qkv_weight,
+        weights.qkv_bias,
+        qkv_width,
+        cfg.hidden,
+    )
+    .into_iter()
+    .map(|v| T::from_f32(v as f32))
+    .collect();
+    if let (Some(eps), Some(q_norm), Some(k_norm)) =
+        (cfg.qk_norm_eps, weights.q_norm, weights.k_norm)
+    {
+        let norm_rows = QkvRows {
+            tokens: rows,
+            heads_padded: cfg.heads_padded,
+            heads_real: cfg.heads,
+            head_dim: cfg.head_dim,
+        };
+        qk_rms_norm_reference(&mut qkv, &norm_rows, q_norm, k_norm, eps)?;
+    }
+    let (q, k, v, o) = layouts(cfg, batch, tokens);
+    let view = |layout| AttentionTensor::new(&qkv[..], layout);
+    let (q, k, v) = (view(q), view(k), view(v));
+    let scale = f64::from(default_scale(cfg.head_dim));
+    // The dummy heads' columns stay zero.
+    let mut attended = vec![0f64; rows * proj_input];
+    for b in 0..batch {
+        for n in 0..tokens {
+            for h in 0..cfg.heads {
+                let (row, _) = attention_row_f64(&q, &k, &v, (b, n, h), scale)?;
+                let at = o.index(b, n, h, 0);
+                for (dst, value) in attended[at..at + cfg.head_dim].iter_mut().zip(row) {
+                    *dst = f64::from(T::from_f32(value as f32).to_f32());
+                }
+            }
+        }
+    }
+    Ok(linear(
+        &attended,
+        weights.proj_weight,
+        weights.proj_bias,
+        cfg.hidden,
+        proj_input,
+    ))
 }

@@ -24,13 +24,18 @@
 //! # Ok::<(), nvlm_vision::Error>(())
 //! ```
 
+mod block;
 mod cpu;
 mod gpu;
 mod hopper;
 
+pub use block::{
+    AttentionBlock, AttentionBlockConfig, AttentionBlockWeights, AttentionBlockWorkspace,
+    BlockWeightLens, check_attention_block,
+};
 pub use cpu::{
-    attention_f64, attention_row_f64, attention_row_same_precision, attention_same_precision,
-    qk_rms_norm_reference,
+    attention_block_reference, attention_f64, attention_row_f64, attention_row_same_precision,
+    attention_same_precision, qk_rms_norm_reference,
 };
 pub use gpu::{AttentionKernel, flash_attention, flash_attention_with, qk_rms_norm};
 

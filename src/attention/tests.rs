@@ -606,3 +606,66 @@ fn rms_norm_rejects_bad_eps_and_empty_rows() {
         1e-6
     )));
 }
+
+/// With one token the softmax has one key, so the sub-layer is
+/// `proj(round(v)) + bias` with v the value rows of the qkv product: checks
+/// which third of the qkv rows the reference attends with, that the dummy
+/// heads' columns are zero, and the proj indexing.
+#[test]
+fn block_reference_with_one_token_is_proj_of_v() {
+    let mut rng = Rng(7);
+    let cfg = AttentionBlockConfig {
+        hidden: 40,
+        heads: 2,
+        heads_padded: 3,
+        head_dim: 64,
+        qk_norm_eps: Some(1e-6),
+        qkv_bias: true,
+        proj_bias: true,
+        proj_input_heads: 3,
+    };
+    let (c, pd) = (cfg.hidden, cfg.heads_padded * cfg.head_dim);
+    let qkv_w: Vec<bf16> = rng.fill(cfg.qkv_width() * c, 0.3);
+    let qkv_b: Vec<bf16> = rng.fill(cfg.qkv_width(), 0.3);
+    let norm: Vec<bf16> = rng.fill(pd, 1.0);
+    let proj_w: Vec<bf16> = rng.fill(c * cfg.proj_input(), 0.3);
+    let proj_b: Vec<bf16> = rng.fill(c, 0.3);
+    let x: Vec<bf16> = rng.fill(2 * c, 1.0); // batch 2, 1 token each
+    let weights = AttentionBlockWeights {
+        qkv_weight: &qkv_w[..],
+        qkv_bias: Some(&qkv_b[..]),
+        q_norm: Some(&norm[..]),
+        k_norm: Some(&norm[..]),
+        proj_weight: &proj_w[..],
+        proj_bias: Some(&proj_b[..]),
+    };
+    let got = attention_block_reference(&cfg, &weights, &x, (2, 1)).unwrap();
+    let f = |t: bf16| f64::from(t.to_f32());
+    for r in 0..2 {
+        // v = the last third of the qkv rows; only the real heads' columns.
+        let mut attended = vec![0f64; cfg.proj_input()];
+        for (j, a) in attended
+            .iter_mut()
+            .enumerate()
+            .take(cfg.heads * cfg.head_dim)
+        {
+            let row = 2 * pd + j;
+            let dot: f64 = (0..c)
+                .map(|i| f(x[r * c + i]) * f(qkv_w[row * c + i]))
+                .sum();
+            let v = bf16::from_f32((dot + f(qkv_b[row])) as f32);
+            *a = f(v);
+        }
+        for o in 0..c {
+            let want: f64 = (0..cfg.proj_input())
+                .map(|j| attended[j] * f(proj_w[o * cfg.proj_input() + j]))
+                .sum::<f64>()
+                + f(proj_b[o]);
+            let g = got[r * c + o];
+            assert!(
+                (g - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                "row {r} out {o}: {g} vs {want}"
+            );
+        }
+    }
+}
