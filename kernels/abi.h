@@ -85,12 +85,56 @@ typedef struct NvlmFusedPreprocess {
     uint32_t slab_bytes;   // dynamic shared memory per block: the staged intermediate
 } NvlmFusedPreprocess;
 
+// ---- InternViT attention (kernels/attention.cu) ----
+
+// One [B, N, H, D] tensor of 16-bit elements: element (b, n, h, d) is at
+// ptr + 2 * (b * stride_batch + n * stride_token + h * stride_head + d).
+// Strides are in elements; d is contiguous. The host guarantees 16-byte
+// aligned rows (ptr % 16 == 0, strides % 8 == 0) and in-bounds indices.
+typedef struct NvlmAttentionTensor {
+    uint64_t ptr;
+    int64_t stride_batch;
+    int64_t stride_token;
+    int64_t stride_head;
+} NvlmAttentionTensor;
+
+// Flash-attention forward, non-causal, no mask: o = softmax(q k^T * scale) v
+// per (batch, head). Grid (query tiles, heads, batch); batch is gridDim.z.
+typedef struct NvlmFlashAttention {
+    NvlmAttentionTensor q;   // [B, q_len, H, D]
+    NvlmAttentionTensor k;   // [B, kv_len, H, D]
+    NvlmAttentionTensor v;   // [B, kv_len, H, D]
+    NvlmAttentionTensor o;   // [B, q_len, H, D], written
+    uint64_t lse;            // float[B, H, q_len] natural-log sum-exp, or 0 for none
+    int32_t heads;
+    int32_t q_len;
+    int32_t kv_len;
+    float scale_log2;        // softmax scale * log2(e)
+} NvlmFlashAttention;
+
+// InternViT-6B qk-RMSNorm, in place on the packed qkv rows
+// [tokens, 3, heads_padded, D] (one block per token, gridDim.x = tokens).
+// For q (at offset 0) and k (at part_stride): x * rsqrt(mean(x^2) + eps)
+// over the first `width` = heads_real * D elements, times the weight.
+typedef struct NvlmQkRmsNorm {
+    uint64_t qkv;            // 16-bit elements
+    uint64_t q_weight;       // [width], same element type
+    uint64_t k_weight;       // [width]
+    int64_t token_stride;    // elements between tokens (3 * heads_padded * D when packed)
+    int64_t part_stride;     // elements from q to k (heads_padded * D)
+    uint32_t width;          // heads_real * D, a multiple of 8
+    float eps;
+} NvlmQkRmsNorm;
+
 #ifdef __cplusplus
 static_assert(sizeof(NvlmResamplePass) == 72, "NvlmResamplePass layout");
 static_assert(sizeof(NvlmIntermediate) == 80, "NvlmIntermediate layout");
 static_assert(sizeof(NvlmTileWrite) == 104, "NvlmTileWrite layout");
 static_assert(sizeof(NvlmFusedTarget) == 80, "NvlmFusedTarget layout");
 static_assert(sizeof(NvlmFusedPreprocess) == 216, "NvlmFusedPreprocess layout");
+static_assert(sizeof(NvlmAttentionTensor) == 32, "NvlmAttentionTensor layout");
+static_assert(sizeof(NvlmFlashAttention) == 152, "NvlmFlashAttention layout");
+static_assert(sizeof(NvlmQkRmsNorm) == 48, "NvlmQkRmsNorm layout");
 #endif
 
 // ---- Attention, sm_90a path (kernels/attention_hopper.cu) ----
@@ -174,4 +218,41 @@ static_assert(sizeof(NvlmWgmmaRsSelftest) == 16, "NvlmWgmmaRsSelftest layout");
 static_assert(sizeof(NvlmTmaSelftest) == 32, "NvlmTmaSelftest layout");
 static_assert(sizeof(NvlmPipelineSelftest) == 16, "NvlmPipelineSelftest layout");
 static_assert(sizeof(NvlmWgmmaSelftest) == 24, "NvlmWgmmaSelftest layout");
+#endif
+
+// ---- Projector (kernels/projector.cu) ----
+
+// The projector's front: pixel_shuffle(0.5) of the InternViT last hidden
+// state fused with LayerNorm over 4C. Output row r = t * (side/2)^2 + i *
+// (side/2) + j is LayerNorm of cell (i, j) of tile t's shuffled grid; it is
+// two runs of 2C contiguous input values (rows 2i and 2i+1 from column 2j
+// for ps v2; rows 2j and 2j+1 from column 2i for v1, the transposed grid).
+typedef struct NvlmProjectorFront {
+    uint64_t input;           // [T, tokens_per_tile, C], bf16 or f16
+    uint64_t gamma;           // [4C], same dtype
+    uint64_t beta;            // [4C], same dtype
+    uint64_t out;             // [rows, 4C], same dtype
+    uint32_t channels;        // C
+    uint32_t grid_side;       // side of the patch grid (32 at 448 px / patch 14); even
+    uint32_t tokens_per_tile; // side^2, + 1 with a CLS token
+    uint32_t first_token;     // 1 with a CLS token (skipped), else 0
+    uint32_t transpose;       // 1 for ps_version v1
+    uint32_t rows;            // T * (side/2)^2 = gridDim.x
+    uint32_t row_width;       // 4C
+    float eps;                // LayerNorm epsilon
+} NvlmProjectorFront;
+
+// In-place epilogue on a row-major [count / cols, cols] GEMM output:
+// x += bias[col] (when bias != 0), then exact GELU (when gelu != 0).
+typedef struct NvlmBiasGelu {
+    uint64_t data;            // bf16 or f16
+    uint64_t bias;            // [cols], same dtype, or 0
+    uint64_t count;           // rows * cols
+    uint32_t cols;
+    uint32_t gelu;            // 1: x/2 * (1 + erf(x / sqrt 2)) after the bias
+} NvlmBiasGelu;
+
+#ifdef __cplusplus
+static_assert(sizeof(NvlmProjectorFront) == 64, "NvlmProjectorFront layout");
+static_assert(sizeof(NvlmBiasGelu) == 32, "NvlmBiasGelu layout");
 #endif

@@ -145,7 +145,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
 
     const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
     const int quad = lane % 4;
-    const float scale_log2 = p.softmax_scale * 1.4426950408889634f;
+    const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // scores to log2 units
 
     float o[D / 2];
 #pragma unroll
@@ -179,17 +179,17 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         wgmma_wait_group<0>();
         wgmma_fence_operands(s);
 
+        // Scores into the log2 domain; keys past kv_len get -inf (after the
+        // scaling, so any sign of scale keeps them at -inf).
         const int key0 = j * kKeyRows;
-        if (key0 + kKeyRows > static_cast<int>(p.kv_len)) {
+        const bool key_tail = key0 + kKeyRows > static_cast<int>(p.kv_len);
 #pragma unroll
-            for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
+        for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    if (key0 + 8 * n8 + 2 * quad + e >= static_cast<int>(p.kv_len)) {
-                        s[4 * n8 + e] = -INFINITY;
-                        s[4 * n8 + 2 + e] = -INFINITY;
-                    }
-                }
+            for (int e = 0; e < 4; ++e) {
+                const bool masked =
+                    key_tail && key0 + 8 * n8 + 2 * quad + (e & 1) >= static_cast<int>(p.kv_len);
+                s[4 * n8 + e] = masked ? -INFINITY : s[4 * n8 + e] * scale_log2;
             }
         }
 
@@ -205,7 +205,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
             // Every tile has at least one real key, so this is finite.
-            const float new_max = fmaxf(row_max[h], tile_max * scale_log2);
+            const float new_max = fmaxf(row_max[h], tile_max);
             correction[h] = fast_exp2(row_max[h] - new_max);
             row_max[h] = new_max;
             float tile_sum = 0.0f;
@@ -213,7 +213,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const float prob = fast_exp2(s[4 * n8 + 2 * h + e] * scale_log2 - new_max);
+                    const float prob = fast_exp2(s[4 * n8 + 2 * h + e] - new_max);
                     s[4 * n8 + 2 * h + e] = prob;
                     tile_sum += prob;
                 }

@@ -194,6 +194,91 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmAttentionTensor {
+    pub ptr: u64,
+    pub stride_batch: i64,
+    pub stride_token: i64,
+    pub stride_head: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmAttentionTensor"][::core::mem::size_of::<NvlmAttentionTensor>() - 32usize];
+    ["Alignment of NvlmAttentionTensor"][::core::mem::align_of::<NvlmAttentionTensor>() - 8usize];
+    ["Offset of field: NvlmAttentionTensor::ptr"]
+        [::core::mem::offset_of!(NvlmAttentionTensor, ptr) - 0usize];
+    ["Offset of field: NvlmAttentionTensor::stride_batch"]
+        [::core::mem::offset_of!(NvlmAttentionTensor, stride_batch) - 8usize];
+    ["Offset of field: NvlmAttentionTensor::stride_token"]
+        [::core::mem::offset_of!(NvlmAttentionTensor, stride_token) - 16usize];
+    ["Offset of field: NvlmAttentionTensor::stride_head"]
+        [::core::mem::offset_of!(NvlmAttentionTensor, stride_head) - 24usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmFlashAttention {
+    pub q: NvlmAttentionTensor,
+    pub k: NvlmAttentionTensor,
+    pub v: NvlmAttentionTensor,
+    pub o: NvlmAttentionTensor,
+    pub lse: u64,
+    pub heads: i32,
+    pub q_len: i32,
+    pub kv_len: i32,
+    pub scale_log2: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmFlashAttention"][::core::mem::size_of::<NvlmFlashAttention>() - 152usize];
+    ["Alignment of NvlmFlashAttention"][::core::mem::align_of::<NvlmFlashAttention>() - 8usize];
+    ["Offset of field: NvlmFlashAttention::q"]
+        [::core::mem::offset_of!(NvlmFlashAttention, q) - 0usize];
+    ["Offset of field: NvlmFlashAttention::k"]
+        [::core::mem::offset_of!(NvlmFlashAttention, k) - 32usize];
+    ["Offset of field: NvlmFlashAttention::v"]
+        [::core::mem::offset_of!(NvlmFlashAttention, v) - 64usize];
+    ["Offset of field: NvlmFlashAttention::o"]
+        [::core::mem::offset_of!(NvlmFlashAttention, o) - 96usize];
+    ["Offset of field: NvlmFlashAttention::lse"]
+        [::core::mem::offset_of!(NvlmFlashAttention, lse) - 128usize];
+    ["Offset of field: NvlmFlashAttention::heads"]
+        [::core::mem::offset_of!(NvlmFlashAttention, heads) - 136usize];
+    ["Offset of field: NvlmFlashAttention::q_len"]
+        [::core::mem::offset_of!(NvlmFlashAttention, q_len) - 140usize];
+    ["Offset of field: NvlmFlashAttention::kv_len"]
+        [::core::mem::offset_of!(NvlmFlashAttention, kv_len) - 144usize];
+    ["Offset of field: NvlmFlashAttention::scale_log2"]
+        [::core::mem::offset_of!(NvlmFlashAttention, scale_log2) - 148usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmQkRmsNorm {
+    pub qkv: u64,
+    pub q_weight: u64,
+    pub k_weight: u64,
+    pub token_stride: i64,
+    pub part_stride: i64,
+    pub width: u32,
+    pub eps: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmQkRmsNorm"][::core::mem::size_of::<NvlmQkRmsNorm>() - 48usize];
+    ["Alignment of NvlmQkRmsNorm"][::core::mem::align_of::<NvlmQkRmsNorm>() - 8usize];
+    ["Offset of field: NvlmQkRmsNorm::qkv"][::core::mem::offset_of!(NvlmQkRmsNorm, qkv) - 0usize];
+    ["Offset of field: NvlmQkRmsNorm::q_weight"]
+        [::core::mem::offset_of!(NvlmQkRmsNorm, q_weight) - 8usize];
+    ["Offset of field: NvlmQkRmsNorm::k_weight"]
+        [::core::mem::offset_of!(NvlmQkRmsNorm, k_weight) - 16usize];
+    ["Offset of field: NvlmQkRmsNorm::token_stride"]
+        [::core::mem::offset_of!(NvlmQkRmsNorm, token_stride) - 24usize];
+    ["Offset of field: NvlmQkRmsNorm::part_stride"]
+        [::core::mem::offset_of!(NvlmQkRmsNorm, part_stride) - 32usize];
+    ["Offset of field: NvlmQkRmsNorm::width"]
+        [::core::mem::offset_of!(NvlmQkRmsNorm, width) - 40usize];
+    ["Offset of field: NvlmQkRmsNorm::eps"][::core::mem::offset_of!(NvlmQkRmsNorm, eps) - 44usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
 pub struct NvlmHopperAttention {
     pub o: u64,
     pub lse: u64,
@@ -334,4 +419,69 @@ const _: () = {
         [::core::mem::offset_of!(NvlmWgmmaRsSelftest, p) - 0usize];
     ["Offset of field: NvlmWgmmaRsSelftest::c"]
         [::core::mem::offset_of!(NvlmWgmmaRsSelftest, c) - 8usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmProjectorFront {
+    pub input: u64,
+    pub gamma: u64,
+    pub beta: u64,
+    pub out: u64,
+    pub channels: u32,
+    pub grid_side: u32,
+    pub tokens_per_tile: u32,
+    pub first_token: u32,
+    pub transpose: u32,
+    pub rows: u32,
+    pub row_width: u32,
+    pub eps: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmProjectorFront"][::core::mem::size_of::<NvlmProjectorFront>() - 64usize];
+    ["Alignment of NvlmProjectorFront"][::core::mem::align_of::<NvlmProjectorFront>() - 8usize];
+    ["Offset of field: NvlmProjectorFront::input"]
+        [::core::mem::offset_of!(NvlmProjectorFront, input) - 0usize];
+    ["Offset of field: NvlmProjectorFront::gamma"]
+        [::core::mem::offset_of!(NvlmProjectorFront, gamma) - 8usize];
+    ["Offset of field: NvlmProjectorFront::beta"]
+        [::core::mem::offset_of!(NvlmProjectorFront, beta) - 16usize];
+    ["Offset of field: NvlmProjectorFront::out"]
+        [::core::mem::offset_of!(NvlmProjectorFront, out) - 24usize];
+    ["Offset of field: NvlmProjectorFront::channels"]
+        [::core::mem::offset_of!(NvlmProjectorFront, channels) - 32usize];
+    ["Offset of field: NvlmProjectorFront::grid_side"]
+        [::core::mem::offset_of!(NvlmProjectorFront, grid_side) - 36usize];
+    ["Offset of field: NvlmProjectorFront::tokens_per_tile"]
+        [::core::mem::offset_of!(NvlmProjectorFront, tokens_per_tile) - 40usize];
+    ["Offset of field: NvlmProjectorFront::first_token"]
+        [::core::mem::offset_of!(NvlmProjectorFront, first_token) - 44usize];
+    ["Offset of field: NvlmProjectorFront::transpose"]
+        [::core::mem::offset_of!(NvlmProjectorFront, transpose) - 48usize];
+    ["Offset of field: NvlmProjectorFront::rows"]
+        [::core::mem::offset_of!(NvlmProjectorFront, rows) - 52usize];
+    ["Offset of field: NvlmProjectorFront::row_width"]
+        [::core::mem::offset_of!(NvlmProjectorFront, row_width) - 56usize];
+    ["Offset of field: NvlmProjectorFront::eps"]
+        [::core::mem::offset_of!(NvlmProjectorFront, eps) - 60usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmBiasGelu {
+    pub data: u64,
+    pub bias: u64,
+    pub count: u64,
+    pub cols: u32,
+    pub gelu: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmBiasGelu"][::core::mem::size_of::<NvlmBiasGelu>() - 32usize];
+    ["Alignment of NvlmBiasGelu"][::core::mem::align_of::<NvlmBiasGelu>() - 8usize];
+    ["Offset of field: NvlmBiasGelu::data"][::core::mem::offset_of!(NvlmBiasGelu, data) - 0usize];
+    ["Offset of field: NvlmBiasGelu::bias"][::core::mem::offset_of!(NvlmBiasGelu, bias) - 8usize];
+    ["Offset of field: NvlmBiasGelu::count"]
+        [::core::mem::offset_of!(NvlmBiasGelu, count) - 16usize];
+    ["Offset of field: NvlmBiasGelu::cols"][::core::mem::offset_of!(NvlmBiasGelu, cols) - 24usize];
+    ["Offset of field: NvlmBiasGelu::gelu"][::core::mem::offset_of!(NvlmBiasGelu, gelu) - 28usize];
 };

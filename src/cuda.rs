@@ -41,6 +41,9 @@ macro_rules! kernel_modules {
 kernel_modules! {
     Preprocess => "preprocess",
     HopperSelftest => "hopper_selftest",
+    Attention => "attention",
+    AttentionHopper => "attention_hopper",
+    Projector => "projector",
 }
 
 /// The ptxas resource report (registers, spills, shared memory per kernel
@@ -57,11 +60,16 @@ pub fn ptxas_report() -> Option<&'static str> {
 unsafe impl DeviceRepr for crate::abi::NvlmIntermediate {}
 unsafe impl DeviceRepr for crate::abi::NvlmTileWrite {}
 unsafe impl DeviceRepr for crate::abi::NvlmFusedPreprocess {}
+unsafe impl DeviceRepr for crate::abi::NvlmHopperAttention {}
 unsafe impl DeviceRepr for crate::abi::NvlmTmaSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmPipelineSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmWgmmaSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmWgmmaSwizzledSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmWgmmaRsSelftest {}
+unsafe impl DeviceRepr for crate::abi::NvlmFlashAttention {}
+unsafe impl DeviceRepr for crate::abi::NvlmQkRmsNorm {}
+unsafe impl DeviceRepr for crate::abi::NvlmProjectorFront {}
+unsafe impl DeviceRepr for crate::abi::NvlmBiasGelu {}
 
 pub(crate) fn driver_error(call: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Cuda(format!("{call}: {e}"))

@@ -7,10 +7,13 @@
 //! GPU.
 
 pub mod abi;
+pub mod attention;
 pub mod cuda;
 pub mod dtype;
 pub mod error;
+pub mod gemm;
 pub mod hopper;
 pub mod preprocess;
+pub mod projector;
 
 pub use error::{Error, Result};

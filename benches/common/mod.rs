@@ -28,8 +28,12 @@ pub fn gpu_or_skip(bench: &str) -> Option<Arc<Gpu>> {
 pub fn device_time(gpu: &Gpu, iters: u64, mut launch: impl FnMut(u64)) -> Duration {
     let ctx = gpu.context();
     let stream = gpu.stream();
-    let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
-    let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
+    let start = ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .expect("event");
+    let end = ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .expect("event");
     start.record(stream).expect("record start");
     for i in 0..iters {
         launch(i);

@@ -1,0 +1,143 @@
+//! Launching the sm_90a flash-attention kernel (kernels/attention_hopper.cu):
+//! a TMA tensor map per input, then the launch. The caller
+//! ([`super::flash_attention_with`]) has run every check and holds the
+//! buffers.
+
+use super::AttentionElement;
+use super::AttentionLayout;
+use super::gpu::DeviceTensors;
+use crate::abi::{
+    NVLM_HOPPER_ATTENTION_QUERY_ROWS, NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64,
+    NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128, NVLM_HOPPER_ATTENTION_THREADS, NvlmHopperAttention,
+};
+use crate::cuda::{Gpu, KernelModule, driver_error};
+use crate::dtype::Dtype;
+use crate::error::{Error, Result};
+use crate::hopper::{TensorMap, TiledTensor, TmaElement, TmaSwizzle};
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+/// Keys per K/V tile and head_dim columns per 128-byte swizzle atom, as the
+/// kernel's boxes.
+const KEY_ROWS: u32 = 128;
+const ATOM_COLUMNS: u32 = 64;
+
+/// The 4-D map (d, X, Y, batch) of one input, X and Y being its token and
+/// head dimensions in increasing stride order (packed qkv has heads inside
+/// tokens, torch's [B, H, N, D] the reverse), with boxes of 64 d x
+/// `box_rows` tokens. Returns the map and whether X is the token dimension.
+fn input_map<T: AttentionElement>(
+    gpu: &Gpu,
+    address: u64,
+    layout: &AttentionLayout,
+    box_rows: u32,
+) -> Result<(TensorMap, u32)> {
+    let element = match T::DTYPE {
+        Dtype::Bf16 => TmaElement::Bf16,
+        Dtype::F16 => TmaElement::F16,
+        Dtype::F32 => return Err(Error::Unsupported("f32 attention".into())),
+    };
+    // A dimension of size 1 never moves; give it a stride past the whole
+    // tensor (a multiple of 16 bytes) so that it sorts outermost.
+    let beyond = layout
+        .span()
+        .ok_or_else(|| Error::InvalidShape(format!("{layout:?} overflows")))?
+        .next_multiple_of(8);
+    let stride = |size: usize, stride: usize| if size > 1 { stride } else { beyond };
+    let tokens = (layout.tokens, stride(layout.tokens, layout.strides[1]));
+    let heads = (layout.heads, stride(layout.heads, layout.strides[2]));
+    let batch = (layout.batch, stride(layout.batch, layout.strides[0]));
+    let tokens_inner = tokens.1 <= heads.1;
+    let (x, y, box_x, box_y) = if tokens_inner {
+        (tokens, heads, box_rows, 1)
+    } else {
+        (heads, tokens, 1, box_rows)
+    };
+    let bytes = |elements: usize| 2 * elements as u64;
+    let tensor = TiledTensor {
+        address: address + bytes(layout.offset),
+        element,
+        dims: [layout.head_dim, x.0, y.0, batch.0].map(|d| d as u64),
+        strides_bytes: [2, bytes(x.1), bytes(y.1), bytes(batch.1)],
+        box_dims: [ATOM_COLUMNS, box_x, box_y, 1],
+        swizzle: TmaSwizzle::B128,
+    };
+    Ok((TensorMap::tiled(gpu, &tensor)?, u32::from(tokens_inner)))
+}
+
+pub(super) fn launch<T: AttentionElement>(
+    gpu: &Gpu,
+    t: &DeviceTensors<'_>,
+    scale: f32,
+) -> Result<()> {
+    let (q, k, out) = (t.q.1, t.k.1, t.out.1);
+    let (q_map, q_tokens_inner) = input_map::<T>(gpu, t.q.0, q, NVLM_HOPPER_ATTENTION_QUERY_ROWS)?;
+    let (k_map, k_tokens_inner) = input_map::<T>(gpu, t.k.0, k, KEY_ROWS)?;
+    let (v_map, v_tokens_inner) = input_map::<T>(gpu, t.v.0, t.v.1, KEY_ROWS)?;
+    if k_tokens_inner != v_tokens_inner {
+        return Err(Error::Unsupported(
+            "the Hopper attention kernel needs k and v with the same order of token and head strides"
+                .into(),
+        ));
+    }
+    let smem = match q.head_dim {
+        64 => NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64,
+        128 => NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128,
+        d => {
+            return Err(Error::Unsupported(format!(
+                "Hopper attention for head_dim {d}"
+            )));
+        }
+    };
+    let name = format!("attention_hopper_d{}_{}", q.head_dim, T::KERNEL_SUFFIX);
+    let function = gpu.function(KernelModule::AttentionHopper, &name)?;
+    function
+        .set_attribute(
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(driver_error(
+            "cuFuncSetAttribute(max dynamic shared memory)",
+        ))?;
+    let params = NvlmHopperAttention {
+        o: t.out.0 + 2 * out.offset as u64,
+        lse: t.lse,
+        // A size-1 dimension's stride multiplies index 0 only.
+        o_batch_stride: out.strides[0] as i64,
+        o_token_stride: out.strides[1] as i64,
+        o_head_stride: out.strides[2] as i64,
+        // Checked: batch and heads <= 65535, tokens < 2^31.
+        batch: q.batch as u32,
+        heads: q.heads as u32,
+        q_len: q.tokens as u32,
+        kv_len: k.tokens as u32,
+        softmax_scale: scale,
+        q_tokens_inner,
+        kv_tokens_inner: k_tokens_inner,
+        reserved: 0,
+    };
+    let config = LaunchConfig {
+        grid_dim: (
+            q.tokens.div_ceil(NVLM_HOPPER_ATTENTION_QUERY_ROWS as usize) as u32,
+            q.heads as u32,
+            q.batch as u32,
+        ),
+        block_dim: (NVLM_HOPPER_ATTENTION_THREADS, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    // SAFETY: the tensor maps describe the checked q, k and v (TMA reads
+    // only inside them); the output indices are bounded by the checked
+    // layout and length; the caller holds the buffers' stream guards until
+    // the launch is queued.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&function)
+            .arg(&q_map)
+            .arg(&k_map)
+            .arg(&v_map)
+            .arg(&params)
+            .launch(config)
+    }
+    .map_err(driver_error(&name))?;
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! The projector on a CUDA device: the fused front kernel and the exact
+//! GELU kernel (kernels/projector.cu), cuBLASLt for the Linears.
+//!
+//! Per forward: front (shuffle + LayerNorm) → `[rows, 4C]`; GEMM 1 →
+//! `[rows, H1]`; bias + exact GELU in place (or cuBLASLt's fused
+//! bias + GELU epilogue for [`GeluMode::CublasLtApproximate`]); GEMM 2 with
+//! the bias epilogue → `[rows, H2]`. Everything is queued on the GPU's
+//! stream; nothing synchronises.
+
+use super::{FrontLaunch, GeluMode, ProjectorConfig, WeightLens, front_launch};
+use crate::abi::{NvlmBiasGelu, NvlmProjectorFront};
+use crate::cuda::{Gpu, KernelModule, driver_error};
+use crate::dtype::{Dtype, TensorElement};
+use crate::error::{Error, Result};
+use crate::gemm::{Epilogue, Gemm, LinearShape, check_linear};
+use cudarc::cublaslt::{CudaBlasLT, Matmul};
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg,
+};
+use std::sync::Arc;
+
+/// A projector's weights on the device, in the checkpoint's layout and
+/// dtype: `mlp1.0` LayerNorm `[4C]`, `mlp1.1` Linear `[H1, 4C]` (+ `[H1]`),
+/// `mlp1.3` Linear `[H2, H1]` (+ `[H2]`).
+pub struct ProjectorWeights<'a, T> {
+    pub ln_gamma: CudaView<'a, T>,
+    pub ln_beta: CudaView<'a, T>,
+    pub w1: CudaView<'a, T>,
+    pub b1: Option<CudaView<'a, T>>,
+    pub w2: Option<CudaView<'a, T>>,
+    pub b2: Option<CudaView<'a, T>>,
+}
+
+impl<T> ProjectorWeights<'_, T> {
+    pub fn lens(&self) -> WeightLens {
+        WeightLens {
+            ln_gamma: self.ln_gamma.len(),
+            ln_beta: self.ln_beta.len(),
+            w1: self.w1.len(),
+            b1: self.b1.as_ref().map(|b| b.len()),
+            w2: self.w2.as_ref().map(|w| w.len()),
+            b2: self.b2.as_ref().map(|b| b.len()),
+        }
+    }
+}
+
+/// The projector's own kernels, usable without cuBLASLt.
+pub struct ProjectorKernels {
+    gpu: Arc<Gpu>,
+}
+
+impl ProjectorKernels {
+    pub fn new(gpu: Arc<Gpu>) -> Self {
+        ProjectorKernels { gpu }
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Queues the front: `out[rows, 4C]` = LayerNorm(pixel_shuffle(input
+    /// without CLS)), `input` `[tiles, tokens_per_tile, C]`. `out` may be
+    /// longer than `rows · 4C`.
+    pub fn front<T: TensorElement + DeviceRepr>(
+        &self,
+        cfg: &ProjectorConfig,
+        input: &CudaView<'_, T>,
+        tiles: usize,
+        gamma: &CudaView<'_, T>,
+        beta: &CudaView<'_, T>,
+        out: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        cfg.check_front(tiles, input.len(), gamma.len(), beta.len())?;
+        let rows = cfg.output_rows(tiles);
+        let need = rows * cfg.row_width();
+        if out.len() < need {
+            return Err(Error::BufferTooShort {
+                what: "projector front output (elements)",
+                len: out.len(),
+                needed: need,
+            });
+        }
+        let stream = self.gpu.stream();
+        let addrs = [
+            addr(input, stream),
+            addr(gamma, stream),
+            addr(beta, stream),
+            addr_mut(out, stream),
+        ];
+        let aligned = addrs.iter().all(|a| a % 16 == 0);
+        let FrontLaunch { kernel, threads } = front_launch(cfg, T::DTYPE, aligned)?;
+        let params = NvlmProjectorFront {
+            input: addrs[0],
+            gamma: addrs[1],
+            beta: addrs[2],
+            out: addrs[3],
+            channels: cfg.vit_hidden as u32,
+            grid_side: cfg.grid_side as u32,
+            tokens_per_tile: cfg.tokens_per_tile() as u32,
+            first_token: u32::from(cfg.cls_token),
+            transpose: u32::from(cfg.ps_version == super::PsVersion::V1),
+            rows: rows as u32,
+            row_width: cfg.row_width() as u32,
+            eps: cfg.ln_eps,
+        };
+        let f = self.gpu.function(KernelModule::Projector, &kernel)?;
+        let launch = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: check_front and the length check above bound every index
+        // the kernel forms (rows blocks, 4C columns, tokens of the tiles);
+        // front_launch picked the 16-byte kernel only for C % 8 == 0 and
+        // 16-byte aligned addresses.
+        unsafe { stream.launch_builder(&f).arg(&params).launch(launch) }
+            .map_err(driver_error(&kernel))?;
+        Ok(())
+    }
+
+    /// Queues `data[rows, cols] = gelu?(data + bias?)` in place (exact erf
+    /// GELU). `bias` has `cols` elements.
+    pub fn bias_gelu<T: TensorElement + DeviceRepr>(
+        &self,
+        data: &mut CudaViewMut<'_, T>,
+        rows: usize,
+        cols: usize,
+        bias: Option<&CudaView<'_, T>>,
+        gelu: bool,
+    ) -> Result<()> {
+        let name = match T::DTYPE {
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+            Dtype::F32 => return Err(Error::Unsupported("bias_gelu takes bf16 or f16".into())),
+        };
+        let count = rows * cols;
+        if rows == 0 || cols == 0 || u32::try_from(cols).is_err() {
+            return Err(Error::InvalidShape(format!("bias_gelu: [{rows}, {cols}]")));
+        }
+        if data.len() < count {
+            return Err(Error::BufferTooShort {
+                what: "bias_gelu data (elements)",
+                len: data.len(),
+                needed: count,
+            });
+        }
+        if let Some(b) = bias
+            && b.len() != cols
+        {
+            return Err(Error::InvalidShape(format!(
+                "bias_gelu: bias has {} elements, expected {cols}",
+                b.len()
+            )));
+        }
+        let stream = self.gpu.stream();
+        let data_addr = addr_mut(data, stream);
+        let bias_addr = bias.map_or(0, |b| addr(b, stream));
+        let vector =
+            cols.is_multiple_of(8) && data_addr.is_multiple_of(16) && bias_addr.is_multiple_of(16);
+        let kernel = format!("bias_gelu_{name}_{}", if vector { "v8" } else { "s1" });
+        let params = NvlmBiasGelu {
+            data: data_addr,
+            bias: bias_addr,
+            count: count as u64,
+            cols: cols as u32,
+            gelu: u32::from(gelu),
+        };
+        let chunks = count / if vector { 8 } else { 1 };
+        // Grid-stride: a few waves of blocks are enough for a stream.
+        let blocks = chunks.div_ceil(256).min(132 * 32) as u32;
+        let f = self.gpu.function(KernelModule::Projector, &kernel)?;
+        let launch = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel touches data[0..count) and bias[0..cols),
+        // both checked above; the 16-byte kernel only for aligned buffers
+        // and cols % 8 == 0.
+        unsafe { stream.launch_builder(&f).arg(&params).launch(launch) }
+            .map_err(driver_error(&kernel))?;
+        Ok(())
+    }
+}
+
+/// Intermediates of one forward for up to `tiles` tiles.
+pub struct ProjectorWorkspace<T> {
+    front: CudaSlice<T>,
+    /// Linear 1's output; none for a one-layer projector.
+    hidden: Option<CudaSlice<T>>,
+}
+
+/// The whole projector on one GPU.
+pub struct Projector {
+    pub config: ProjectorConfig,
+    kernels: ProjectorKernels,
+    gemm: Gemm,
+}
+
+impl Projector {
+    /// Checks the config and loads cuBLASLt (an error without it).
+    pub fn new(config: ProjectorConfig, gpu: Arc<Gpu>) -> Result<Projector> {
+        config.validate()?;
+        let gemm = Gemm::new(&gpu)?;
+        Ok(Projector {
+            config,
+            kernels: ProjectorKernels::new(gpu),
+            gemm,
+        })
+    }
+
+    pub fn kernels(&self) -> &ProjectorKernels {
+        &self.kernels
+    }
+
+    pub fn gemm(&self) -> &Gemm {
+        &self.gemm
+    }
+
+    /// Device memory for the intermediates of up to `tiles` tiles:
+    /// `rows · 4C` elements, plus `rows · H1` for a two-layer projector.
+    pub fn workspace<T: TensorElement + DeviceRepr>(
+        &self,
+        tiles: usize,
+    ) -> Result<ProjectorWorkspace<T>> {
+        let rows = self.config.output_rows(tiles);
+        let stream = self.kernels.gpu.stream();
+        // SAFETY: every forward writes these before reading them.
+        let front = unsafe { stream.alloc::<T>(rows * self.config.row_width()) }
+            .map_err(driver_error("alloc projector front"))?;
+        let hidden = match self.config.linear2_out {
+            Some(_) => Some(
+                unsafe { stream.alloc::<T>(rows * self.config.linear1_out) }
+                    .map_err(driver_error("alloc projector hidden"))?,
+            ),
+            None => None,
+        };
+        Ok(ProjectorWorkspace { front, hidden })
+    }
+
+    /// Queues the projector: `input` `[tiles, tokens_per_tile, C]` →
+    /// `out` `[tiles · (side/2)², output_width]` (row-major; `out` may be
+    /// longer). Every shape is checked before the first launch.
+    pub fn forward<T>(
+        &self,
+        input: &CudaView<'_, T>,
+        tiles: usize,
+        weights: &ProjectorWeights<'_, T>,
+        ws: &mut ProjectorWorkspace<T>,
+        out: &mut CudaViewMut<'_, T>,
+    ) -> Result<()>
+    where
+        T: TensorElement + DeviceRepr,
+        CudaBlasLT: Matmul<T>,
+    {
+        let cfg = &self.config;
+        cfg.check_forward(tiles, input.len(), &weights.lens(), out.len())?;
+        let rows = cfg.output_rows(tiles);
+        let (h1, k1) = (cfg.linear1_out, cfg.row_width());
+        let hidden_need = cfg.linear2_out.map_or(0, |_| rows * h1);
+        let hidden_len = ws.hidden.as_ref().map_or(0, |h| h.len());
+        if ws.front.len() < rows * k1 || hidden_len < hidden_need {
+            return Err(Error::BufferTooShort {
+                what: "projector workspace (elements; make it with this projector's workspace(tiles))",
+                len: ws.front.len() + hidden_len,
+                needed: rows * k1 + hidden_need,
+            });
+        }
+        let gemm1 = LinearShape {
+            m: rows,
+            n: h1,
+            k: k1,
+        };
+        check_linear(
+            gemm1,
+            rows * k1,
+            weights.w1.len(),
+            weights.b1.as_ref().map(|b| b.len()),
+            rows * h1,
+        )?;
+        let gemm2 = cfg.linear2_out.map(|h2| LinearShape {
+            m: rows,
+            n: h2,
+            k: h1,
+        });
+        if let (Some(s), Some(w2)) = (gemm2, &weights.w2) {
+            check_linear(
+                s,
+                rows * h1,
+                w2.len(),
+                weights.b2.as_ref().map(|b| b.len()),
+                out.len(),
+            )?;
+        }
+
+        let mut front = ws.front.slice_mut(..rows * k1);
+        self.kernels.front(
+            cfg,
+            input,
+            tiles,
+            &weights.ln_gamma,
+            &weights.ln_beta,
+            &mut front,
+        )?;
+        let front = front.slice(..);
+        let b1 = weights.b1.as_ref();
+        let (Some(shape2), Some(w2)) = (gemm2, &weights.w2) else {
+            // One layer: Linear 1 (+ bias) straight into the output.
+            return self
+                .gemm
+                .linear(&front, &weights.w1, b1, out, gemm1, Epilogue::None);
+        };
+        let hidden = ws
+            .hidden
+            .as_mut()
+            .expect("checked above: hidden_len >= rows * h1 > 0");
+        let mut hidden = hidden.slice_mut(..rows * h1);
+        match cfg.gelu {
+            GeluMode::ExactErf => {
+                self.gemm.linear(
+                    &front,
+                    &weights.w1,
+                    None,
+                    &mut hidden,
+                    gemm1,
+                    Epilogue::None,
+                )?;
+                self.kernels.bias_gelu(&mut hidden, rows, h1, b1, true)?;
+            }
+            GeluMode::CublasLtApproximate => {
+                self.gemm.linear(
+                    &front,
+                    &weights.w1,
+                    b1,
+                    &mut hidden,
+                    gemm1,
+                    Epilogue::CublasGelu,
+                )?;
+            }
+        }
+        let hidden = hidden.slice(..);
+        self.gemm.linear(
+            &hidden,
+            w2,
+            weights.b2.as_ref(),
+            out,
+            shape2,
+            Epilogue::None,
+        )
+    }
+}
+
+fn addr<T>(v: &CudaView<'_, T>, stream: &Arc<CudaStream>) -> u64 {
+    let (a, _sync) = v.device_ptr(stream);
+    a
+}
+
+fn addr_mut<T>(v: &mut CudaViewMut<'_, T>, stream: &Arc<CudaStream>) -> u64 {
+    let (a, _sync) = v.device_ptr_mut(stream);
+    a
+}

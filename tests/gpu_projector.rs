@@ -1,0 +1,734 @@
+//! The projector on a GPU against the f64 CPU reference: the fused front
+//! kernel, the bias + exact GELU kernel, the cuBLASLt GEMM wrapper, the
+//! whole projector for every variant, NVLM-D-72B at model shapes on
+//! sampled rows, and a measurement of what cuBLASLt's GELU epilogue
+//! computes. Without a GPU each test prints "skipped" and passes.
+
+mod common;
+
+use common::Rng;
+use common::gpu::gpu_or_skip;
+use cudarc::driver::{CudaSlice, DeviceRepr};
+use half::{bf16, f16};
+use nvlm_vision::Error;
+use nvlm_vision::dtype::{Dtype, TensorElement};
+use nvlm_vision::gemm::{Epilogue, Gemm, LinearShape};
+use nvlm_vision::projector::cpu::{self, HostWeights, gelu_erf, gelu_tanh};
+use nvlm_vision::projector::gpu::{Projector, ProjectorKernels, ProjectorWeights};
+use nvlm_vision::projector::{GeluMode, ProjectorConfig, PsVersion};
+use std::sync::Arc;
+
+/// The 16-bit element types, with what the tests need beyond the crate's.
+trait Half: TensorElement + DeviceRepr {
+    fn to_f64(self) -> f64;
+    fn nan() -> Self;
+    /// Relative spacing of the type near 1 (2^-8 for bf16, 2^-11 for f16
+    /// counting the implicit bit: half an ulp is the rounding error).
+    const EPS: f64;
+}
+
+impl Half for bf16 {
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+    fn nan() -> Self {
+        bf16::NAN
+    }
+    const EPS: f64 = 1.0 / 256.0;
+}
+
+impl Half for f16 {
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+    fn nan() -> Self {
+        f16::NAN
+    }
+    const EPS: f64 = 1.0 / 2048.0;
+}
+
+fn uniform(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+/// `values` rounded to T: the device copy and the f32 values it holds.
+fn to_device<T: Half>(gpu: &nvlm_vision::cuda::Gpu, values: &[f32]) -> (CudaSlice<T>, Vec<f32>) {
+    let narrow: Vec<T> = values.iter().map(|&v| T::from_f32(v)).collect();
+    let exact = narrow.iter().map(|&v| v.to_f64() as f32).collect();
+    (gpu.stream().clone_htod(&narrow).unwrap(), exact)
+}
+
+fn poisoned<T: Half>(gpu: &nvlm_vision::cuda::Gpu, n: usize) -> CudaSlice<T> {
+    gpu.stream().clone_htod(&vec![T::nan(); n]).unwrap()
+}
+
+fn download<T: Half>(gpu: &nvlm_vision::cuda::Gpu, s: &CudaSlice<T>) -> Vec<f64> {
+    gpu.stream().synchronize().unwrap();
+    gpu.stream()
+        .clone_dtoh(s)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.to_f64())
+        .collect()
+}
+
+/// ‖out − ref‖ / ‖ref‖ and max |out − ref|, after asserting every element
+/// was written (no NaN from the poison).
+fn compare(what: &str, out: &[f64], reference: &[f64]) -> (f64, f64) {
+    assert_eq!(out.len(), reference.len(), "{what}: lengths");
+    let unwritten = out.iter().filter(|v| !v.is_finite()).count();
+    assert_eq!(
+        unwritten, 0,
+        "{what}: {unwritten} elements not written (NaN poison)"
+    );
+    let (mut diff2, mut ref2, mut max_abs) = (0.0, 0.0, 0.0f64);
+    for (o, r) in out.iter().zip(reference) {
+        diff2 += (o - r) * (o - r);
+        ref2 += r * r;
+        max_abs = max_abs.max((o - r).abs());
+    }
+    let rel = (diff2 / ref2).sqrt();
+    eprintln!("{what}: rel {rel:.2e}, max abs {max_abs:.2e}");
+    (rel, max_abs)
+}
+
+fn small_config(c: usize, cls: bool, ps: PsVersion) -> ProjectorConfig {
+    ProjectorConfig {
+        name: "test",
+        vit_hidden: c,
+        grid_side: 32,
+        cls_token: cls,
+        ps_version: ps,
+        ln_eps: 1e-5,
+        linear1_out: 72,
+        linear2_out: Some(40),
+        bias: false,
+        gelu: GeluMode::ExactErf,
+    }
+}
+
+fn front_case<T: Half>(
+    gpu: &Arc<nvlm_vision::cuda::Gpu>,
+    rng: &mut Rng,
+    cfg: &ProjectorConfig,
+    tiles: usize,
+    offset: usize,
+) {
+    let kernels = ProjectorKernels::new(gpu.clone());
+    let n_in = tiles * cfg.tokens_per_tile() * cfg.vit_hidden;
+    // A per-tile offset so the mean is far from 0 (LayerNorm must subtract it).
+    let raw: Vec<f32> = uniform(rng, offset + n_in, 3.0)
+        .iter()
+        .map(|v| v + 1.5)
+        .collect();
+    let (input, in_vals) = to_device::<T>(gpu, &raw);
+    let (gamma, gamma_vals) = to_device::<T>(gpu, &uniform(rng, cfg.row_width(), 2.0));
+    let (beta, beta_vals) = to_device::<T>(gpu, &uniform(rng, cfg.row_width(), 1.0));
+    let n_out = cfg.output_rows(tiles) * cfg.row_width();
+    let mut out = poisoned::<T>(gpu, offset + n_out);
+    kernels
+        .front(
+            cfg,
+            &input.slice(offset..),
+            tiles,
+            &gamma.slice(..),
+            &beta.slice(..),
+            &mut out.slice_mut(offset..),
+        )
+        .unwrap();
+    let got = download(gpu, &out);
+    let w = HostWeights {
+        ln_gamma: gamma_vals,
+        ln_beta: beta_vals,
+        w1: vec![],
+        b1: None,
+        w2: None,
+        b2: None,
+    };
+    let reference = cpu::front(cfg, &in_vals[offset..], tiles, &w);
+    let what = format!(
+        "front {:?} C={} cls={} {:?} tiles={tiles} offset={offset}",
+        T::DTYPE,
+        cfg.vit_hidden,
+        cfg.cls_token,
+        cfg.ps_version
+    );
+    let (rel, _) = compare(&what, &got[offset..], &reference);
+    // The output is the f64 value rounded once to T, up to f32 statistics.
+    for (e, (g, r)) in got[offset..].iter().zip(&reference).enumerate() {
+        assert!(
+            (g - r).abs() <= T::EPS * r.abs() + 1e-3,
+            "{what}: element {e} (row {}, k {}): {g} vs {r}",
+            e / cfg.row_width(),
+            e % cfg.row_width()
+        );
+    }
+    assert!(rel < T::EPS, "{what}: rel {rel}");
+}
+
+#[test]
+fn front_matches_cpu_both_ps_versions_cls_and_dtypes() {
+    let Some(gpu) = gpu_or_skip("front_matches_cpu_both_ps_versions_cls_and_dtypes") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("front_matches_cpu");
+    for ps in [PsVersion::V1, PsVersion::V2] {
+        for cls in [true, false] {
+            // 16-byte path (C % 8 == 0: 1, 1, 2, 4, 8 chunks per thread) and
+            // the scalar path (odd C).
+            for (c, tiles) in [
+                (8, 2),
+                (200, 3),
+                (1024, 2),
+                (1600, 1),
+                (3200, 2),
+                (7, 3),
+                (13, 2),
+            ] {
+                let cfg = small_config(c, cls, ps);
+                front_case::<bf16>(&gpu, &mut rng, &cfg, tiles, 0);
+                front_case::<f16>(&gpu, &mut rng, &cfg, tiles, 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn front_misaligned_views_take_the_scalar_path_or_are_refused() {
+    let Some(gpu) = gpu_or_skip("front_misaligned_views_take_the_scalar_path_or_are_refused")
+    else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("front_misaligned");
+    // An input view starting one element in: not 16-byte aligned.
+    let cfg = small_config(64, true, PsVersion::V2);
+    front_case::<bf16>(&gpu, &mut rng, &cfg, 2, 1);
+    front_case::<f16>(&gpu, &mut rng, &cfg, 1, 3);
+    // C = 3200 has no scalar kernel: refused before any launch.
+    let cfg = small_config(3200, true, PsVersion::V2);
+    let kernels = ProjectorKernels::new(gpu.clone());
+    let n_in = cfg.tokens_per_tile() * 3200;
+    let input = poisoned::<bf16>(&gpu, n_in + 1);
+    let gamma = poisoned::<bf16>(&gpu, 12800);
+    let mut out = poisoned::<bf16>(&gpu, 256 * 12800);
+    let r = kernels.front(
+        &cfg,
+        &input.slice(1..),
+        1,
+        &gamma.slice(..),
+        &gamma.slice(..),
+        &mut out.slice_mut(..),
+    );
+    assert!(
+        matches!(r, Err(Error::Unsupported(ref m)) if m.contains("16-byte aligned")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn bias_gelu_matches_cpu() {
+    let Some(gpu) = gpu_or_skip("bias_gelu_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("bias_gelu");
+    let kernels = ProjectorKernels::new(gpu.clone());
+    // cols % 8 == 0 (16-byte path) and odd cols (scalar path).
+    for (rows, cols) in [(37, 64), (5, 29568 / 8), (13, 7), (3, 1)] {
+        for (with_bias, gelu) in [(true, true), (true, false), (false, true)] {
+            let (data, x) = to_device::<bf16>(&gpu, &uniform(&mut rng, rows * cols, 5.0));
+            let (bias, b) = to_device::<bf16>(&gpu, &uniform(&mut rng, cols, 1.0));
+            let mut data = data;
+            kernels
+                .bias_gelu(
+                    &mut data.slice_mut(..),
+                    rows,
+                    cols,
+                    with_bias.then(|| bias.slice(..)).as_ref(),
+                    gelu,
+                )
+                .unwrap();
+            let got = download(&gpu, &data);
+            let reference: Vec<f64> = x
+                .iter()
+                .enumerate()
+                .map(|(e, &v)| {
+                    let v = f64::from(v)
+                        + if with_bias {
+                            f64::from(b[e % cols])
+                        } else {
+                            0.0
+                        };
+                    if gelu { gelu_erf(v) } else { v }
+                })
+                .collect();
+            let what = format!("bias_gelu [{rows}, {cols}] bias={with_bias} gelu={gelu}");
+            compare(&what, &got, &reference);
+            for (e, (g, r)) in got.iter().zip(&reference).enumerate() {
+                assert!(
+                    (g - r).abs() <= bf16::EPS * r.abs() + 1e-6,
+                    "{what}: element {e}: {g} vs {r}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_matches_cpu_with_and_without_bias() {
+    let Some(gpu) = gpu_or_skip("gemm_matches_cpu_with_and_without_bias") else {
+        return;
+    };
+    let gemm = match Gemm::new(&gpu) {
+        Ok(g) => g,
+        Err(e) => panic!("a GPU without cuBLASLt: {e}"),
+    };
+    let mut rng = Rng::from_env_or_time("gemm");
+    for s in [
+        LinearShape {
+            m: 37,
+            n: 29,
+            k: 53,
+        },
+        LinearShape {
+            m: 256,
+            n: 72,
+            k: 96,
+        },
+    ] {
+        for with_bias in [false, true] {
+            let scale = (3.0 / s.k as f32).sqrt();
+            let (x, xv) = to_device::<bf16>(&gpu, &uniform(&mut rng, s.m * s.k, 1.0));
+            let (w, wv) = to_device::<bf16>(&gpu, &uniform(&mut rng, s.n * s.k, scale));
+            let (b, bv) = to_device::<bf16>(&gpu, &uniform(&mut rng, s.n, 1.0));
+            let mut y = poisoned::<bf16>(&gpu, s.m * s.n);
+            let bias = with_bias.then(|| b.slice(..));
+            gemm.linear(
+                &x.slice(..),
+                &w.slice(..),
+                bias.as_ref(),
+                &mut y.slice_mut(..),
+                s,
+                Epilogue::None,
+            )
+            .unwrap();
+            let got = download(&gpu, &y);
+            let xd: Vec<f64> = xv.iter().map(|&v| f64::from(v)).collect();
+            let reference: Vec<f64> = xd
+                .chunks(s.k)
+                .flat_map(|row| cpu::linear_row(row, &wv, with_bias.then_some(&bv[..]), s.n))
+                .collect();
+            let (rel, _) = compare(&format!("gemm {s:?} bias={with_bias}"), &got, &reference);
+            assert!(rel < 2.0 * bf16::EPS, "{rel}");
+        }
+    }
+}
+
+/// cuBLASLt's GELU epilogue on inputs it passes through exactly (x · I in
+/// f32/TF32, x on a 1/64 grid), compared with the erf and tanh GELUs in
+/// f64; then the crate's exact path (f16 GEMM + bias_gelu) on the same
+/// grid, which must be the erf GELU.
+#[test]
+fn cublaslt_gelu_epilogue_is_measured_and_the_exact_path_is_erf() {
+    let Some(gpu) = gpu_or_skip("cublaslt_gelu_epilogue_is_measured_and_the_exact_path_is_erf")
+    else {
+        return;
+    };
+    let gemm = Gemm::new(&gpu).unwrap();
+    let s = LinearShape { m: 128, n: 8, k: 8 };
+    // x in [-8, 8) step 1/64: exact in TF32 and f16 (at most 10 fraction bits).
+    let xs: Vec<f32> = (0..s.m * s.k).map(|i| -8.0 + i as f32 / 64.0).collect();
+    let identity: Vec<f32> = (0..64)
+        .map(|i| if i % 9 == 0 { 1.0 } else { 0.0 })
+        .collect();
+
+    let stream = gpu.stream();
+    let x = stream.clone_htod(&xs).unwrap();
+    let w = stream.clone_htod(&identity).unwrap();
+    let mut y = stream.clone_htod(&vec![f32::NAN; s.m * s.n]).unwrap();
+    // f32 (TF32 operands, exact here): the epilogue's own values.
+    let r = gemm.linear(
+        &x.slice(..),
+        &w.slice(..),
+        None,
+        &mut y.slice_mut(..),
+        s,
+        Epilogue::CublasGelu,
+    );
+    match r {
+        Err(e) => {
+            println!("cuBLASLt GELU epilogue: refused for f32 ({e}); see the f16 measurement")
+        }
+        Ok(()) => {
+            stream.synchronize().unwrap();
+            let got = stream.clone_dtoh(&y).unwrap();
+            assert!(
+                got.iter().all(|v| v.is_finite()),
+                "cuBLASLt GELU output not written"
+            );
+            let (mut to_erf, mut to_tanh) = (0.0f64, 0.0f64);
+            for (&x, &g) in xs.iter().zip(&got) {
+                let x = f64::from(x);
+                to_erf = to_erf.max((f64::from(g) - gelu_erf(x)).abs());
+                to_tanh = to_tanh.max((f64::from(g) - gelu_tanh(x)).abs());
+            }
+            let verdict = if to_tanh < 1e-5 && to_tanh < to_erf {
+                "the tanh approximation"
+            } else if to_erf < 1e-5 {
+                "the exact erf GELU"
+            } else {
+                "neither erf nor tanh GELU"
+            };
+            println!(
+                "cuBLASLt GELU epilogue (f32 in/out, x in [-8, 8)): max |out - erf GELU| = {to_erf:.3e}, \
+                 max |out - tanh GELU| = {to_tanh:.3e}: it computes {verdict}"
+            );
+        }
+    }
+    // f16 (what the approximate projector mode uses): at the points where
+    // the two GELUs round to f16 values more than 2 ulps apart, which one
+    // the epilogue's output is nearer to.
+    let round16 = |v: f64| f16::from_f64(v).to_f64();
+    let xh: Vec<f16> = xs.iter().map(|&v| f16::from_f32(v)).collect();
+    let ih: Vec<f16> = identity.iter().map(|&v| f16::from_f32(v)).collect();
+    let (x16, w16) = (
+        stream.clone_htod(&xh).unwrap(),
+        stream.clone_htod(&ih).unwrap(),
+    );
+    let mut y16 = poisoned::<f16>(&gpu, s.m * s.n);
+    gemm.linear(
+        &x16.slice(..),
+        &w16.slice(..),
+        None,
+        &mut y16.slice_mut(..),
+        s,
+        Epilogue::CublasGelu,
+    )
+    .unwrap();
+    let got16 = download(&gpu, &y16);
+    let (mut nearer_erf, mut nearer_tanh) = (0, 0);
+    for (&x, &g) in xs.iter().zip(&got16) {
+        let (erf, tanh) = (
+            round16(gelu_erf(f64::from(x))),
+            round16(gelu_tanh(f64::from(x))),
+        );
+        if (erf - tanh).abs() > 2.0 * 2.0 * f16::EPS * erf.abs().max(tanh.abs()) {
+            if (g - erf).abs() < (g - tanh).abs() {
+                nearer_erf += 1;
+            } else {
+                nearer_tanh += 1;
+            }
+        }
+    }
+    println!(
+        "cuBLASLt GELU epilogue (f16 out): of {} points where erf and tanh GELU differ, \
+         {nearer_erf} are nearer erf, {nearer_tanh} nearer tanh",
+        nearer_erf + nearer_tanh
+    );
+
+    // The exact path: f16 GEMM (exact here) then the crate's GELU kernel.
+    let kernels = ProjectorKernels::new(gpu.clone());
+    let mut y = poisoned::<f16>(&gpu, s.m * s.n);
+    gemm.linear(
+        &x16.slice(..),
+        &w16.slice(..),
+        None,
+        &mut y.slice_mut(..),
+        s,
+        Epilogue::None,
+    )
+    .unwrap();
+    kernels
+        .bias_gelu(&mut y.slice_mut(..), s.m, s.n, None, true)
+        .unwrap();
+    let got = download(&gpu, &y);
+    let round = round16;
+    let mut told_apart = 0;
+    for (&x, &g) in xs.iter().zip(&got) {
+        let (erf, tanh) = (gelu_erf(f64::from(x)), gelu_tanh(f64::from(x)));
+        // One f16 ulp: f32 arithmetic may round to the other neighbour.
+        let ulp = (round(erf).abs() * 2.0 * f16::EPS).max(f16::MIN_POSITIVE_SUBNORMAL.to_f64());
+        assert!(
+            (g - round(erf)).abs() <= ulp,
+            "exact path at x = {x}: {g} vs erf GELU {erf} (tanh GELU {tanh})"
+        );
+        if (round(erf) - round(tanh)).abs() > 3.0 * ulp {
+            told_apart += 1;
+        }
+    }
+    assert!(
+        told_apart > 20,
+        "the grid must include points where erf and tanh GELU differ in f16 ({told_apart})"
+    );
+}
+
+/// Host weights for `cfg` (values rounded to T) and their device copies.
+struct Weights<T> {
+    host: HostWeights,
+    gamma: CudaSlice<T>,
+    beta: CudaSlice<T>,
+    w1: CudaSlice<T>,
+    b1: Option<CudaSlice<T>>,
+    w2: Option<CudaSlice<T>>,
+    b2: Option<CudaSlice<T>>,
+}
+
+impl<T: Half> Weights<T> {
+    fn random(gpu: &nvlm_vision::cuda::Gpu, rng: &mut Rng, cfg: &ProjectorConfig) -> Self {
+        let (h1, k1) = (cfg.linear1_out, cfg.row_width());
+        let (gamma, g) = to_device::<T>(gpu, &uniform(rng, k1, 2.0));
+        let (beta, b) = to_device::<T>(gpu, &uniform(rng, k1, 1.0));
+        // Uniform weights of variance 1/in keep activations near unit scale.
+        let (w1, w1v) = to_device::<T>(gpu, &uniform(rng, h1 * k1, (3.0 / k1 as f32).sqrt()));
+        let bias = |rng: &mut Rng, n: usize| {
+            cfg.bias
+                .then(|| to_device::<T>(gpu, &uniform(rng, n, 0.5)))
+                .unzip()
+        };
+        let (b1, b1v) = bias(rng, h1);
+        let (w2, w2v) = cfg
+            .linear2_out
+            .map(|h2| to_device::<T>(gpu, &uniform(rng, h2 * h1, (3.0 / h1 as f32).sqrt())))
+            .unzip();
+        let (b2, b2v) = match cfg.linear2_out {
+            Some(h2) => bias(rng, h2),
+            None => (None, None),
+        };
+        Weights {
+            host: HostWeights {
+                ln_gamma: g,
+                ln_beta: b,
+                w1: w1v,
+                b1: b1v,
+                w2: w2v,
+                b2: b2v,
+            },
+            gamma,
+            beta,
+            w1,
+            b1,
+            w2,
+            b2,
+        }
+    }
+
+    fn views(&self) -> ProjectorWeights<'_, T> {
+        ProjectorWeights {
+            ln_gamma: self.gamma.slice(..),
+            ln_beta: self.beta.slice(..),
+            w1: self.w1.slice(..),
+            b1: self.b1.as_ref().map(|b| b.slice(..)),
+            w2: self.w2.as_ref().map(|w| w.slice(..)),
+            b2: self.b2.as_ref().map(|b| b.slice(..)),
+        }
+    }
+}
+
+fn projector_case<T: Half>(
+    gpu: &Arc<nvlm_vision::cuda::Gpu>,
+    rng: &mut Rng,
+    cfg: ProjectorConfig,
+    tiles: usize,
+) where
+    cudarc::cublaslt::CudaBlasLT: cudarc::cublaslt::Matmul<T>,
+{
+    let what = format!("{} {:?} tiles={tiles} {:?}", cfg.name, T::DTYPE, cfg.gelu);
+    let weights = Weights::<T>::random(gpu, rng, &cfg);
+    let n_in = tiles * cfg.tokens_per_tile() * cfg.vit_hidden;
+    let (input, in_vals) = to_device::<T>(gpu, &uniform(rng, n_in, 2.0));
+    let projector = Projector::new(cfg.clone(), gpu.clone()).unwrap();
+    let mut ws = projector.workspace::<T>(tiles).unwrap();
+    let n_out = cfg.output_rows(tiles) * cfg.output_width();
+    let mut out = poisoned::<T>(gpu, n_out);
+    projector
+        .forward(
+            &input.slice(..),
+            tiles,
+            &weights.views(),
+            &mut ws,
+            &mut out.slice_mut(..),
+        )
+        .unwrap();
+    let got = download(gpu, &out);
+    // The reference rounds to T where the GPU path stores a tensor.
+    let rounded = cpu::projector(&cfg, &in_vals, tiles, &weights.host, Some(T::DTYPE));
+    let (rel, _) = compare(&format!("{what} vs rounded reference"), &got, &rounded);
+    let exact = cpu::projector(&cfg, &in_vals, tiles, &weights.host, None);
+    let (rel_exact, _) = compare(&format!("{what} vs f64 reference"), &got, &exact);
+    // The GPU rounds Linear 1's product before adding the bias (the
+    // reference after), and its f32 accumulation flips some roundings:
+    // a few ulps of T in norm. A wrong index, layout or missing bias is O(1).
+    let tol = match cfg.gelu {
+        GeluMode::ExactErf => 4.0 * T::EPS,
+        GeluMode::CublasLtApproximate => 4.0 * bf16::EPS,
+    };
+    assert!(
+        rel < tol,
+        "{what}: rel {rel} vs rounded reference (tolerance {tol})"
+    );
+    assert!(
+        rel_exact < 4.0 * bf16::EPS,
+        "{what}: rel {rel_exact} vs f64 reference"
+    );
+}
+
+#[test]
+fn projector_matches_cpu_for_every_variant_at_small_dims() {
+    let Some(gpu) = gpu_or_skip("projector_matches_cpu_for_every_variant_at_small_dims") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("projector_small");
+    // Each preset with its widths scaled down (C, H1, H2), its structure
+    // (biases, layers, CLS, ps version, GELU mode) kept.
+    let shrink = |cfg: ProjectorConfig, c: usize, h1: usize, h2: usize| ProjectorConfig {
+        vit_hidden: c,
+        linear1_out: h1,
+        linear2_out: cfg.linear2_out.map(|_| h2),
+        ..cfg
+    };
+    let variants = [
+        shrink(ProjectorConfig::nvlm_d_72b(), 40, 96, 64),
+        shrink(ProjectorConfig::nvlm_d_34b(), 24, 80, 56),
+        shrink(ProjectorConfig::internvl2_300m(4096), 32, 72, 72),
+        shrink(ProjectorConfig::internvl2_6b(6144), 48, 88, 88),
+        shrink(ProjectorConfig::nvlm_x(8192), 40, 64, 0),
+        // Odd sizes everywhere: scalar front, odd GEMM dims, scalar GELU.
+        ProjectorConfig {
+            ps_version: PsVersion::V1,
+            cls_token: false,
+            ..shrink(ProjectorConfig::internvl2_300m(4096), 13, 37, 29)
+        },
+        ProjectorConfig {
+            gelu: GeluMode::CublasLtApproximate,
+            ..shrink(ProjectorConfig::internvl2_300m(4096), 32, 72, 72)
+        },
+        ProjectorConfig {
+            gelu: GeluMode::CublasLtApproximate,
+            ..shrink(ProjectorConfig::nvlm_d_72b(), 40, 96, 64)
+        },
+    ];
+    for cfg in variants {
+        projector_case::<bf16>(&gpu, &mut rng, cfg.clone(), 3);
+        projector_case::<f16>(&gpu, &mut rng, cfg, 2);
+    }
+}
+
+#[test]
+fn projector_nvlm_d_72b_sampled_rows_at_model_shapes() {
+    let Some(gpu) = gpu_or_skip("projector_nvlm_d_72b_sampled_rows_at_model_shapes") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("projector_72b");
+    let cfg = ProjectorConfig::nvlm_d_72b();
+    let tiles = 7;
+    let weights = Weights::<bf16>::random(&gpu, &mut rng, &cfg);
+    let n_in = tiles * cfg.tokens_per_tile() * cfg.vit_hidden;
+    let (input, in_vals) = to_device::<bf16>(&gpu, &uniform(&mut rng, n_in, 2.0));
+    let projector = Projector::new(cfg.clone(), gpu.clone()).unwrap();
+    let mut ws = projector.workspace::<bf16>(tiles).unwrap();
+    let width = cfg.output_width();
+    let mut out = poisoned::<bf16>(&gpu, cfg.output_rows(tiles) * width);
+    projector
+        .forward(
+            &input.slice(..),
+            tiles,
+            &weights.views(),
+            &mut ws,
+            &mut out.slice_mut(..),
+        )
+        .unwrap();
+    let got = download(&gpu, &out);
+    let unwritten = got.iter().filter(|v| !v.is_finite()).count();
+    assert_eq!(
+        unwritten, 0,
+        "NVLM-D-72B: {unwritten} output elements not written"
+    );
+    // First and last rows of the first and last tiles, and random rows.
+    let mut rows = vec![0, 255, 256, 1791];
+    rows.extend((0..4).map(|_| rng.range(0, 1791) as usize));
+    let reference = cpu::projector_rows(&cfg, &in_vals, &weights.host, &rows, Some(Dtype::Bf16));
+    let sampled: Vec<f64> = rows
+        .iter()
+        .flat_map(|&r| got[r * width..(r + 1) * width].iter().copied())
+        .collect();
+    let (rel, _) = compare(&format!("NVLM-D-72B rows {rows:?}"), &sampled, &reference);
+    assert!(rel < 4.0 * bf16::EPS, "rel {rel}");
+}
+
+/// Bad inputs on the GPU path: an Err, and the output left as it was.
+#[test]
+fn projector_bad_inputs_fail_before_any_launch() {
+    let Some(gpu) = gpu_or_skip("projector_bad_inputs_fail_before_any_launch") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("projector_bad_inputs");
+    let cfg = ProjectorConfig {
+        vit_hidden: 16,
+        linear1_out: 24,
+        linear2_out: Some(8),
+        ..ProjectorConfig::internvl2_300m(4096)
+    };
+    let weights = Weights::<bf16>::random(&gpu, &mut rng, &cfg);
+    let projector = Projector::new(cfg.clone(), gpu.clone()).unwrap();
+    let mut ws = projector.workspace::<bf16>(2).unwrap();
+    let n_in = 2 * cfg.tokens_per_tile() * 16;
+    let (input, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, n_in + 16, 1.0));
+    let n_out = cfg.output_rows(2) * 8;
+    let mut out = poisoned::<bf16>(&gpu, n_out);
+    let good = weights.views();
+    let mut run =
+        |input_len: usize, tiles: usize, w: &ProjectorWeights<'_, bf16>, out_len: usize| {
+            let r = projector.forward(
+                &input.slice(..input_len),
+                tiles,
+                w,
+                &mut ws,
+                &mut out.slice_mut(..out_len),
+            );
+            assert!(r.is_err(), "expected an error");
+            r.unwrap_err()
+        };
+    assert!(
+        matches!(run(n_in + 16, 2, &good, n_out), Error::InvalidShape(m) if m.contains("tokens"))
+    );
+    assert!(
+        matches!(run(n_in, 3, &good, n_out), Error::InvalidShape(m) if m.contains("expected 3 tiles"))
+    );
+    let short_w1 = ProjectorWeights {
+        w1: weights.w1.slice(1..),
+        ..weights.views()
+    };
+    assert!(
+        matches!(run(n_in, 2, &short_w1, n_out), Error::InvalidShape(m) if m.contains("Linear 1 weight"))
+    );
+    let no_bias = ProjectorWeights {
+        b2: None,
+        ..weights.views()
+    };
+    assert!(
+        matches!(run(n_in, 2, &no_bias, n_out), Error::InvalidShape(m) if m.contains("Linear 2 bias is missing"))
+    );
+    assert!(matches!(
+        run(n_in, 2, &good, n_out - 1),
+        Error::BufferTooShort { .. }
+    ));
+    // More tiles than the workspace holds.
+    let n_in3 = 3 * cfg.tokens_per_tile() * 16;
+    let (input3, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, n_in3, 1.0));
+    let mut out3 = poisoned::<bf16>(&gpu, cfg.output_rows(3) * 8);
+    let r = projector.forward(
+        &input3.slice(..),
+        3,
+        &good,
+        &mut ws,
+        &mut out3.slice_mut(..),
+    );
+    assert!(
+        matches!(r, Err(Error::BufferTooShort { what, .. }) if what.contains("workspace")),
+        "{r:?}"
+    );
+    // Nothing was launched: the outputs are still all poison.
+    assert!(download(&gpu, &out).iter().all(|v| v.is_nan()));
+    assert!(download(&gpu, &out3).iter().all(|v| v.is_nan()));
+}
