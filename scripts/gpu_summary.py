@@ -44,10 +44,11 @@ def criterion_results(root):
 
 
 def peer_results(root):
-    """(stage, impl, case) -> median µs, and the set of peer (stage, impl)s."""
-    found, peers = {}, set()
+    """(stage, impl, case) -> median µs, the set of peer (stage, impl)s, and
+    the lines of rows that report an "error" instead of a time."""
+    found, peers, errors = {}, set(), []
     if not root.is_dir():
-        return found, peers
+        return found, peers, errors
     for path in sorted(root.glob("*.jsonl")):
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             line = line.strip()
@@ -56,13 +57,16 @@ def peer_results(root):
             try:
                 row = json.loads(line)
                 key = (str(row["stage"]), str(row["impl"]), str(row["case"]))
+                if "error" in row and "median_us" not in row:
+                    errors.append(f"- {'/'.join(key)}: {str(row['error'])[:160]}")
+                    continue
                 median = float(row["median_us"])
             except (ValueError, KeyError, TypeError) as e:
                 print(f"gpu_summary: {path.name}:{n}: skipped ({e})", file=sys.stderr)
                 continue
             found[key] = median
             peers.add(key[:2])
-    return found, peers
+    return found, peers, errors
 
 
 def fmt_us(us):
@@ -123,7 +127,7 @@ def main(argv):
     card_file = results / "card.txt"
     card = card_file.read_text().strip() if card_file.is_file() else "unknown"
     ours = criterion_results(results / "criterion")
-    theirs, peers = peer_results(results / "peers")
+    theirs, peers, errors = peer_results(results / "peers")
     lines = [f"# GPU bundle run: {card}", ""]
     lines += steps_table(results / "steps.tsv")
     lines.append("## Timings (median; ratio = peer time ÷ this time, >1 is faster)")
@@ -132,6 +136,8 @@ def main(argv):
         lines += timing_tables(ours, theirs, peers)
     else:
         lines += ["(no timings found)", ""]
+    if errors:
+        lines += ["Peer rows without a time:", ""] + errors + [""]
     text = "\n".join(lines)
     (results / "summary.md").write_text(text)
     print(text)

@@ -83,14 +83,16 @@ fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
             estimate("stage/ours/small", "stage/ours/small", 1_000_000.0),
         ),
     );
-    // A peer: chatter, two JSON lines (500 µs and 2000 µs), one bad line.
+    // A peer: chatter, two JSON lines (500 µs and 2000 µs), one bad line,
+    // one row reporting an error instead of a time.
     write_exe(
         &bundle.join("peers/peer_stage.py"),
         "import json\n\
          print('a warning on stdout')\n\
          print(json.dumps({'stage': 'stage', 'impl': 'torch', 'case': 'big', 'median_us': 500.0}))\n\
          print(json.dumps({'stage': 'stage', 'impl': 'torch', 'case': 'small', 'median_us': 2000.0}))\n\
-         print('{\"stage\": \"stage\"}')\n",
+         print('{\"stage\": \"stage\"}')\n\
+         print(json.dumps({'stage': 'stage', 'impl': 'flash', 'case': 'odd', 'error': 'head_dim 80 unsupported'}))\n",
     );
     let tools = dir.join("tools");
     let smi = match card {
@@ -179,6 +181,10 @@ fn run_script_runs_every_phase_and_summarises() {
     assert!(summary.contains("| big | torch | 500.0 | — |"), "{summary}");
     assert!(
         summary.contains("| small | ours | 1000 | 2.00× |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("- stage/flash/odd: head_dim 80 unsupported"),
         "{summary}"
     );
     // The failed step's log tail comes before the summary.
