@@ -20,7 +20,10 @@
 #
 # Time limits per step (seconds): NVLM_VISION_TEST_TIMEOUT (default 300),
 # NVLM_VISION_SANITIZE_TIMEOUT (300), NVLM_VISION_BENCH_TIMEOUT (150),
-# NVLM_VISION_PEER_TIMEOUT (120).
+# NVLM_VISION_PEER_TIMEOUT (120); and for the whole run,
+# NVLM_VISION_RUN_BUDGET (540): a step gets at most what is left of it, and
+# steps past it are recorded as skipped, so the summary is printed before a
+# caller's own limit (a device tool's 600 s, say) cuts the run off.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 usage="usage: run.sh RESULTS_DIR [tests|sanitize|bench|peers|all ...]"
@@ -53,9 +56,16 @@ fi
 echo "$card" > "$results/card.txt"
 
 failed=0
+budget=${NVLM_VISION_RUN_BUDGET:-540}
 step() {  # step NAME TIMEOUT_S COMMAND...
     local name=$1 limit=$2; shift 2
-    local start=$SECONDS
+    local start=$SECONDS left=$((budget - SECONDS))
+    if [ "$left" -lt 10 ]; then
+        printf '%s\tskipped\t0\t-\n' "$name" >> "$results/steps.tsv"
+        failed=1
+        return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
     echo "run.sh: $name" >&2
     timeout --kill-after=10 "$limit" "$@" > "$results/$name.log" 2>&1
     local rc=$?
@@ -104,13 +114,8 @@ for phase in "${phases[@]}"; do
         for p in "${peers[@]}"; do
             name=$(basename "$p" .py)
             # stdout is the JSON lines; stderr the log.
-            start=$SECONDS
-            echo "run.sh: $name" >&2
-            timeout --kill-after=10 "${NVLM_VISION_PEER_TIMEOUT:-120}" python3 "$p" \
-                > "$results/peers/$name.jsonl" 2> "$results/$name.log"
-            rc=$?
-            [ $rc -ne 0 ] && failed=1
-            printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" "$name.log" >> "$results/steps.tsv"
+            step "$name" "${NVLM_VISION_PEER_TIMEOUT:-120}" \
+                bash -c 'exec python3 "$1" > "$2"' peer "$p" "$results/peers/$name.jsonl"
         done ;;
     esac
 done
@@ -118,7 +123,7 @@ done
 # The tails of failed steps first, then the summary last: the caller may see
 # only the end of the output.
 while IFS=$'\t' read -r name rc _ log; do
-    if [ "$rc" != 0 ] && [ -f "$results/$log" ]; then
+    if [ "$rc" != 0 ] && [ "$rc" != skipped ] && [ -f "$results/$log" ]; then
         echo "---- $name (exit $rc): last lines of $log"
         grep -v '^\s*$' "$results/$log" | tail -n 8 | cut -c1-200
     fi

@@ -5,6 +5,7 @@ and prints it. Standard library only: the GPU host has no packages to spare.
 Reads, all under RESULTS_DIR and all optional:
   card.txt             nvidia-smi's line for the card
   steps.tsv            one `name<TAB>exit code<TAB>seconds<TAB>log` line per step
+                       (exit code `skipped` past the run's time budget)
   criterion/**/new/{benchmark,estimates}.json
                        criterion's results; the id `<stage>/<impl>/<case>` is
                        benchmark.json's full_id, the time estimates.json's median
@@ -113,7 +114,7 @@ def steps_table(path):
         fields = row.split("\t")
         if len(fields) == 4:
             name, rc, secs, log = fields
-            mark = "" if rc == "0" else " **FAIL**"
+            mark = "" if rc in ("0", "skipped") else " **FAIL**"
             lines.append(f"| {name} | {rc}{mark} | {secs} | {log} |")
     lines.append("")
     return lines

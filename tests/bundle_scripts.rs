@@ -215,6 +215,39 @@ fn run_script_runs_only_the_phases_named() {
     assert_eq!(names, ["peer_stage", "bench-gpu_stage"]);
 }
 
+/// Past the run's time budget every step is skipped, and the summary still
+/// comes out, with a failing exit code since the run is incomplete.
+#[test]
+fn run_script_skips_steps_past_its_budget() {
+    if !python3_or_skip("run_script_skips_steps_past_its_budget") {
+        return;
+    }
+    let dir = scratch("run_budget");
+    let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA H200"));
+    let results = dir.join("results");
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(bundle.join("run.sh"))
+        .arg(&results)
+        .args(["tests", "peers"])
+        .env("PATH", path)
+        .env("NVLM_VISION_RUN_BUDGET", "5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let summary = fs::read_to_string(results.join("summary.md")).unwrap();
+    for step in ["test-gpu_bad", "test-gpu_good", "peer_stage"] {
+        assert!(
+            summary.contains(&format!("| {step} | skipped | 0 | - |")),
+            "{summary}"
+        );
+    }
+    assert!(!results.join("test-gpu_good.log").exists());
+}
+
 #[test]
 fn run_script_without_a_gpu_fails_clearly() {
     if !python3_or_skip("run_script_without_a_gpu_fails_clearly") {
