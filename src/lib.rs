@@ -1,10 +1,14 @@
 //! nvlm-vision: the vision path of NVLM-1.0 and InternVL models.
 //!
-//! Today the crate holds the dynamic-high-resolution preprocessing stage on
-//! the CPU ([`preprocess`]): the tile planner, tile tags, a Pillow-exact
-//! bicubic resize and torchvision-exact normalisation. It is the reference the
-//! GPU kernels are tested against, and the default path on machines without a
-//! GPU.
+//! - [`preprocess`]: dynamic-high-resolution tiling with a Pillow-exact
+//!   bicubic resize and torchvision-exact normalisation, on the CPU and on
+//!   the GPU;
+//! - [`attention`]: InternViT flash attention (portable and Hopper kernels),
+//!   qk-RMSNorm and the attention sub-layer;
+//! - [`projector`]: pixel-shuffle + LayerNorm and the `mlp1` GEMMs.
+//!
+//! Each GPU path has a CPU reference in its module; the kernels are
+//! compiled by build.rs and loaded through [`cuda::Gpu`].
 
 pub mod abi;
 pub mod attention;
