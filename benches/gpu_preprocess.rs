@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{device_time, gpu_or_skip};
+use common::{device_time, gpu_or_skip, noise};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nvlm_vision::preprocess::{
     CudaPreprocessor, DeviceImage, ImageView, PixelFormat, PreprocessKernel, Preprocessor,
@@ -26,19 +26,6 @@ const SIZES: [(u32, u32); 3] = [(4032, 3024), (1920, 1080), (640, 480)];
 const ROTATE_BYTES: usize = 256 << 20;
 /// Images per `run_batch_into` call in the pinned-batch ids.
 const BATCH: usize = 8;
-
-/// Random bytes (xorshift), a different stream per `seed`.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn preprocess(c: &mut Criterion) {
     let Some(gpu) = gpu_or_skip("gpu_preprocess") else {

@@ -2,6 +2,9 @@
 //! times for Pillow + torchvision arithmetic: NVLM-D config (max 6 tiles +
 //! thumbnail), uint8 RGB in, normalised f32 tensor out.
 
+mod common;
+
+use common::noise;
 use criterion::{Criterion, criterion_group, criterion_main};
 use nvlm_vision::preprocess::{ImageView, PillowVersion, PixelFormat, Preprocessor};
 use std::hint::black_box;
@@ -9,24 +12,11 @@ use std::hint::black_box;
 /// The sizes of REFERENCE.md's anchor table.
 const SIZES: [(u32, u32); 3] = [(4032, 3024), (1920, 1080), (640, 480)];
 
-/// Deterministic noise, so every run and the Python bench see the same kind of input.
-fn noise_rgb(w: u32, h: u32) -> Vec<u8> {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    (0..w as usize * h as usize * 3)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn dhr(c: &mut Criterion) {
     let mut group = c.benchmark_group("dhr_cpu_f32_nvlm_d");
     group.sample_size(20);
     for (w, h) in SIZES {
-        let pixels = noise_rgb(w, h);
+        let pixels = noise(w as usize * h as usize * 3, 0);
         let view = ImageView::packed(&pixels, w, h, PixelFormat::Rgb8).unwrap();
         for pillow in [PillowVersion::V12, PillowVersion::V13] {
             let pre = Preprocessor {

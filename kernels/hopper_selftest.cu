@@ -11,6 +11,22 @@
 
 using namespace nvlm;
 
+// Writes a 64xN f32 accumulator tile (wgmma's layout, wgmma.cuh) to the
+// row-major matrix c.
+template <int N>
+__device__ __forceinline__ void store_accumulators(const float (&acc)[N / 2], float* c) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int row = 16 * warp + lane / 4;
+#pragma unroll
+    for (int j = 0; j < N / 8; ++j) {
+        const int col = 8 * j + 2 * (lane % 4);
+        c[row * N + col] = acc[4 * j];
+        c[row * N + col + 1] = acc[4 * j + 1];
+        c[(row + 8) * N + col] = acc[4 * j + 2];
+        c[(row + 8) * N + col + 1] = acc[4 * j + 3];
+    }
+}
+
 // One TMA load of a bf16 box (partly outside the tensor when the caller
 // asks for it: TMA must fill those elements with zeros), copied out with
 // plain stores, then the same shared-memory box written back by a TMA store
@@ -148,16 +164,7 @@ extern "C" __global__ void __launch_bounds__(128) selftest_wgmma_tile(NvlmWgmmaS
     wgmma_wait_group<0>();
     wgmma_fence_operands(acc);
 
-    float* c = reinterpret_cast<float*>(p.c);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int row = 16 * warp + lane / 4, col = 8 * j + 2 * (lane % 4);
-        c[row * 64 + col] = acc[4 * j];
-        c[row * 64 + col + 1] = acc[4 * j + 1];
-        c[(row + 8) * 64 + col] = acc[4 * j + 2];
-        c[(row + 8) * 64 + col + 1] = acc[4 * j + 3];
-    }
+    store_accumulators<64>(acc, reinterpret_cast<float*>(p.c));
 #else
     __trap();
 #endif
@@ -218,16 +225,7 @@ extern "C" __global__ void __launch_bounds__(128)
     wgmma_wait_group<0>();
     wgmma_fence_operands(acc);
 
-    float* c = reinterpret_cast<float*>(p.c);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int row = 16 * warp + lane / 4, col = 8 * j + 2 * (lane % 4);
-        c[row * 64 + col] = acc[4 * j];
-        c[row * 64 + col + 1] = acc[4 * j + 1];
-        c[(row + 8) * 64 + col] = acc[4 * j + 2];
-        c[(row + 8) * 64 + col + 1] = acc[4 * j + 3];
-    }
+    store_accumulators<64>(acc, reinterpret_cast<float*>(p.c));
 #else
     __trap();
 #endif
@@ -279,15 +277,7 @@ extern "C" __global__ void __launch_bounds__(128)
     wgmma_wait_group<0>();
     wgmma_fence_operands(acc);
 
-    float* c = reinterpret_cast<float*>(p.c);
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-        const int col = 8 * j + 2 * (lane % 4);
-        c[row * 128 + col] = acc[4 * j];
-        c[row * 128 + col + 1] = acc[4 * j + 1];
-        c[(row + 8) * 128 + col] = acc[4 * j + 2];
-        c[(row + 8) * 128 + col + 1] = acc[4 * j + 3];
-    }
+    store_accumulators<128>(acc, reinterpret_cast<float*>(p.c));
 #else
     __trap();
 #endif

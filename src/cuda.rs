@@ -71,6 +71,18 @@ unsafe impl DeviceRepr for crate::abi::NvlmQkRmsNorm {}
 unsafe impl DeviceRepr for crate::abi::NvlmProjectorFront {}
 unsafe impl DeviceRepr for crate::abi::NvlmBiasGelu {}
 
+/// Lets `function` take `bytes` of dynamic shared memory: above 48 KiB a
+/// kernel needs this explicit opt-in (up to 163 KiB on sm_80, 227 KiB on
+/// sm_90).
+pub(crate) fn allow_dynamic_smem(function: &CudaFunction, bytes: u32) -> Result<()> {
+    function
+        .set_attribute(
+            cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(driver_error("cuFuncSetAttribute(max dynamic shared memory)"))
+}
+
 pub(crate) fn driver_error(call: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Cuda(format!("{call}: {e}"))
 }

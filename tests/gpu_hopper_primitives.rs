@@ -8,7 +8,7 @@ mod common;
 
 use common::Rng;
 use common::gpu::gpu_or_skip;
-use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};
 use half::bf16;
 use nvlm_vision::abi::{NvlmPipelineSelftest, NvlmTmaSelftest, NvlmWgmmaSelftest};
 use nvlm_vision::cuda::{Gpu, KernelModule};
@@ -22,6 +22,18 @@ fn hopper_or_skip(test: &str) -> Option<Arc<Gpu>> {
         return None;
     }
     Some(gpu)
+}
+
+/// The self-test kernel `name` and a one-block launch of `threads`
+/// threads with `smem` bytes of dynamic shared memory.
+fn one_block(gpu: &Gpu, name: &str, threads: u32, smem: u32) -> (CudaFunction, LaunchConfig) {
+    let f = gpu.function(KernelModule::HopperSelftest, name).unwrap();
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    (f, cfg)
 }
 
 fn random_bf16(rng: &mut Rng, n: usize) -> Vec<u16> {
@@ -82,14 +94,7 @@ fn tma_load_fills_outside_with_zeros_and_store_clips() {
             box_height: box_h,
         };
         drop((_g1, _g2, _g3));
-        let f = gpu
-            .function(KernelModule::HopperSelftest, "selftest_tma_round_trip")
-            .unwrap();
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: box_w * box_h * 2,
-        };
+        let (f, cfg) = one_block(&gpu, "selftest_tma_round_trip", 128, box_w * box_h * 2);
         // SAFETY: the maps describe the live `src`/`dst` buffers; box_out
         // holds box_w * box_h elements.
         unsafe {
@@ -169,14 +174,7 @@ fn mbarrier_pipeline_streams_every_tile_once() {
             reserved: 0,
         };
         drop(g);
-        let f = gpu
-            .function(KernelModule::HopperSelftest, "selftest_mbarrier_pipeline")
-            .unwrap();
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (160, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let (f, cfg) = one_block(&gpu, "selftest_mbarrier_pipeline", 160, 0);
         // SAFETY: the map describes the live `matrix`; out holds 128 f32.
         unsafe { stream.launch_builder(&f).arg(&map).arg(&params).launch(cfg) }.unwrap();
         let got = stream.clone_dtoh(&out).unwrap();
@@ -225,14 +223,7 @@ fn wgmma_tile_matches_the_cpu_product() {
             c: pc,
         };
         drop((ga, gb, gc));
-        let f = gpu
-            .function(KernelModule::HopperSelftest, "selftest_wgmma_tile")
-            .unwrap();
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let (f, cfg) = one_block(&gpu, "selftest_wgmma_tile", 128, 0);
         // SAFETY: a, b hold 64x64 bf16 and c 64x64 f32.
         unsafe { stream.launch_builder(&f).arg(&params).launch(cfg) }.unwrap();
         let got = stream.clone_dtoh(&c).unwrap();
@@ -311,14 +302,7 @@ fn wgmma_reads_swizzled_k_major_tiles_loaded_by_tma() {
     );
     let params = nvlm_vision::abi::NvlmWgmmaSwizzledSelftest { c: pc };
     drop((ga, gb, gc));
-    let f = gpu
-        .function(KernelModule::HopperSelftest, "selftest_wgmma_swizzled")
-        .unwrap();
-    let cfg = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 4 * 8192 + 1024,
-    };
+    let (f, cfg) = one_block(&gpu, "selftest_wgmma_swizzled", 128, 4 * 8192 + 1024);
     // SAFETY: the maps describe the live a and b (64x128 bf16); c holds
     // 64x64 f32.
     unsafe {
@@ -360,14 +344,7 @@ fn wgmma_takes_a_from_registers_and_mn_major_b() {
     let v_map = swizzled_map(&gpu, pv, 64, 128);
     let params = nvlm_vision::abi::NvlmWgmmaRsSelftest { p: pp, c: pc };
     drop((gp, gv, gc));
-    let f = gpu
-        .function(KernelModule::HopperSelftest, "selftest_wgmma_rs")
-        .unwrap();
-    let cfg = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 2 * 8192 + 1024,
-    };
+    let (f, cfg) = one_block(&gpu, "selftest_wgmma_rs", 128, 2 * 8192 + 1024);
     // SAFETY: the map describes the live v (64x128 bf16); p holds 64x64
     // bf16 and c 64x128 f32.
     unsafe {

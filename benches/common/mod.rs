@@ -20,6 +20,20 @@ pub fn gpu_or_skip(bench: &str) -> Option<Arc<Gpu>> {
     }
 }
 
+/// Deterministic random bytes (xorshift), a different stream per `seed`:
+/// bench inputs are never zeros, which can run faster than real data.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// GPU time of `iters` calls of `launch(i)` queued back to back on the
 /// GPU's stream, from CUDA events around them (for criterion's
 /// `iter_custom`). `launch` gets the iteration index so callers can rotate

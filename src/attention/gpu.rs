@@ -7,10 +7,9 @@ use super::{
     check_qk_rms_norm, default_scale,
 };
 use crate::abi::{NvlmAttentionTensor, NvlmFlashAttention, NvlmQkRmsNorm};
-use crate::cuda::{Gpu, KernelModule, driver_error};
+use crate::cuda::{Gpu, KernelModule, allow_dynamic_smem, driver_error};
 use crate::error::{Error, Result};
 use crate::hopper::require_sm90a;
-use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 /// Query rows per block (8 warps of 16) and keys per K/V tile, as in the kernel.
@@ -154,15 +153,7 @@ fn launch_portable<T: AttentionElement>(
     let name = format!("flash_attention_{}_d{head_dim}", T::KERNEL_SUFFIX);
     let function = gpu.function(KernelModule::Attention, &name)?;
     let smem = flash_smem_bytes(head_dim);
-    // Above 48 KiB a kernel needs an explicit opt-in (sm_80: up to 163 KiB).
-    function
-        .set_attribute(
-            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(driver_error(
-            "cuFuncSetAttribute(max dynamic shared memory)",
-        ))?;
+    allow_dynamic_smem(&function, smem as u32)?;
 
     let params = NvlmFlashAttention {
         q: tensor_params(t.q.0, t.q.1),

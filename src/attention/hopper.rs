@@ -10,11 +10,10 @@ use crate::abi::{
     NVLM_HOPPER_ATTENTION_QUERY_ROWS, NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64,
     NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128, NVLM_HOPPER_ATTENTION_THREADS, NvlmHopperAttention,
 };
-use crate::cuda::{Gpu, KernelModule, driver_error};
+use crate::cuda::{Gpu, KernelModule, allow_dynamic_smem, driver_error};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
 use crate::hopper::{TensorMap, TiledTensor, TmaElement, TmaSwizzle};
-use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Keys per K/V tile and head_dim columns per 128-byte swizzle atom, as the
@@ -91,14 +90,7 @@ pub(super) fn launch<T: AttentionElement>(
     };
     let name = format!("attention_hopper_d{}_{}", q.head_dim, T::KERNEL_SUFFIX);
     let function = gpu.function(KernelModule::AttentionHopper, &name)?;
-    function
-        .set_attribute(
-            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(driver_error(
-            "cuFuncSetAttribute(max dynamic shared memory)",
-        ))?;
+    allow_dynamic_smem(&function, smem)?;
     let params = NvlmHopperAttention {
         o: t.out.0 + 2 * out.offset as u64,
         lse: t.lse,
