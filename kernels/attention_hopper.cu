@@ -238,10 +238,14 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             pa[t][3] = pack2<T>(s[8 * t + 6], s[8 * t + 7]);
         }
 
+        // Keys past kv_len have p = 0 exactly, so k16 steps made only of
+        // them add nothing: the 1-key tail tile of N = 1025 runs 1 of 8.
+        const int valid_keys = min(kKeyRows, static_cast<int>(p.kv_len) - key0);
         mbarrier_wait(&v_full[stage], round & 1);
         wgmma_fence();
 #pragma unroll
         for (int t = 0; t < kKeyRows / 16; ++t) {
+            if (16 * t >= valid_keys) break;
             // k16 step t: 16 V rows on; head_dim atoms kv_atom_bytes apart.
             const uint64_t dv = wgmma_descriptor(v_tile + t * 16 * kAtomRowBytes,
                                                  L::kv_atom_bytes, 1024, WgmmaSwizzle::B128);
