@@ -45,33 +45,35 @@ fn attention(c: &mut Criterion) {
     let stream = gpu.stream();
     let mut group = c.benchmark_group("attention");
     group.sample_size(30);
-    for (batch, heads, head_dim, tokens) in CASES {
-        let case = format!("B{batch}_H{heads}_D{head_dim}_N{tokens}");
-        let packed_len = batch * tokens * 3 * heads * head_dim;
-        let sets = (ROTATION_BYTES / (packed_len * 2)).max(1) + 1;
-        // Random values (never zeros: they can run faster than real data).
-        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ packed_len as u64;
-        let host: Vec<bf16> = (0..packed_len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                bf16::from_f32((x >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0)
-            })
-            .collect();
-        let qkv: Vec<_> = (0..sets)
-            .map(|_| stream.clone_htod(&host).unwrap())
-            .collect();
-        let out_layout = AttentionLayout::contiguous(batch, tokens, heads, head_dim);
-        let mut outs: Vec<_> = (0..sets)
-            .map(|_| {
-                stream
-                    .alloc_zeros::<bf16>(out_layout.span().unwrap())
-                    .unwrap()
-            })
-            .collect();
-        let part = |p| AttentionLayout::packed_qkv(batch, tokens, heads, head_dim, p);
-        for &(kernel, name) in &kernels {
+    // Every case on one kernel before the next: the Hopper kernel, last,
+    // cannot take the portable kernel's numbers with it if it fails.
+    for &(kernel, name) in &kernels {
+        for (batch, heads, head_dim, tokens) in CASES {
+            let case = format!("B{batch}_H{heads}_D{head_dim}_N{tokens}");
+            let packed_len = batch * tokens * 3 * heads * head_dim;
+            let sets = (ROTATION_BYTES / (packed_len * 2)).max(1) + 1;
+            // Random values (never zeros: they can run faster than real data).
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ packed_len as u64;
+            let host: Vec<bf16> = (0..packed_len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    bf16::from_f32((x >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0)
+                })
+                .collect();
+            let qkv: Vec<_> = (0..sets)
+                .map(|_| stream.clone_htod(&host).unwrap())
+                .collect();
+            let out_layout = AttentionLayout::contiguous(batch, tokens, heads, head_dim);
+            let mut outs: Vec<_> = (0..sets)
+                .map(|_| {
+                    stream
+                        .alloc_zeros::<bf16>(out_layout.span().unwrap())
+                        .unwrap()
+                })
+                .collect();
+            let part = |p| AttentionLayout::packed_qkv(batch, tokens, heads, head_dim, p);
             let samples = RefCell::new(Vec::new());
             group.bench_function(format!("{name}/{case}"), |b| {
                 b.iter_custom(|iters| {

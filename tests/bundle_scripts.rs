@@ -59,9 +59,16 @@ fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
     fs::write(bundle.join("ptxas_report.txt"), "ptxas info: fake\n").unwrap();
     fs::create_dir_all(bundle.join("fixtures")).unwrap();
     // Tests: one passes, one fails; both log their arguments and the GPU policy.
+    // gpu_good lists one Hopper test (run in a step of its own); every
+    // test in gpu_hopper_prims is one.
     write_exe(
         &bundle.join("bin/tests/gpu_good"),
-        "#!/bin/sh\necho \"args: $*\"\necho \"require: $NVLM_VISION_REQUIRE_GPU\"\n",
+        "#!/bin/sh\nif [ \"$1\" = --list ]; then echo 'plain: test'; echo 'hopper_case: test'; exit 0; fi\n\
+         echo \"args: $*\"\necho \"require: $NVLM_VISION_REQUIRE_GPU\"\n",
+    );
+    write_exe(
+        &bundle.join("bin/tests/gpu_hopper_prims"),
+        "#!/bin/sh\necho \"args: $*\"\n",
     );
     write_exe(
         &bundle.join("bin/tests/gpu_bad"),
@@ -145,6 +152,8 @@ fn run_script_runs_every_phase_and_summarises() {
         [
             "test-gpu_bad",
             "test-gpu_good",
+            "test-gpu_good-hopper",
+            "test-gpu_hopper_prims",
             "bench-gpu_stage",
             "peer_stage",
             "memcheck-gpu_bad",
@@ -153,10 +162,15 @@ fn run_script_runs_every_phase_and_summarises() {
             "memcheck-gpu_good",
             "racecheck-gpu_good",
             "initcheck-gpu_good",
+            "memcheck-gpu_hopper_prims",
+            "racecheck-gpu_hopper_prims",
+            "initcheck-gpu_hopper_prims",
         ]
     );
     let log = |name: &str| fs::read_to_string(results.join(format!("{name}.log"))).unwrap();
-    assert!(log("test-gpu_good").contains("args: --test-threads=1\nrequire: 1"));
+    assert!(log("test-gpu_good").contains("args: --test-threads=1 --skip hopper\nrequire: 1"));
+    assert!(log("test-gpu_good-hopper").contains("args: --test-threads=1 hopper\n"));
+    assert!(log("test-gpu_hopper_prims").contains("args: --test-threads=1\n"));
     assert!(log("memcheck-gpu_good").contains("args: --test-threads=1 --skip _at_model_shapes"));
     assert!(log("racecheck-gpu_good").starts_with("sanitizer racecheck"));
     assert!(log("bench-gpu_stage").contains("args: --bench"));
