@@ -93,6 +93,7 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: [OnceLock<Arc<CudaModule>>; KernelModule::ALL.len()],
+    compute_capability: (i32, i32),
 }
 
 impl Gpu {
@@ -115,25 +116,27 @@ impl Gpu {
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::CudaUnavailable(format!("no usable CUDA device {ordinal}: {e}")))?;
         let stream = ctx.default_stream();
-        Ok(Arc::new(Gpu {
-            ctx,
-            stream,
-            modules: std::array::from_fn(|_| OnceLock::new()),
-        }))
-    }
-
-    /// (major, minor) compute capability of the device.
-    pub fn compute_capability(&self) -> Result<(i32, i32)> {
         use cudarc::driver::sys::CUdevice_attribute::{
             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
         };
         let get = |a| {
-            self.ctx
-                .attribute(a)
+            ctx.attribute(a)
                 .map_err(driver_error("cuDeviceGetAttribute"))
         };
-        Ok((get(MAJOR)?, get(MINOR)?))
+        let compute_capability = (get(MAJOR)?, get(MINOR)?);
+        Ok(Arc::new(Gpu {
+            ctx,
+            stream,
+            modules: std::array::from_fn(|_| OnceLock::new()),
+            compute_capability,
+        }))
+    }
+
+    /// (major, minor) compute capability of the device, read once when it
+    /// was opened.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {

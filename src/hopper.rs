@@ -219,7 +219,7 @@ impl TensorMap {
 /// `Ok` on a device that runs this build's sm_90a code (compute capability
 /// 9.0 exactly: sm_90a code does not run on later architectures).
 pub fn require_sm90a(gpu: &Gpu, what: &str) -> Result<()> {
-    let (major, minor) = gpu.compute_capability()?;
+    let (major, minor) = gpu.compute_capability();
     if (major, minor) != (9, 0) {
         return Err(Error::Unsupported(format!(
             "{what} needs compute capability 9.0 (sm_90a); device 0 is {major}.{minor}"

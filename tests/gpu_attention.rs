@@ -9,7 +9,7 @@
 mod common;
 
 use common::Rng;
-use common::gpu::gpu_or_skip;
+use common::gpu::{gpu_or_skip, hopper_or_skip};
 use half::{bf16, f16};
 use nvlm_vision::Error;
 use nvlm_vision::attention::{
@@ -310,14 +310,10 @@ fn random_case(rng: &mut Rng, n_q: usize, n_kv: usize, head_dim: usize, packed: 
 /// The GPU, when it runs `kernel` (the Hopper kernel needs compute
 /// capability 9.0; elsewhere its tests skip).
 fn gpu_for(kernel: AttentionKernel, test: &str) -> Option<std::sync::Arc<Gpu>> {
-    let gpu = gpu_or_skip(test)?;
-    if kernel == AttentionKernel::Hopper
-        && let Err(e) = nvlm_vision::hopper::require_sm90a(&gpu, test)
-    {
-        eprintln!("skipped: {e}");
-        return None;
+    match kernel {
+        AttentionKernel::Portable => gpu_or_skip(test),
+        AttentionKernel::Hopper => hopper_or_skip(test),
     }
-    Some(gpu)
 }
 
 fn random_shapes<T: AttentionElement>(kernel: AttentionKernel, test: &str) {

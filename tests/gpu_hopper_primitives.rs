@@ -7,22 +7,12 @@
 mod common;
 
 use common::Rng;
-use common::gpu::gpu_or_skip;
+use common::gpu::hopper_or_skip;
 use cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};
 use half::bf16;
 use nvlm_vision::abi::{NvlmPipelineSelftest, NvlmTmaSelftest, NvlmWgmmaSelftest};
 use nvlm_vision::cuda::{Gpu, KernelModule};
-use nvlm_vision::hopper::{TensorMap, Tiled2d, TmaElement, TmaSwizzle, require_sm90a};
-use std::sync::Arc;
-
-fn hopper_or_skip(test: &str) -> Option<Arc<Gpu>> {
-    let gpu = gpu_or_skip(test)?;
-    if let Err(e) = require_sm90a(&gpu, test) {
-        eprintln!("skipped: {e}");
-        return None;
-    }
-    Some(gpu)
-}
+use nvlm_vision::hopper::{TensorMap, Tiled2d, TmaElement, TmaSwizzle};
 
 /// The self-test kernel `name` and a one-block launch of `threads`
 /// threads with `smem` bytes of dynamic shared memory.

@@ -2,23 +2,15 @@
 //! policy (skip without a device unless `NVLM_VISION_REQUIRE_GPU=1`).
 #![allow(dead_code)] // each bench uses a different subset
 
+// The same GPU policy as the tests.
+#[path = "../../tests/common/gpu.rs"]
+mod gpu;
+#[allow(unused_imports)] // not every bench touches the GPU
+pub use gpu::gpu_or_skip;
+
 use cudarc::driver::sys::CUevent_flags;
 use nvlm_vision::cuda::Gpu;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// Device 0, or `None` (after printing why) when the bench should skip.
-pub fn gpu_or_skip(bench: &str) -> Option<Arc<Gpu>> {
-    match Gpu::new(0) {
-        Ok(gpu) => Some(gpu),
-        Err(e) => {
-            let required = std::env::var("NVLM_VISION_REQUIRE_GPU").is_ok_and(|v| v == "1");
-            assert!(!required, "{bench}: NVLM_VISION_REQUIRE_GPU=1 but {e}");
-            eprintln!("skipped: no CUDA device ({bench}: {e})");
-            None
-        }
-    }
-}
 
 /// Deterministic random bytes (xorshift), a different stream per `seed`:
 /// bench inputs are never zeros, which can run faster than real data.

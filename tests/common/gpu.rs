@@ -16,3 +16,14 @@ pub fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
         }
     }
 }
+
+/// Device 0 when it runs this build's sm_90a code (compute capability 9.0),
+/// else `None` after printing why: Hopper tests skip on other GPUs.
+pub fn hopper_or_skip(test: &str) -> Option<Arc<Gpu>> {
+    let gpu = gpu_or_skip(test)?;
+    if let Err(e) = nvlm_vision::hopper::require_sm90a(&gpu, test) {
+        eprintln!("skipped: {e}");
+        return None;
+    }
+    Some(gpu)
+}
