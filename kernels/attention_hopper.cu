@@ -86,7 +86,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                                                   const CUtensorMap* v_map,
                                                   const NvlmHopperAttention& p) {
     using L = SmemLayout<D>;
-    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem_raw = dynamic_smem();
     const uint32_t misalign = smem_addr(smem_raw) % 1024;
     uint8_t* smem = smem_raw + (misalign ? 1024 - misalign : 0);
     __shared__ __align__(8) uint64_t q_full;

@@ -17,6 +17,8 @@ pub mod dtype;
 pub mod error;
 pub mod gemm;
 pub mod hopper;
+#[cfg(test)]
+mod host_emulation;
 pub mod preprocess;
 pub mod projector;
 

@@ -10,6 +10,14 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The block's dynamic shared memory (the launch's shared_mem_bytes). A
+// function rather than a declaration in each kernel, so that the host
+// emulation can supply its own.
+__device__ __forceinline__ uint8_t* dynamic_smem() {
+    extern __shared__ __align__(16) uint8_t nvlm_dynamic_smem[];
+    return nvlm_dynamic_smem;
+}
+
 #if __CUDA_ARCH__ >= 900
 // Shared memory written by ordinary stores and read next by TMA or wgmma
 // (the async proxy) needs this in each writing thread before the barrier.

@@ -806,9 +806,9 @@ mod tests {
     //! (tests/host_emulation/preprocess_on_cpu.cpp: 256 threads per block,
     //! __syncthreads as a barrier), which executes its indexing.
     use super::*;
+    use crate::host_emulation;
     use crate::preprocess::DhrConfig;
-    use std::path::PathBuf;
-    use std::process::Command;
+    use std::path::{Path, PathBuf};
     use std::sync::OnceLock;
 
     const GROUP: u32 = 4;
@@ -949,45 +949,18 @@ mod tests {
         static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
         BUILT
             .get_or_init(|| {
-                let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-                let dir =
-                    std::env::temp_dir().join(format!("nvlm-vision-emu-{}", std::process::id()));
-                std::fs::create_dir_all(&dir).unwrap();
-                let exe = dir.join("preprocess_on_cpu");
-                let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-                let built = Command::new(&cxx)
-                    .args(["-std=c++17", "-O1", "-g", "-fsanitize=address", "-pthread"])
-                    .args(["-Wall", "-Werror", "-Wno-unknown-pragmas", "-I"])
-                    .arg(root.join("kernels"))
-                    .arg(root.join("tests/host_emulation/preprocess_on_cpu.cpp"))
-                    .arg("-o")
-                    .arg(&exe)
-                    .output();
-                match built {
-                    Ok(o) if o.status.success() => Some(exe),
-                    Ok(o) => panic!(
-                        "{cxx} failed on the host emulation:\n{}",
-                        String::from_utf8_lossy(&o.stderr)
-                    ),
-                    Err(e) => {
-                        let ci = std::env::var("CI")
-                            .is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-                        assert!(
-                            !ci,
-                            "no C++ compiler ({cxx}: {e}); CI requires the host emulation"
-                        );
-                        eprintln!("skipped: no C++ compiler ({cxx}: {e})");
-                        None
-                    }
-                }
+                host_emulation::build(
+                    "preprocess_on_cpu",
+                    "tests/host_emulation/preprocess_on_cpu.cpp",
+                    &[host_emulation::root().join("kernels")],
+                    "address",
+                )
             })
             .as_ref()
     }
 
     /// Runs the kernel source on the CPU; returns the output tensor's bytes.
-    fn emulate(exe: &PathBuf, launch: &FusedLaunch, image: &[u8], out_bytes: usize) -> Vec<u8> {
-        let dir = exe.parent().unwrap();
-        let (launch_file, out_file) = (dir.join("launch.bin"), dir.join("out.bin"));
+    fn emulate(exe: &Path, launch: &FusedLaunch, image: &[u8], out_bytes: usize) -> Vec<u8> {
         let params_bytes = std::mem::size_of::<NvlmFusedPreprocess>();
         let blob: &[u8] = bytemuck::cast_slice(&launch.blob);
         let mut file = Vec::new();
@@ -1010,18 +983,7 @@ mod tests {
         });
         file.extend_from_slice(blob);
         file.extend_from_slice(image);
-        std::fs::write(&launch_file, file).unwrap();
-        let run = Command::new(exe)
-            .arg(&launch_file)
-            .arg(&out_file)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "host emulation failed:\n{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        std::fs::read(&out_file).unwrap()
+        host_emulation::run(exe, &file)
     }
 
     fn first_difference<T: bytemuck::Pod>(got: &[u8], want: &[T]) -> Option<usize> {

@@ -1,0 +1,29 @@
+// f16 for the host emulation, through the compiler's _Float16 (IEEE
+// binary16, conversions rounding to nearest even).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+struct __half {
+    uint16_t bits;
+};
+struct __half2 {
+    __half x, y;
+};
+
+inline __half emu_float_to_half(float f) {
+    const _Float16 h = static_cast<_Float16>(f);
+    __half out;
+    std::memcpy(&out.bits, &h, 2);
+    return out;
+}
+
+inline float emu_to_float(__half h) {
+    _Float16 v;
+    std::memcpy(&v, &h.bits, 2);
+    return static_cast<float>(v);
+}
+
+inline __half2 __floats2half2_rn(float lo, float hi) {
+    return {emu_float_to_half(lo), emu_float_to_half(hi)};
+}

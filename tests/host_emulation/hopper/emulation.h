@@ -1,0 +1,169 @@
+// The runtime under the host emulation of the sm_90a kernels: CUDA's
+// keywords as plain C++, one std::thread per CUDA thread, one block at a
+// time, and the block's shared memory, barriers and warp shuffles. The
+// Hopper primitives (mbarrier, TMA, wgmma) are emulated in common/*.cuh
+// beside this file, which replace kernels/common/ in the staged copy of the
+// kernel source (see src/attention/hopper.rs's tests).
+//
+// Every misuse the emulation can see (a shared address outside the
+// launch's dynamic shared memory, a global read outside the buffers, a
+// wait that never ends, a warpgroup whose threads disagree on a wgmma
+// operand) aborts with a message naming it.
+#pragma once
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#define __device__
+#define __forceinline__ inline
+#define __global__
+#define __launch_bounds__(...)
+// Function-local statics are one object for every thread, as __shared__
+// variables are one per block (blocks run one at a time).
+#define __shared__ static
+#define __grid_constant__
+#define __align__(n) __attribute__((aligned(n)))
+// The kernels' sm_90a code paths.
+#define __CUDA_ARCH_FEAT_SM90_ALL 1
+
+using std::max;
+using std::min;
+
+struct Dim3 {
+    uint32_t x = 0, y = 0, z = 0;
+};
+thread_local Dim3 threadIdx, blockIdx;
+inline Dim3 blockDim, gridDim;
+
+namespace emu {
+
+[[noreturn]] inline void fail(const char* format, ...) {
+    va_list args;
+    va_start(args, format);
+    std::fprintf(stderr, "emulation: block (%u,%u,%u) thread %u: ", blockIdx.x, blockIdx.y,
+                 blockIdx.z, threadIdx.x);
+    std::vfprintf(stderr, format, args);
+    std::fprintf(stderr, "\n");
+    va_end(args);
+    std::abort();
+}
+
+// Longer than any correct wait in these tests takes, even under ASan on a
+// loaded two-core machine; a wait this long is a deadlock.
+constexpr auto kDeadlock = std::chrono::seconds(30);
+
+// A reusable barrier for `n` threads.
+class Barrier {
+  public:
+    explicit Barrier(unsigned n) : n_(n) {}
+    void wait(const char* what) {
+        std::unique_lock<std::mutex> lock(m_);
+        const unsigned gen = gen_;
+        if (++waiting_ == n_) {
+            waiting_ = 0;
+            ++gen_;
+            cv_.notify_all();
+        } else if (!cv_.wait_for(lock, kDeadlock, [&] { return gen_ != gen; })) {
+            fail("deadlock: %u of %u threads at %s", waiting_, n_, what);
+        }
+    }
+
+  private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    unsigned n_, waiting_ = 0, gen_ = 0;
+};
+
+// Shared-window address of the first byte of dynamic shared memory: after
+// the block's static __shared__ variables, as on the GPU, so the kernels'
+// own alignment of their tiles is exercised.
+constexpr uint32_t kDynamicSmemBase = 0x50;
+
+struct Block {
+    std::unique_ptr<Barrier> all;
+    std::vector<std::unique_ptr<Barrier>> warpgroups, warps;
+    std::vector<float> shuffle;         // one slot per thread
+    std::vector<float> wgmma_a;         // [warpgroup][64][16]: register A operands
+    std::vector<uint64_t> wgmma_check;  // [thread][3]: operands every thread must agree on
+    std::vector<uint8_t> smem;          // the dynamic shared memory
+};
+inline Block block;
+
+// Global memory: the one buffer the launch file holds.
+inline const uint8_t* global_begin = nullptr;
+inline const uint8_t* global_end = nullptr;
+
+inline void start(uint32_t threads, uint32_t smem_bytes) {
+    if (threads % 128 != 0) fail("%u threads: not whole warpgroups", threads);
+    block.all = std::make_unique<Barrier>(threads);
+    for (uint32_t i = 0; i < threads / 128; ++i)
+        block.warpgroups.push_back(std::make_unique<Barrier>(128));
+    for (uint32_t i = 0; i < threads / 32; ++i) block.warps.push_back(std::make_unique<Barrier>(32));
+    block.shuffle.assign(threads, 0.0f);
+    block.wgmma_a.assign(threads / 128 * 64 * 16, 0.0f);
+    block.wgmma_check.assign(threads * 3, 0);
+    block.smem.assign(smem_bytes, 0);
+}
+
+// 0xFF bytes: NaN in bf16, f16 and f32, so a read of shared memory no copy
+// wrote shows up in the output.
+inline void poison_smem() { std::fill(block.smem.begin(), block.smem.end(), 0xFF); }
+
+inline uint32_t shared_address(const void* p) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    const uint8_t* base = block.smem.data();
+    if (b < base || b > base + block.smem.size())
+        fail("smem_addr(%p): not in the dynamic shared memory", p);
+    return kDynamicSmemBase + static_cast<uint32_t>(b - base);
+}
+
+// The bytes at shared address [address, address + bytes).
+inline uint8_t* shared_bytes(uint32_t address, uint32_t bytes) {
+    if (address < kDynamicSmemBase || address - kDynamicSmemBase + bytes > block.smem.size())
+        fail("shared address %#x (+%u bytes) is outside the launch's %zu bytes of dynamic shared "
+             "memory",
+             address, bytes, block.smem.size());
+    return block.smem.data() + (address - kDynamicSmemBase);
+}
+
+inline const uint8_t* global_bytes(uint64_t address, uint64_t bytes) {
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(address);
+    if (p < global_begin || p + bytes > global_end)
+        fail("global read of %llu bytes at %p is outside the buffers",
+             static_cast<unsigned long long>(bytes), static_cast<const void*>(p));
+    return p;
+}
+
+// The 16-byte chunk permutation of the 32/64/128-byte swizzles: address
+// bits [4, 4 + b) ^= bits [7, 7 + b) (cute's Swizzle<b, 4, 3>), on the
+// shared-window address, as TMA and wgmma both apply it.
+inline uint32_t swizzle(uint32_t address, uint32_t span_bytes) {
+    const uint32_t mask = span_bytes / 16 - 1;  // 7, 3, 1
+    return address ^ (((address >> 7) & mask) << 4);
+}
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::block.all->wait("__syncthreads"); }
+
+inline float __shfl_xor_sync(uint32_t mask, float value, int lane_mask) {
+    if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync with a partial mask");
+    const uint32_t t = threadIdx.x, warp = t / 32;
+    emu::block.shuffle[t] = value;
+    emu::block.warps[warp]->wait("__shfl_xor_sync");
+    const float other = emu::block.shuffle[warp * 32 + ((t % 32) ^ lane_mask)];
+    emu::block.warps[warp]->wait("__shfl_xor_sync");
+    return other;
+}
+
+inline float __log2f(float x) { return std::log2(x); }
+[[noreturn]] inline void __trap() { emu::fail("__trap"); }
