@@ -240,16 +240,26 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
 
         // Keys past kv_len have p = 0 exactly, so k16 steps made only of
         // them add nothing: the 1-key tail tile of N = 1025 runs 1 of 8.
+        // Full tiles take a branch-free path: a branch between wgmmas makes
+        // ptxas put a warpgroup.arrive before each (C7519 in its report).
         const int valid_keys = min(kKeyRows, static_cast<int>(p.kv_len) - key0);
+        // k16 step t: 16 V rows on; head_dim atoms kv_atom_bytes apart.
+        const auto v_step = [&](int t) {
+            return wgmma_descriptor(v_tile + t * 16 * kAtomRowBytes, L::kv_atom_bytes, 1024,
+                                    WgmmaSwizzle::B128);
+        };
         mbarrier_wait(&v_full[stage], round & 1);
-        wgmma_fence();
+        if (valid_keys == kKeyRows) {
+            wgmma_fence();
 #pragma unroll
-        for (int t = 0; t < kKeyRows / 16; ++t) {
-            if (16 * t >= valid_keys) break;
-            // k16 step t: 16 V rows on; head_dim atoms kv_atom_bytes apart.
-            const uint64_t dv = wgmma_descriptor(v_tile + t * 16 * kAtomRowBytes,
-                                                 L::kv_atom_bytes, 1024, WgmmaSwizzle::B128);
-            wgmma_rs<D, T>(o, pa[t], dv, true);
+            for (int t = 0; t < kKeyRows / 16; ++t) wgmma_rs<D, T>(o, pa[t], v_step(t), true);
+        } else {
+            wgmma_fence();
+#pragma unroll
+            for (int t = 0; t < kKeyRows / 16; ++t) {
+                if (16 * t >= valid_keys) break;
+                wgmma_rs<D, T>(o, pa[t], v_step(t), true);
+            }
         }
         wgmma_commit_group();
         wgmma_wait_group<0>();
