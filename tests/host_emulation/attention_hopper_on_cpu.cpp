@@ -123,6 +123,7 @@ int main(int argc, char** argv) {
                         if (tid == 0) emu::poison_smem();
                         emu::block.all->wait("block start");
                         kernel(maps[0], maps[1], maps[2], p);
+                        emu::check_nothing_in_flight();
                         emu::block.all->wait("block end");
                     }
                 }

@@ -8,14 +8,21 @@
 // then the 128-byte swizzle on the shared-window address. Fragments follow
 // the ISA's m64nNk16 figures: D as the comment in kernels/common/wgmma.cuh,
 // A from registers as mma.sync's m16n8k16 A fragment, warp w holding rows
-// 16w..16w+15. Each wgmma runs to completion when issued, so commit and
-// wait have nothing to do; every thread of the warpgroup must issue it with
-// the same descriptors, which is checked.
+// 16w..16w+15.
+//
+// Asynchrony as the ISA states it: a wgmma runs when wgmma.wait_group
+// retires its group, not when issued. Its operands (shared memory and the
+// A registers) are read at issue and again when it runs, and must not
+// have changed in between; its accumulator registers must not be written
+// while it is in flight; a group never waited for is an error at the end
+// of the block. Every thread of the warpgroup must issue the same wgmma
+// (the same descriptors), which is checked.
 #pragma once
 #include "common/ptx.cuh"
 #include "common/wgmma_descriptor.cuh"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <deque>
 
 namespace emu {
 
@@ -67,8 +74,8 @@ inline float mn_major(const Descriptor& d, uint32_t k, uint32_t n) {
     return load_element<T>(address, d);
 }
 
-// Every thread of the warpgroup issues the same instruction: the calling
-// threads meet, and each checks its operands against the first thread's.
+// The calling warpgroup's threads meet; each checks that its operands
+// match the first thread's.
 inline void check_uniform(uint64_t a, uint64_t b, bool accumulate) {
     const uint32_t t = threadIdx.x, group = t / 128;
     uint64_t* mine = &block.wgmma_check[3 * t];
@@ -79,63 +86,191 @@ inline void check_uniform(uint64_t a, uint64_t b, bool accumulate) {
     const uint64_t* first = &block.wgmma_check[3 * (group * 128)];
     if (mine[0] != first[0] || mine[1] != first[1] || mine[2] != first[2])
         fail("wgmma operands differ from thread %u's in the same warpgroup", group * 128);
+    block.warpgroups[group]->wait("wgmma");
 }
 
-// acc[4j + i] of this thread: row, column of D.
+// acc[i] of this thread: row, column of D.
 inline uint32_t d_row(uint32_t i) { return 16 * (threadIdx.x % 128 / 32) + threadIdx.x % 32 / 4 + 8 * (i % 4 / 2); }
 inline uint32_t d_col(uint32_t i) { return 8 * (i / 4) + 2 * (threadIdx.x % 4) + i % 2; }
+
+// A wgmma issued by this thread and not yet run.
+struct Wgmma {
+    float* acc;
+    uint32_t acc_count;  // N / 2
+    bool accumulate;
+    // The accumulators at issue, when no earlier wgmma in flight writes them.
+    std::vector<float> acc_at_issue;
+    const uint32_t* a_registers;  // nullptr: A in shared memory
+    uint32_t a_at_issue[4];
+    uint64_t desc_a, desc_b;
+    // This thread's rows of A (shared-memory A) and columns of B.
+    std::vector<float> (*operands)(const Wgmma&);
+    std::vector<float> operands_at_issue;
+    // acc (+)= this thread's part of the product.
+    void (*run)(Wgmma&, const std::vector<float>& operands, const float* a_tile);
+};
+
+thread_local std::vector<Wgmma> open_group;
+thread_local std::deque<std::vector<Wgmma>> committed;
+
+inline bool in_flight(const float* acc) {
+    for (const Wgmma& w : open_group)
+        if (w.acc == acc) return true;
+    for (const auto& group : committed)
+        for (const Wgmma& w : group)
+            if (w.acc == acc) return true;
+    return false;
+}
+
+// Operand values of the elements this thread's accumulators need: rows
+// r and r + 8 of A (when in shared memory), then its columns of B.
+template <int N, typename T>
+std::vector<float> ss_operands(const Wgmma& w) {
+    const Descriptor a = decode(w.desc_a), b = decode(w.desc_b);
+    std::vector<float> v;
+    for (uint32_t h = 0; h < 2; ++h)
+        for (uint32_t k = 0; k < 16; ++k) v.push_back(k_major<T>(a, d_row(2 * h), k));
+    for (uint32_t i = 0; i < N / 2; i += 4)
+        for (uint32_t e = 0; e < 2; ++e)
+            for (uint32_t k = 0; k < 16; ++k) v.push_back(k_major<T>(b, d_col(i + e), k));
+    return v;
+}
+
+template <int N, typename T>
+std::vector<float> rs_operands(const Wgmma& w) {
+    const Descriptor b = decode(w.desc_b);
+    std::vector<float> v;
+    for (uint32_t i = 0; i < N / 2; i += 4)
+        for (uint32_t e = 0; e < 2; ++e)
+            for (uint32_t k = 0; k < 16; ++k) v.push_back(mn_major<T>(b, k, d_col(i + e)));
+    return v;
+}
+
+// `a_rows`: A's rows r and r + 8 (16 values each); `b_cols`: B's columns
+// in the order of the operand vectors above.
+inline void multiply(Wgmma& w, const float* a_rows, const float* b_cols) {
+    for (uint32_t i = 0; i < w.acc_count; ++i) {
+        const float* a = a_rows + 16 * (i % 4 / 2);
+        const float* b = b_cols + 16 * (2 * (i / 4) + i % 2);
+        float sum = 0.0f;
+        for (uint32_t k = 0; k < 16; ++k) sum = std::fma(a[k], b[k], sum);
+        w.acc[i] = w.accumulate ? w.acc[i] + sum : sum;
+    }
+}
+
+inline void run_ss(Wgmma& w, const std::vector<float>& operands, const float*) {
+    multiply(w, operands.data(), operands.data() + 32);
+}
+
+inline void run_rs(Wgmma& w, const std::vector<float>& operands, const float* a_tile) {
+    float a_rows[32];
+    const uint32_t r = d_row(0);
+    std::memcpy(a_rows, a_tile + r * 16, 16 * sizeof(float));
+    std::memcpy(a_rows + 16, a_tile + (r + 8) * 16, 16 * sizeof(float));
+    multiply(w, a_rows, operands.data());
+}
+
+template <typename T>
+void unpack_a(const uint32_t (&a)[4], float* a_tile) {
+    const uint32_t t = threadIdx.x % 128;
+    const uint32_t r = 16 * (t / 32) + t % 32 / 4, q = t % 4;
+    for (uint32_t reg = 0; reg < 4; ++reg) {
+        const uint32_t row = r + 8 * (reg % 2), k = 2 * q + 8 * (reg / 2);
+        const uint16_t halves[2] = {static_cast<uint16_t>(a[reg]), static_cast<uint16_t>(a[reg] >> 16)};
+        for (uint32_t e = 0; e < 2; ++e) {
+            T value;
+            std::memcpy(&value, &halves[e], 2);
+            a_tile[row * 16 + k + e] = emu_to_float(value);
+        }
+    }
+}
+
+template <typename T>
+void issue(float* acc, uint32_t acc_count, const uint32_t* a_registers, uint64_t desc_a,
+           uint64_t desc_b, bool accumulate, std::vector<float> (*operands)(const Wgmma&),
+           void (*run)(Wgmma&, const std::vector<float>&, const float*)) {
+    check_uniform(desc_a, desc_b, accumulate);
+    Wgmma w{};
+    w.acc = acc;
+    w.acc_count = acc_count;
+    w.accumulate = accumulate;
+    if (!in_flight(acc)) w.acc_at_issue.assign(acc, acc + acc_count);
+    w.a_registers = a_registers;
+    if (a_registers) std::memcpy(w.a_at_issue, a_registers, sizeof w.a_at_issue);
+    w.desc_a = desc_a;
+    w.desc_b = desc_b;
+    w.operands = operands;
+    w.operands_at_issue = operands(w);
+    w.run = run;
+    open_group.push_back(std::move(w));
+}
+
+template <typename T>
+void run_group(std::vector<Wgmma>& group) {
+    const uint32_t warpgroup = threadIdx.x / 128;
+    float* a_tile = &block.wgmma_a[warpgroup * 64 * 16];
+    for (Wgmma& w : group) {
+        const std::vector<float> now = w.operands(w);
+        if (std::memcmp(now.data(), w.operands_at_issue.data(), now.size() * sizeof(float)) != 0)
+            fail("a wgmma's shared-memory operand changed between its issue and its wait");
+        if (!w.acc_at_issue.empty() &&
+            std::memcmp(w.acc, w.acc_at_issue.data(), w.acc_count * sizeof(float)) != 0)
+            fail("accumulator registers written while a wgmma on them was in flight");
+        if (w.a_registers) {
+            if (std::memcmp(w.a_registers, w.a_at_issue, sizeof w.a_at_issue) != 0)
+                fail("A registers written while the wgmma reading them was in flight");
+            unpack_a<T>(w.a_at_issue, a_tile);
+        }
+        block.warpgroups[warpgroup]->wait("wgmma run");
+        w.run(w, now, a_tile);
+        block.warpgroups[warpgroup]->wait("wgmma run");
+    }
+}
+
+// Element type of the wgmmas in flight (one kernel uses one).
+thread_local void (*run_group_of_type)(std::vector<Wgmma>&) = nullptr;
+
+// Called by the driver when a thread's block ends.
+inline void check_nothing_in_flight() {
+    if (!open_group.empty() || !committed.empty())
+        fail("the block ended with wgmmas issued and never waited for");
+}
 
 }  // namespace emu
 
 namespace nvlm {
 
 inline void wgmma_fence() {}
-inline void wgmma_commit_group() {}
+
+inline void wgmma_commit_group() {
+    emu::committed.push_back(std::move(emu::open_group));
+    emu::open_group.clear();
+}
+
+// Runs every committed group but the `Pending` most recent.
 template <int Pending>
-inline void wgmma_wait_group() {}
+inline void wgmma_wait_group() {
+    while (emu::committed.size() > static_cast<size_t>(Pending)) {
+        emu::run_group_of_type(emu::committed.front());
+        emu::committed.pop_front();
+    }
+}
+
 template <int N>
 inline void wgmma_fence_operands(float (&)[N]) {}
 
 // acc (64 x N) (+)= A (64 x 16, K-major) * B (N x 16, K-major)^T.
 template <int N, typename T>
 inline void wgmma_ss(float (&acc)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
-    emu::check_uniform(desc_a, desc_b, accumulate);
-    const emu::Descriptor a = emu::decode(desc_a), b = emu::decode(desc_b);
-    for (uint32_t i = 0; i < N / 2; ++i) {
-        const uint32_t row = emu::d_row(i), col = emu::d_col(i);
-        float sum = 0.0f;
-        for (uint32_t k = 0; k < 16; ++k)
-            sum = std::fma(emu::k_major<T>(a, row, k), emu::k_major<T>(b, col, k), sum);
-        acc[i] = accumulate ? acc[i] + sum : sum;
-    }
-    // No thread may start the next wgmma before all have read their operands.
-    emu::block.warpgroups[threadIdx.x / 128]->wait("wgmma");
+    emu::run_group_of_type = emu::run_group<T>;
+    emu::issue<T>(acc, N / 2, nullptr, desc_a, desc_b, accumulate, emu::ss_operands<N, T>, emu::run_ss);
 }
 
 // acc (64 x N) (+)= A (64 x 16, registers) * B (16 x N, MN-major).
 template <int N, typename T>
 inline void wgmma_rs(float (&acc)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate) {
-    const uint32_t t = threadIdx.x % 128, group = threadIdx.x / 128;
-    float* a_tile = &emu::block.wgmma_a[group * 64 * 16];
-    const uint32_t r = 16 * (t / 32) + t % 32 / 4, q = t % 4;
-    for (uint32_t reg = 0; reg < 4; ++reg) {
-        const uint32_t row = r + 8 * (reg % 2), k = 2 * q + 8 * (reg / 2);
-        T lo, hi;
-        const uint16_t lo_bits = static_cast<uint16_t>(a[reg]), hi_bits = static_cast<uint16_t>(a[reg] >> 16);
-        std::memcpy(&lo, &lo_bits, 2);
-        std::memcpy(&hi, &hi_bits, 2);
-        a_tile[row * 16 + k] = emu_to_float(lo);
-        a_tile[row * 16 + k + 1] = emu_to_float(hi);
-    }
-    emu::check_uniform(0, desc_b, accumulate);  // also: every A fragment is in place
-    const emu::Descriptor b = emu::decode(desc_b);
-    for (uint32_t i = 0; i < N / 2; ++i) {
-        const uint32_t row = emu::d_row(i), col = emu::d_col(i);
-        float sum = 0.0f;
-        for (uint32_t k = 0; k < 16; ++k) sum = std::fma(a_tile[row * 16 + k], emu::mn_major<T>(b, k, col), sum);
-        acc[i] = accumulate ? acc[i] + sum : sum;
-    }
-    emu::block.warpgroups[group]->wait("wgmma");
+    emu::run_group_of_type = emu::run_group<T>;
+    emu::issue<T>(acc, N / 2, a, 0, desc_b, accumulate, emu::rs_operands<N, T>, emu::run_rs);
 }
 
 }  // namespace nvlm
