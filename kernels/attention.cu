@@ -36,9 +36,13 @@
 // chunk c ^ (r % 8), so the 8 row addresses of every ldmatrix (and the
 // cp.async writes) fall in 8 different bank groups.
 #include "abi.h"
+#include "common/ptx.cuh"
+#include "common/warp_mma.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+using namespace nvlm;
 
 namespace {
 
@@ -67,14 +71,6 @@ struct Elem<__nv_bfloat16> {
     static __device__ __forceinline__ uint16_t from_float(float x) {
         return __bfloat16_as_ushort(__float2bfloat16_rn(x));
     }
-    static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0,
-                                               uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
 };
 
 template <>
@@ -89,57 +85,7 @@ struct Elem<__half> {
     static __device__ __forceinline__ uint16_t from_float(float x) {
         return __half_as_ushort(__float2half_rn(x));
     }
-    static __device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0,
-                                               uint32_t b1) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
 };
-
-// ---- PTX wrappers ----
-
-// 16 bytes global -> shared, bypassing L1; `valid == false` writes zeros
-// and reads nothing (src-size 0).
-__device__ __forceinline__ void cp_async_16(uint32_t smem, const void* global, bool valid) {
-    const int src_bytes = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(global),
-                 "r"(src_bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// Waits until at most `kPending` of this thread's cp.async groups are in flight.
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], uint32_t smem) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem)
-                 : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], uint32_t smem) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem)
-                 : "memory");
-}
-
-// 2^x on the SFU; 2^-inf = +0, which masked keys rely on.
-__device__ __forceinline__ float exp2_approx(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
 
 // ---- shared-memory tiles ----
 
@@ -182,8 +128,7 @@ __device__ __forceinline__ void flash_attention_forward(const NvlmFlashAttention
     // Q is read into registers once, so it borrows stage 1, which the
     // prefetch of K/V tile 1 overwrites only after a barrier.
     static_assert(kBlockM * D * 2 == kStageBytes, "Q tile must fit in one stage");
-    extern __shared__ __align__(128) uint8_t smem[];
-    const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    const uint32_t smem_base = smem_addr(dynamic_smem());
     const uint32_t q_smem = smem_base + kStageBytes;
 
     const int warp = static_cast<int>(threadIdx.x) / 32;
@@ -270,8 +215,8 @@ __device__ __forceinline__ void flash_attention_forward(const NvlmFlashAttention
                         uint32_t kf[4];
                         ldmatrix_x4(kf, k_smem + tile_offset<D>(np * 16 + (lane & 7) + (lane >> 4) * 8,
                                                                 ks * 2 + ((lane >> 3) & 1)));
-                        E::mma(s[2 * np], q_frag[ks], kf[0], kf[1]);
-                        E::mma(s[2 * np + 1], q_frag[ks], kf[2], kf[3]);
+                        mma_m16n8k16<T>(s[2 * np], q_frag[ks], kf[0], kf[1]);
+                        mma_m16n8k16<T>(s[2 * np + 1], q_frag[ks], kf[2], kf[3]);
                     }
                 }
             }
@@ -298,7 +243,7 @@ __device__ __forceinline__ void flash_attention_forward(const NvlmFlashAttention
                 // Finite: every tile has a valid key. On the first tile the
                 // old max is -inf, so alpha = 2^-inf = 0.
                 const float new_max = fmaxf(row_max[r], tile_max[r]);
-                alpha[r] = exp2_approx(row_max[r] - new_max);
+                alpha[r] = fast_exp2(row_max[r] - new_max);
                 row_max[r] = new_max;
                 row_sum[r] *= alpha[r];
             }
@@ -306,7 +251,7 @@ __device__ __forceinline__ void flash_attention_forward(const NvlmFlashAttention
             for (int nb = 0; nb < kBlockN / 8; ++nb) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const float pe = exp2_approx(s[nb][e] - row_max[e >> 1]);
+                    const float pe = fast_exp2(s[nb][e] - row_max[e >> 1]);
                     s[nb][e] = pe;
                     row_sum[e >> 1] += pe;
                 }
@@ -337,8 +282,8 @@ __device__ __forceinline__ void flash_attention_forward(const NvlmFlashAttention
                         uint32_t vf[4];
                         ldmatrix_x4_trans(vf, v_smem + tile_offset<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
                                                                       dp * 2 + (lane >> 4)));
-                        E::mma(o[2 * dp], pa, vf[0], vf[1]);
-                        E::mma(o[2 * dp + 1], pa, vf[2], vf[3]);
+                        mma_m16n8k16<T>(o[2 * dp], pa, vf[0], vf[1]);
+                        mma_m16n8k16<T>(o[2 * dp + 1], pa, vf[2], vf[3]);
                     }
                 }
             }

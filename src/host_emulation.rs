@@ -1,9 +1,17 @@
-//! Builds the host emulations of the kernels (tests/host_emulation): a
-//! kernel's own CUDA source compiled as C++ for the CPU under a sanitizer,
-//! which unit tests run where no GPU is in reach. Test-only.
+//! The host emulation of the kernels (tests/host_emulation): a kernel
+//! file's own CUDA source compiled as C++ for the CPU over an emulated
+//! runtime and emulated PTX primitives, under a sanitizer, which unit tests
+//! run where no GPU is in reach. Test-only.
+//!
+//! A driver (`tests/host_emulation/<kernel>_on_cpu.cpp`) includes the
+//! kernel file from a staged copy of kernels/ in which the emulated headers
+//! (tests/host_emulation/cuda) replace kernels/common's; [`LaunchFile`]
+//! describes one launch to it (format: tests/host_emulation/cuda/launch.h).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The crate's root, where kernels/ and tests/ are.
@@ -20,6 +28,29 @@ pub fn scratch_dir(what: &str) -> PathBuf {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// kernels/ as it is, with tests/host_emulation/cuda copied over it: the
+/// emulated common/ headers replace the real ones (those without an
+/// emulated twin, such as the wgmma descriptor encoder, stay).
+fn staged_kernels() -> PathBuf {
+    let dir = scratch_dir("kernels");
+    copy_tree(&root().join("kernels"), &dir);
+    copy_tree(&root().join("tests/host_emulation/cuda"), &dir);
     dir
 }
 
@@ -66,6 +97,27 @@ pub fn build(
     }
 }
 
+/// tests/host_emulation/`driver`.cpp over the staged kernels, built once
+/// per test binary and sanitizer ("address" or "thread"); `None` as
+/// [`build`].
+pub fn emulator(driver: &str, sanitizer: &str) -> Option<PathBuf> {
+    static BUILT: Mutex<Option<HashMap<String, Option<PathBuf>>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let key = format!("{driver}_{sanitizer}");
+    built
+        .get_or_insert_with(HashMap::new)
+        .entry(key.clone())
+        .or_insert_with(|| {
+            build(
+                &key,
+                &format!("tests/host_emulation/{driver}.cpp"),
+                &[staged_kernels()],
+                sanitizer,
+            )
+        })
+        .clone()
+}
+
 /// Runs `exe` on `launch` (written to a fresh file) and returns what it
 /// wrote to its output file; panics with its stderr when it fails.
 pub fn run(exe: &Path, launch: &[u8]) -> Vec<u8> {
@@ -86,4 +138,104 @@ pub fn run(exe: &Path, launch: &[u8]) -> Vec<u8> {
     let out = std::fs::read(&out_file).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     out
+}
+
+/// The emulated device memory's first address (any 16-byte aligned one).
+pub const DEVICE_BASE: u64 = 0x7f00_0000_0000;
+
+/// The device memory of one launch: buffers 256-byte aligned in one blob
+/// that starts at [`DEVICE_BASE`].
+#[derive(Default)]
+pub struct Memory(pub Vec<u8>);
+
+impl Memory {
+    /// Appends `data`; returns its device address.
+    pub fn put<E: bytemuck::Pod>(&mut self, data: &[E]) -> u64 {
+        let at = self.0.len().next_multiple_of(256);
+        self.0.resize(at, 0);
+        self.0.extend_from_slice(bytemuck::cast_slice(data));
+        DEVICE_BASE + at as u64
+    }
+
+    /// `len` elements at device `address` of a memory image.
+    pub fn get<E: bytemuck::Pod>(image: &[u8], address: u64, len: usize) -> Vec<E> {
+        let at = (address - DEVICE_BASE) as usize;
+        bytemuck::pod_collect_to_vec(&image[at..at + len * size_of::<E>()])
+    }
+}
+
+/// A tensor map as the emulator takes it: what `cuTensorMapEncodeTiled`
+/// would be given for a rank-4 tensor.
+pub struct EmulatedTensorMap {
+    pub address: u64,
+    pub element_bytes: u64,
+    pub dims: [u64; 4],
+    pub strides_bytes: [u64; 4],
+    pub box_dims: [u64; 4],
+    pub swizzle_bytes: u64,
+}
+
+/// One kernel launch for an emulator.
+pub struct LaunchFile<'a> {
+    pub kernel: &'a str,
+    pub grid: (u32, u32, u32),
+    pub threads: u32,
+    pub smem_bytes: u32,
+    /// The kernel's parameter struct, as launched.
+    pub params: &'a [u8],
+    /// Byte offsets in `params` of device addresses.
+    pub pointers: &'a [usize],
+    pub maps: &'a [EmulatedTensorMap],
+    pub memory: &'a Memory,
+}
+
+impl LaunchFile<'_> {
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut file = b"NVLMEMU1".to_vec();
+        let mut put = |v: u64| file.extend_from_slice(&v.to_le_bytes());
+        for v in [
+            DEVICE_BASE,
+            self.memory.0.len() as u64,
+            self.grid.0.into(),
+            self.grid.1.into(),
+            self.grid.2.into(),
+            self.threads.into(),
+            self.smem_bytes.into(),
+            self.params.len() as u64,
+            self.pointers.len() as u64,
+            self.maps.len() as u64,
+            self.kernel.len() as u64,
+        ] {
+            put(v);
+        }
+        file.extend_from_slice(self.kernel.as_bytes());
+        let mut put = |v: u64| file.extend_from_slice(&v.to_le_bytes());
+        for &offset in self.pointers {
+            put(offset as u64);
+        }
+        for m in self.maps {
+            put(m.address);
+            put(4);
+            put(m.element_bytes);
+            m.dims
+                .iter()
+                .chain(&m.strides_bytes)
+                .chain(&m.box_dims)
+                .for_each(|&v| put(v));
+            put(m.swizzle_bytes);
+        }
+        file.extend_from_slice(self.params);
+        file.extend_from_slice(&self.memory.0);
+        file
+    }
+}
+
+/// The bytes of a parameter struct.
+///
+/// # Safety
+/// `P` has no padding bytes (abi.h orders every struct's fields so).
+pub unsafe fn param_bytes<P: Copy>(params: &P) -> &[u8] {
+    // SAFETY: `params` is a live `P`, read as its size in bytes, every one
+    // initialised (no padding, by the caller's promise).
+    unsafe { std::slice::from_raw_parts((params as *const P).cast::<u8>(), size_of::<P>()) }
 }

@@ -41,7 +41,8 @@ __device__ __forceinline__ void warpgroup_registers_claim() {
 #endif
 
 // 2^x by the hardware approximation (2 ulp), the exponential of the online
-// softmax; exp2f without fast-math is several instructions.
+// softmax (2^-inf = +0, which masked keys rely on); exp2f without
+// fast-math is several instructions.
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

@@ -1,7 +1,7 @@
 // wgmma shared-memory matrix descriptors (PTX ISA, "Matrix Descriptor
 // Format"): plain arithmetic, kept apart from the instructions
 // (common/wgmma.cuh) so that the host emulation of the kernels
-// (tests/host_emulation/hopper) decodes exactly what this encodes.
+// (tests/host_emulation/cuda) decodes exactly what this encodes.
 #pragma once
 #include "common/ptx.cuh"
 

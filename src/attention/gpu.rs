@@ -144,38 +144,54 @@ pub(super) struct DeviceTensors<'a> {
     pub lse: u64,
 }
 
+/// A launch of the portable kernel, made without a device so that the
+/// host emulation runs exactly this launch.
+pub(super) struct PortableLaunch {
+    pub params: NvlmFlashAttention,
+    pub config: LaunchConfig,
+    pub kernel: String,
+}
+
+pub(super) fn portable_launch<T: AttentionElement>(
+    t: &DeviceTensors<'_>,
+    scale: f32,
+) -> PortableLaunch {
+    let (q_layout, head_dim) = (t.q.1, t.q.1.head_dim);
+    let smem = flash_smem_bytes(head_dim) as u32;
+    PortableLaunch {
+        params: NvlmFlashAttention {
+            q: tensor_params(t.q.0, t.q.1),
+            k: tensor_params(t.k.0, t.k.1),
+            v: tensor_params(t.v.0, t.v.1),
+            o: tensor_params(t.out.0, t.out.1),
+            lse: t.lse,
+            // Checked: heads <= 65535, tokens <= i32::MAX.
+            heads: q_layout.heads as i32,
+            q_len: q_layout.tokens as i32,
+            kv_len: t.k.1.tokens as i32,
+            scale_log2: scale * std::f32::consts::LOG2_E,
+        },
+        config: LaunchConfig {
+            grid_dim: (
+                q_layout.tokens.div_ceil(BLOCK_M) as u32,
+                q_layout.heads as u32,
+                q_layout.batch as u32,
+            ),
+            block_dim: (FLASH_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        },
+        kernel: format!("flash_attention_{}_d{head_dim}", T::KERNEL_SUFFIX),
+    }
+}
+
 fn launch_portable<T: AttentionElement>(
     gpu: &Gpu,
     t: &DeviceTensors<'_>,
     scale: f32,
 ) -> Result<()> {
-    let (q_layout, head_dim) = (t.q.1, t.q.1.head_dim);
-    let name = format!("flash_attention_{}_d{head_dim}", T::KERNEL_SUFFIX);
-    let function = gpu.function(KernelModule::Attention, &name)?;
-    let smem = flash_smem_bytes(head_dim);
-    allow_dynamic_smem(&function, smem as u32)?;
-
-    let params = NvlmFlashAttention {
-        q: tensor_params(t.q.0, t.q.1),
-        k: tensor_params(t.k.0, t.k.1),
-        v: tensor_params(t.v.0, t.v.1),
-        o: tensor_params(t.out.0, t.out.1),
-        lse: t.lse,
-        // Checked: heads <= 65535, tokens <= i32::MAX.
-        heads: q_layout.heads as i32,
-        q_len: q_layout.tokens as i32,
-        kv_len: t.k.1.tokens as i32,
-        scale_log2: scale * std::f32::consts::LOG2_E,
-    };
-    let config = LaunchConfig {
-        grid_dim: (
-            q_layout.tokens.div_ceil(BLOCK_M) as u32,
-            q_layout.heads as u32,
-            q_layout.batch as u32,
-        ),
-        block_dim: (FLASH_THREADS, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
+    let launch = portable_launch::<T>(t, scale);
+    let function = gpu.function(KernelModule::Attention, &launch.kernel)?;
+    allow_dynamic_smem(&function, launch.config.shared_mem_bytes)?;
     // SAFETY: check_flash_attention bounded every index the kernel forms by
     // the buffers' lengths, the addresses are 16-byte aligned, out does not
     // overlap itself, and the stream orders the launch after the buffers'
@@ -183,11 +199,35 @@ fn launch_portable<T: AttentionElement>(
     unsafe {
         gpu.stream()
             .launch_builder(&function)
-            .arg(&params)
-            .launch(config)
+            .arg(&launch.params)
+            .launch(launch.config)
     }
-    .map_err(driver_error(&name))?;
+    .map_err(driver_error(&launch.kernel))?;
     Ok(())
+}
+
+/// The qk-RMSNorm launch for the `[qkv, q weight, k weight]` device
+/// addresses.
+pub(super) fn rms_norm_launch(
+    rows: &QkvRows,
+    [qkv, q_weight, k_weight]: [u64; 3],
+    eps: f32,
+) -> (NvlmQkRmsNorm, LaunchConfig) {
+    let params = NvlmQkRmsNorm {
+        qkv,
+        q_weight,
+        k_weight,
+        token_stride: rows.row_len() as i64,
+        part_stride: (rows.heads_padded * rows.head_dim) as i64,
+        width: rows.width() as u32,
+        eps,
+    };
+    let config = LaunchConfig {
+        grid_dim: (rows.tokens as u32, 1, 1),
+        block_dim: (NORM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    (params, config)
 }
 
 /// InternViT-6B's qk-RMSNorm in place on the packed qkv rows `[tokens, 3,
@@ -220,20 +260,7 @@ pub fn qk_rms_norm<T: AttentionElement>(
     ] {
         check_aligned(addr, what)?;
     }
-    let params = NvlmQkRmsNorm {
-        qkv: qkv_addr,
-        q_weight: qw_addr,
-        k_weight: kw_addr,
-        token_stride: rows.row_len() as i64,
-        part_stride: (rows.heads_padded * rows.head_dim) as i64,
-        width: rows.width() as u32,
-        eps,
-    };
-    let config = LaunchConfig {
-        grid_dim: (rows.tokens as u32, 1, 1),
-        block_dim: (NORM_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let (params, config) = rms_norm_launch(rows, [qkv_addr, qw_addr, kw_addr], eps);
     // SAFETY: check_qk_rms_norm bounded the rows and weights by the
     // buffers' lengths; head_dim % 8 == 0 and aligned addresses make every
     // 16-byte access aligned; one block owns each token row.

@@ -26,6 +26,8 @@
 
 mod block;
 mod cpu;
+#[cfg(test)]
+mod emulated;
 mod gpu;
 mod hopper;
 

@@ -27,3 +27,8 @@ inline float emu_to_float(__half h) {
 inline __half2 __floats2half2_rn(float lo, float hi) {
     return {emu_float_to_half(lo), emu_float_to_half(hi)};
 }
+
+inline float __half2float(__half h) { return emu_to_float(h); }
+inline __half __float2half_rn(float f) { return emu_float_to_half(f); }
+inline __half __ushort_as_half(unsigned short bits) { return {bits}; }
+inline unsigned short __half_as_ushort(__half h) { return h.bits; }

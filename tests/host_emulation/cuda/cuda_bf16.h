@@ -1,5 +1,5 @@
-// bf16 for the host emulation: the storage type and the one conversion the
-// kernels use, rounding to nearest even as __floats2bfloat162_rn does.
+// bf16 for the host emulation: the storage type and the conversions the
+// kernels use, rounding to nearest even as the _rn intrinsics do.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -29,3 +29,8 @@ inline float emu_to_float(__nv_bfloat16 h) {
 inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
     return {emu_float_to_bf16(lo), emu_float_to_bf16(hi)};
 }
+
+inline float __bfloat162float(__nv_bfloat16 h) { return emu_to_float(h); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return emu_float_to_bf16(f); }
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short bits) { return {bits}; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }

@@ -1,9 +1,10 @@
-// The runtime under the host emulation of the sm_90a kernels: CUDA's
-// keywords as plain C++, one std::thread per CUDA thread, one block at a
-// time, and the block's shared memory, barriers and warp shuffles. The
-// Hopper primitives (mbarrier, TMA, wgmma) are emulated in common/*.cuh
-// beside this file, which replace kernels/common/ in the staged copy of the
-// kernel source (see src/attention/hopper.rs's tests).
+// The runtime under the host emulation of the kernels: CUDA's keywords as
+// plain C++, one std::thread per CUDA thread, one block at a time, and the
+// block's shared memory, barriers and warp shuffles. The PTX primitives
+// (cp.async, ldmatrix, mma.sync, mbarrier, TMA, wgmma) are emulated in
+// common/*.cuh beside this file, which replace kernels/common/ in the
+// staged copy of the kernel source (src/host_emulation.rs); launch.h runs
+// a launch.
 //
 // Every misuse the emulation can see (a shared address outside the
 // launch's dynamic shared memory, a global read outside the buffers, a
@@ -37,6 +38,10 @@
 
 using std::max;
 using std::min;
+
+struct alignas(16) uint4 {
+    uint32_t x, y, z, w;
+};
 
 struct Dim3 {
     uint32_t x = 0, y = 0, z = 0;
@@ -92,11 +97,19 @@ struct Block {
     std::unique_ptr<Barrier> all;
     std::vector<std::unique_ptr<Barrier>> warpgroups, warps;
     std::vector<float> shuffle;         // one slot per thread
+    std::vector<uint32_t> warp_words;   // [thread][8]: collective operands
     std::vector<float> wgmma_a;         // [warpgroup][64][16]: register A operands
     std::vector<uint64_t> wgmma_check;  // [thread][3]: operands every thread must agree on
     std::vector<uint8_t> smem;          // the dynamic shared memory
 };
 inline Block block;
+
+// Checks each thread runs when its block ends (registered by the
+// primitives: a wgmma or cp.async never waited for).
+inline std::vector<void (*)()>& end_of_block_checks() {
+    static std::vector<void (*)()> checks;
+    return checks;
+}
 
 // Global memory: the one buffer the launch file holds.
 inline const uint8_t* global_begin = nullptr;
@@ -109,6 +122,7 @@ inline void start(uint32_t threads, uint32_t smem_bytes) {
         block.warpgroups.push_back(std::make_unique<Barrier>(128));
     for (uint32_t i = 0; i < threads / 32; ++i) block.warps.push_back(std::make_unique<Barrier>(32));
     block.shuffle.assign(threads, 0.0f);
+    block.warp_words.assign(threads * 8, 0);
     block.wgmma_a.assign(threads / 128 * 64 * 16, 0.0f);
     block.wgmma_check.assign(threads * 3, 0);
     block.smem.assign(smem_bytes, 0);

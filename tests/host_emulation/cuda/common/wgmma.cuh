@@ -230,11 +230,12 @@ void run_group(std::vector<Wgmma>& group) {
 // Element type of the wgmmas in flight (one kernel uses one).
 thread_local void (*run_group_of_type)(std::vector<Wgmma>&) = nullptr;
 
-// Called by the driver when a thread's block ends.
-inline void check_nothing_in_flight() {
+inline void check_no_wgmma_in_flight() {
     if (!open_group.empty() || !committed.empty())
         fail("the block ended with wgmmas issued and never waited for");
 }
+inline const bool wgmma_check_registered =
+    (end_of_block_checks().push_back(check_no_wgmma_in_flight), true);
 
 }  // namespace emu
 

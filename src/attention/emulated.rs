@@ -1,0 +1,463 @@
+//! The attention kernels' own source run on the CPU (src/host_emulation.rs,
+//! tests/host_emulation): the launches [`super::gpu::portable_launch`] and
+//! [`super::hopper::plan`] make, executed by 256 (portable) or 384 (Hopper)
+//! threads per block over emulated PTX primitives, under the address
+//! sanitizer and, for small cases, the thread sanitizer. Outputs are held
+//! to the GPU suite's rule against the f64 reference. The primitives
+//! follow the PTX ISA's text, so this checks the kernels' use of them
+//! (pipelines, fragment, swizzle and descriptor arithmetic, tails, output
+//! indexing), not that the hardware reads the ISA the same way: the GPU
+//! suite (tests/gpu_hopper_primitives.rs first) does that.
+
+use super::gpu::{DeviceTensors, portable_launch, rms_norm_launch};
+use super::hopper;
+use super::*;
+use crate::abi::{
+    NVLM_HOPPER_ATTENTION_THREADS, NvlmAttentionTensor, NvlmFlashAttention, NvlmHopperAttention,
+    NvlmQkRmsNorm,
+};
+use crate::dtype::Dtype;
+use crate::hopper::TmaSwizzle;
+use crate::host_emulation::{self, EmulatedTensorMap, LaunchFile, Memory};
+use half::{bf16, f16};
+use std::mem::offset_of;
+use std::path::Path;
+
+fn emulator(kernel: AttentionKernel, sanitizer: &str) -> Option<std::path::PathBuf> {
+    let driver = match kernel {
+        AttentionKernel::Portable => "attention_on_cpu",
+        AttentionKernel::Hopper => "attention_hopper_on_cpu",
+    };
+    host_emulation::emulator(driver, sanitizer)
+}
+
+/// SplitMix64 in [-1, 1).
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Arrangement {
+    /// q, k, v each `[B, N, H, D]`.
+    Contiguous,
+    /// Views of one `[B, N, 3, H, D]` buffer (needs Nq = Nkv).
+    PackedQkv,
+    /// q, k, v each torch's `[B, H, N, D]`: tokens inside heads.
+    HeadsOuter,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    batch: usize,
+    heads: usize,
+    q_len: usize,
+    kv_len: usize,
+    head_dim: usize,
+    arrangement: Arrangement,
+    /// Output rows 16 elements wider than the heads: the gaps must stay.
+    padded_out: bool,
+    lse: bool,
+}
+
+fn heads_outer(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> AttentionLayout {
+    AttentionLayout {
+        batch,
+        tokens,
+        heads,
+        head_dim,
+        offset: 0,
+        strides: [heads * tokens * head_dim, head_dim, tokens * head_dim],
+    }
+}
+
+fn launch_file<T: AttentionElement>(
+    kernel: AttentionKernel,
+    tensors: &DeviceTensors<'_>,
+    scale: f32,
+    memory: &Memory,
+) -> (Vec<u8>, String) {
+    if kernel == AttentionKernel::Portable {
+        let launch = portable_launch::<T>(tensors, scale);
+        let pointer = |tensor: usize| tensor + offset_of!(NvlmAttentionTensor, ptr);
+        let file = LaunchFile {
+            kernel: &launch.kernel,
+            grid: launch.config.grid_dim,
+            threads: launch.config.block_dim.0,
+            smem_bytes: launch.config.shared_mem_bytes,
+            // SAFETY: abi.h's structs have no padding.
+            params: unsafe { host_emulation::param_bytes(&launch.params) },
+            pointers: &[
+                pointer(offset_of!(NvlmFlashAttention, q)),
+                pointer(offset_of!(NvlmFlashAttention, k)),
+                pointer(offset_of!(NvlmFlashAttention, v)),
+                pointer(offset_of!(NvlmFlashAttention, o)),
+                offset_of!(NvlmFlashAttention, lse),
+            ],
+            maps: &[],
+            memory,
+        }
+        .bytes();
+        return (file, launch.kernel);
+    }
+    let plan = hopper::plan::<T>(tensors, scale).unwrap();
+    let maps: Vec<EmulatedTensorMap> = plan
+        .inputs
+        .iter()
+        .map(|t| EmulatedTensorMap {
+            address: t.address,
+            element_bytes: t.element.size_bytes(),
+            dims: t.dims,
+            strides_bytes: t.strides_bytes,
+            box_dims: t.box_dims.map(u64::from),
+            swizzle_bytes: match t.swizzle {
+                TmaSwizzle::None => 0,
+                TmaSwizzle::B32 => 32,
+                TmaSwizzle::B64 => 64,
+                TmaSwizzle::B128 => 128,
+            },
+        })
+        .collect();
+    let file = LaunchFile {
+        kernel: &plan.kernel,
+        grid: plan.grid,
+        threads: NVLM_HOPPER_ATTENTION_THREADS,
+        smem_bytes: plan.smem_bytes,
+        // SAFETY: abi.h's structs have no padding.
+        params: unsafe { host_emulation::param_bytes(&plan.params) },
+        pointers: &[
+            offset_of!(NvlmHopperAttention, o),
+            offset_of!(NvlmHopperAttention, lse),
+        ],
+        maps: &maps,
+        memory,
+    }
+    .bytes();
+    (file, plan.kernel)
+}
+
+/// Runs `case` on the emulator and checks it; returns the kernel's and
+/// the naive same-precision reference's largest error.
+fn check_case<T: AttentionElement>(
+    kernel: AttentionKernel,
+    exe: &Path,
+    case: Case,
+    seed: u64,
+) -> (f64, f64) {
+    let Case {
+        batch: b,
+        heads: h,
+        q_len: n_q,
+        kv_len: n_kv,
+        head_dim: d,
+        ..
+    } = case;
+    let mut rng = Rng(seed);
+    let mut fill = |n: usize| -> Vec<T> { (0..n).map(|_| T::from_f32(rng.unit())).collect() };
+    let mut memory = Memory::default();
+    let (layouts, addresses, inputs): ([AttentionLayout; 3], [u64; 3], Vec<Vec<T>>) =
+        match case.arrangement {
+            Arrangement::PackedQkv => {
+                assert_eq!(n_q, n_kv);
+                let layout = |part| AttentionLayout::packed_qkv(b, n_q, h, d, part);
+                let qkv = fill(b * n_q * 3 * h * d);
+                let at = memory.put(&qkv);
+                let layouts = [QkvPart::Q, QkvPart::K, QkvPart::V].map(layout);
+                (layouts, [at; 3], vec![qkv.clone(), qkv.clone(), qkv])
+            }
+            arrangement => {
+                let layout = |n| match arrangement {
+                    Arrangement::HeadsOuter => heads_outer(b, n, h, d),
+                    _ => AttentionLayout::contiguous(b, n, h, d),
+                };
+                let layouts = [layout(n_q), layout(n_kv), layout(n_kv)];
+                let data: Vec<Vec<T>> = layouts.iter().map(|l| fill(l.span().unwrap())).collect();
+                let addresses = [0, 1, 2].map(|i| memory.put(&data[i]));
+                (layouts, addresses, data)
+            }
+        };
+    let row = h * d + if case.padded_out { 16 } else { 0 };
+    let out_layout = AttentionLayout {
+        strides: [n_q * row, row, d],
+        ..AttentionLayout::contiguous(b, n_q, h, d)
+    };
+    let poison = T::from_f32(f32::NAN);
+    let out_len = out_layout.span().unwrap();
+    let out_at = memory.put(&vec![poison; out_len]);
+    let lse_at = if case.lse {
+        memory.put(&vec![f32::NAN; b * h * n_q])
+    } else {
+        0
+    };
+    let tensors = DeviceTensors {
+        q: (addresses[0], &layouts[0]),
+        k: (addresses[1], &layouts[1]),
+        v: (addresses[2], &layouts[2]),
+        out: (out_at, &out_layout),
+        lse: lse_at,
+    };
+    let scale = default_scale(d);
+    let (file, name) = launch_file::<T>(kernel, &tensors, scale, &memory);
+    let after = host_emulation::run(exe, &file);
+    let what = format!("{case:?} {name}");
+
+    for (i, input) in inputs.iter().enumerate() {
+        let now: Vec<T> = Memory::get(&after, addresses[i], input.len());
+        let unchanged: &[u8] = bytemuck::cast_slice(input);
+        assert!(
+            bytemuck::cast_slice::<T, u8>(&now) == unchanged,
+            "{what}: input {i} changed"
+        );
+    }
+    let out: Vec<T> = Memory::get(&after, out_at, out_len);
+    let mut inside = vec![false; out_len];
+    for (bi, ni, hi) in
+        (0..b).flat_map(|x| (0..n_q).flat_map(move |y| (0..h).map(move |z| (x, y, z))))
+    {
+        let s = out_layout.index(bi, ni, hi, 0);
+        inside[s..s + d].fill(true);
+    }
+    for (i, (x, is_in)) in out.iter().zip(&inside).enumerate() {
+        let bits_kept = bytemuck::bytes_of(x) == bytemuck::bytes_of(&poison);
+        assert!(
+            if *is_in {
+                x.to_f32().is_finite()
+            } else {
+                bits_kept
+            },
+            "{what}: output element {i} ({} the layout) is {}",
+            if *is_in { "inside" } else { "outside" },
+            x.to_f32()
+        );
+    }
+
+    let view = |i: usize| AttentionTensor::new(&inputs[i][..], layouts[i]);
+    let (q, k, v) = (view(0), view(1), view(2));
+    let (want, want_lse) = attention_f64(&q, &k, &v, f64::from(scale)).unwrap();
+    let naive = attention_same_precision(&q, &k, &v, scale).unwrap();
+    let dense = AttentionLayout::contiguous(b, n_q, h, d);
+    let (mut err, mut naive_err, mut ref_max) = (0f64, 0f64, 0f64);
+    let (mut err_sq, mut naive_sq, mut ref_sq) = (0f64, 0f64, 0f64);
+    for bi in 0..b {
+        for ni in 0..n_q {
+            for hi in 0..h {
+                let (s, r) = (out_layout.index(bi, ni, hi, 0), dense.index(bi, ni, hi, 0));
+                for j in 0..d {
+                    let (got, nv, w) = (
+                        f64::from(out[s + j].to_f32()),
+                        f64::from(naive[r + j].to_f32()),
+                        want[r + j],
+                    );
+                    err = err.max((got - w).abs());
+                    naive_err = naive_err.max((nv - w).abs());
+                    ref_max = ref_max.max(w.abs());
+                    err_sq += (got - w).powi(2);
+                    naive_sq += (nv - w).powi(2);
+                    ref_sq += w * w;
+                }
+            }
+        }
+    }
+    // The GPU suite's rule (FlashAttention's): twice the naive error.
+    let atol = 1e-5 * ref_max.max(1e-3);
+    assert!(
+        err <= 2.0 * naive_err + atol,
+        "{what}: max error {err:.3e} > 2 x naive same-precision error {naive_err:.3e} + {atol:.1e}"
+    );
+    let (rel, naive_rel) = ((err_sq / ref_sq).sqrt(), (naive_sq / ref_sq).sqrt());
+    assert!(
+        rel <= 2.0 * naive_rel + 1e-5,
+        "{what}: relative error {rel:.3e} > 2 x naive {naive_rel:.3e}"
+    );
+    if case.lse {
+        let lse: Vec<f32> = Memory::get(&after, lse_at, b * h * n_q);
+        for (i, (got, want)) in lse.iter().zip(&want_lse).enumerate() {
+            let e = (f64::from(*got) - want).abs() / (1.0 + want.abs());
+            assert!(e <= 1e-4, "{what}: LSE {i} is {got}, want {want}");
+        }
+    }
+    (err, naive_err)
+}
+
+fn case(
+    (batch, heads, q_len, kv_len, head_dim): (usize, usize, usize, usize, usize),
+    arrangement: Arrangement,
+    padded_out: bool,
+    lse: bool,
+) -> Case {
+    Case {
+        batch,
+        heads,
+        q_len,
+        kv_len,
+        head_dim,
+        arrangement,
+        padded_out,
+        lse,
+    }
+}
+
+/// Tails of one key and one query; Nq != Nkv both ways; every input
+/// arrangement (for the Hopper kernel: token- or head-inner tensor maps);
+/// K/V pipelines wrapping several times; last query tiles with one active
+/// warp or warpgroup; padded output rows; both dtypes and head dims. The
+/// bool picks f16.
+fn cases() -> [(Case, bool); 6] {
+    use Arrangement::*;
+    [
+        (case((1, 1, 1, 1, 64), Contiguous, false, true), false),
+        (case((2, 3, 65, 130, 128), HeadsOuter, false, true), true),
+        (case((1, 2, 129, 129, 128), PackedQkv, true, false), false),
+        (case((2, 2, 200, 63, 64), Contiguous, true, true), true),
+        (case((1, 2, 257, 257, 64), PackedQkv, false, true), false),
+        (case((1, 1, 1025, 1025, 64), PackedQkv, false, true), true),
+    ]
+}
+
+fn matches_the_f64_reference(kernel: AttentionKernel) {
+    let Some(exe) = emulator(kernel, "address") else {
+        return;
+    };
+    for (seed, (case, f16)) in cases().into_iter().enumerate() {
+        let (err, naive) = if f16 {
+            check_case::<f16>(kernel, &exe, case, seed as u64 + 1)
+        } else {
+            check_case::<bf16>(kernel, &exe, case, seed as u64 + 1)
+        };
+        eprintln!("{kernel:?} {case:?} f16 {f16}: max error {err:.2e}, naive {naive:.2e}");
+    }
+}
+
+/// Small cases whose K/V pipelines wrap (3+ tiles) and end in a key tail.
+fn has_no_data_race(kernel: AttentionKernel) {
+    let Some(exe) = emulator(kernel, "thread") else {
+        return;
+    };
+    use Arrangement::*;
+    check_case::<bf16>(
+        kernel,
+        &exe,
+        case((1, 1, 130, 300, 64), Contiguous, false, true),
+        11,
+    );
+    check_case::<f16>(
+        kernel,
+        &exe,
+        case((1, 1, 65, 257, 128), HeadsOuter, true, false),
+        12,
+    );
+}
+
+#[test]
+fn portable_kernel_source_on_the_cpu_matches_the_f64_reference() {
+    matches_the_f64_reference(AttentionKernel::Portable);
+}
+
+#[test]
+fn portable_kernel_source_on_the_cpu_has_no_data_race() {
+    has_no_data_race(AttentionKernel::Portable);
+}
+
+#[test]
+fn hopper_kernel_source_on_the_cpu_matches_the_f64_reference() {
+    matches_the_f64_reference(AttentionKernel::Hopper);
+}
+
+#[test]
+fn hopper_kernel_source_on_the_cpu_has_no_data_race() {
+    has_no_data_race(AttentionKernel::Hopper);
+}
+
+/// qk-RMSNorm over NVLM's padded rows (dummy heads and v untouched) and
+/// unpadded ones, in both dtypes, within the GPU suite's two units.
+fn rms_norm_case<T: AttentionElement>(exe: &Path, rows: QkvRows, seed: u64) {
+    let mut rng = Rng(seed);
+    let mut fill = |n: usize, amplitude: f32| -> Vec<T> {
+        (0..n)
+            .map(|_| T::from_f32(amplitude * rng.unit()))
+            .collect()
+    };
+    let before = fill(rows.tokens * rows.row_len(), 3.0);
+    let q_weight = fill(rows.heads_padded * rows.head_dim, 2.0);
+    let k_weight = fill(rows.heads_padded * rows.head_dim, 2.0);
+    let mut want = before.clone();
+    qk_rms_norm_reference(&mut want, &rows, &q_weight, &k_weight, 1e-6).unwrap();
+    let mut memory = Memory::default();
+    let addresses = [
+        memory.put(&before),
+        memory.put(&q_weight),
+        memory.put(&k_weight),
+    ];
+    let (params, config) = rms_norm_launch(&rows, addresses, 1e-6);
+    let name = format!("qk_rms_norm_{}", T::KERNEL_SUFFIX);
+    let file = LaunchFile {
+        kernel: &name,
+        grid: config.grid_dim,
+        threads: config.block_dim.0,
+        smem_bytes: config.shared_mem_bytes,
+        // SAFETY: abi.h's structs have no padding.
+        params: unsafe { host_emulation::param_bytes(&params) },
+        pointers: &[
+            offset_of!(NvlmQkRmsNorm, qkv),
+            offset_of!(NvlmQkRmsNorm, q_weight),
+            offset_of!(NvlmQkRmsNorm, k_weight),
+        ],
+        maps: &[],
+        memory: &memory,
+    }
+    .bytes();
+    let got: Vec<T> = Memory::get(&host_emulation::run(exe, &file), addresses[0], before.len());
+    let part_len = rows.heads_padded * rows.head_dim;
+    let unit = if T::DTYPE == Dtype::Bf16 {
+        2f32.powi(-7)
+    } else {
+        2f32.powi(-10)
+    };
+    for (i, ((g, w), b)) in got.iter().zip(&want).zip(&before).enumerate() {
+        let column = i % rows.row_len();
+        let normalised = column % part_len < rows.width() && column < 2 * part_len;
+        let (g, w) = (g.to_f32(), w.to_f32());
+        if normalised {
+            assert!(
+                (g - w).abs() <= w.abs() * 2.0 * unit,
+                "{rows:?} {:?} element {i}: {g} vs {w}",
+                T::DTYPE
+            );
+        } else {
+            assert_eq!(
+                g.to_bits(),
+                b.to_f32().to_bits(),
+                "{rows:?}: element {i} changed"
+            );
+        }
+    }
+}
+
+#[test]
+fn qk_rms_norm_source_on_the_cpu_matches_the_reference() {
+    let Some(exe) = emulator(AttentionKernel::Portable, "address") else {
+        return;
+    };
+    let padded = QkvRows {
+        tokens: 3,
+        heads_padded: 32,
+        heads_real: 25,
+        head_dim: 128,
+    };
+    let plain = QkvRows {
+        tokens: 2,
+        heads_padded: 3,
+        heads_real: 3,
+        head_dim: 64,
+    };
+    rms_norm_case::<bf16>(&exe, padded, 21);
+    rms_norm_case::<f16>(&exe, plain, 22);
+}

@@ -1,0 +1,138 @@
+// The launch side of the host emulation: reads a launch file written by
+// src/host_emulation.rs, runs the grid (one block at a time, one
+// std::thread per CUDA thread) and writes the device memory back.
+//
+// Launch file, little-endian: "NVLMEMU1"; u64 device_base, memory_bytes,
+// grid x, y, z, threads, smem_bytes, params_bytes, pointers, maps,
+// name_bytes; the kernel name; `pointers` u64 byte offsets into the params
+// of device addresses to rebase (0 stays a null pointer); per tensor map
+// 16 u64 (address, rank, element bytes, dims[4], strides_bytes[4],
+// box[4], swizzle bytes); the params; the device memory.
+#pragma once
+#include <cuda.h>
+#include "emulation.h"
+
+#include <fstream>
+#include <functional>
+#include <map>
+#include <string>
+#include <thread>
+
+namespace emu {
+
+// One kernel entry: runs it for the current thread and block.
+using Kernel = std::function<void(const uint8_t* params, const CUtensorMap* maps)>;
+
+template <typename Params>
+Kernel kernel(void (*entry)(Params)) {
+    return [entry](const uint8_t* params, const CUtensorMap*) {
+        Params p;
+        std::memcpy(&p, params, sizeof p);
+        entry(p);
+    };
+}
+
+template <typename Params>
+Kernel kernel(void (*entry)(CUtensorMap, CUtensorMap, CUtensorMap, Params)) {
+    return [entry](const uint8_t* params, const CUtensorMap* maps) {
+        Params p;
+        std::memcpy(&p, params, sizeof p);
+        entry(maps[0], maps[1], maps[2], p);
+    };
+}
+
+[[noreturn]] inline void usage(const char* what) {
+    std::fprintf(stderr, "launch file: %s\n", what);
+    std::exit(2);
+}
+
+inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>& kernels) {
+    if (argc != 3) usage("usage: EMULATOR LAUNCH_FILE OUT_FILE");
+    std::ifstream in(argv[1], std::ios::binary);
+    const auto u64 = [&] {
+        uint64_t v = 0;
+        in.read(reinterpret_cast<char*>(&v), 8);
+        return v;
+    };
+    char magic[8];
+    in.read(magic, 8);
+    if (!in || std::memcmp(magic, "NVLMEMU1", 8) != 0) usage("not a launch file");
+    const uint64_t device_base = u64(), memory_bytes = u64();
+    Dim3 grid;
+    grid.x = static_cast<uint32_t>(u64());
+    grid.y = static_cast<uint32_t>(u64());
+    grid.z = static_cast<uint32_t>(u64());
+    const uint32_t threads = static_cast<uint32_t>(u64());
+    const uint32_t smem_bytes = static_cast<uint32_t>(u64());
+    const uint64_t params_bytes = u64(), pointers = u64(), map_count = u64(), name_bytes = u64();
+    std::string name(name_bytes, '\0');
+    in.read(name.data(), static_cast<std::streamsize>(name_bytes));
+    std::vector<uint64_t> pointer_offsets(pointers);
+    for (uint64_t& o : pointer_offsets) o = u64();
+    std::vector<CUtensorMap> maps(map_count);
+    for (CUtensorMap& m : maps) {
+        m = CUtensorMap{};
+        m.address = u64();
+        m.rank = static_cast<uint32_t>(u64());
+        m.element_bytes = static_cast<uint32_t>(u64());
+        for (uint32_t d = 0; d < 4; ++d) m.dims[d] = u64();
+        for (uint32_t d = 0; d < 4; ++d) m.strides_bytes[d] = u64();
+        for (uint32_t d = 0; d < 4; ++d) m.box[d] = static_cast<uint32_t>(u64());
+        m.swizzle_bytes = static_cast<uint32_t>(u64());
+    }
+    std::vector<uint8_t> params(params_bytes);
+    in.read(reinterpret_cast<char*>(params.data()), static_cast<std::streamsize>(params_bytes));
+    // Exactly the launch's bytes, so the sanitizer sees any access past the end.
+    std::vector<uint8_t> memory(memory_bytes);
+    in.read(reinterpret_cast<char*>(memory.data()), static_cast<std::streamsize>(memory_bytes));
+    if (!in) usage("short launch file");
+    const auto host = [&](uint64_t address) -> uint64_t {
+        if (address < device_base || address - device_base > memory_bytes)
+            usage("a device address outside the launch's memory");
+        return reinterpret_cast<uint64_t>(memory.data()) + (address - device_base);
+    };
+    for (const uint64_t o : pointer_offsets) {
+        if (o + 8 > params_bytes) usage("a pointer offset past the params");
+        uint64_t address;
+        std::memcpy(&address, &params[o], 8);
+        if (address != 0) address = host(address);
+        std::memcpy(&params[o], &address, 8);
+    }
+    for (CUtensorMap& m : maps) m.address = host(m.address);
+    global_begin = memory.data();
+    global_end = memory.data() + memory.size();
+
+    const auto found = kernels.find(name);
+    if (found == kernels.end()) usage(("no kernel " + name).c_str());
+    const Kernel& kernel = found->second;
+    gridDim = grid;
+    blockDim.x = threads;
+    blockDim.y = blockDim.z = 1;
+    start(threads, smem_bytes);
+    std::vector<std::thread> pool;
+    for (uint32_t tid = 0; tid < threads; ++tid) {
+        pool.emplace_back([&, tid] {
+            threadIdx.x = tid;
+            for (uint32_t z = 0; z < grid.z; ++z) {
+                for (uint32_t y = 0; y < grid.y; ++y) {
+                    for (uint32_t x = 0; x < grid.x; ++x) {
+                        blockIdx.x = x;
+                        blockIdx.y = y;
+                        blockIdx.z = z;
+                        if (tid == 0) poison_smem();
+                        block.all->wait("block start");
+                        kernel(params.data(), maps.data());
+                        for (void (*check)() : end_of_block_checks()) check();
+                        block.all->wait("block end");
+                    }
+                }
+            }
+        });
+    }
+    for (std::thread& t : pool) t.join();
+    std::ofstream(argv[2], std::ios::binary)
+        .write(reinterpret_cast<const char*>(memory.data()), static_cast<std::streamsize>(memory_bytes));
+    return 0;
+}
+
+}  // namespace emu
