@@ -88,28 +88,8 @@ impl ProjectorKernels {
             addr(beta, stream),
             addr_mut(out, stream),
         ];
-        let aligned = addrs.iter().all(|a| a % 16 == 0);
-        let FrontLaunch { kernel, threads } = front_launch(cfg, T::DTYPE, aligned)?;
-        let params = NvlmProjectorFront {
-            input: addrs[0],
-            gamma: addrs[1],
-            beta: addrs[2],
-            out: addrs[3],
-            channels: cfg.vit_hidden as u32,
-            grid_side: cfg.grid_side as u32,
-            tokens_per_tile: cfg.tokens_per_tile() as u32,
-            first_token: u32::from(cfg.cls_token),
-            transpose: u32::from(cfg.ps_version == super::PsVersion::V1),
-            rows: rows as u32,
-            row_width: cfg.row_width() as u32,
-            eps: cfg.ln_eps,
-        };
+        let (params, launch, kernel) = front_plan(cfg, T::DTYPE, addrs, rows)?;
         let f = self.gpu.function(KernelModule::Projector, &kernel)?;
-        let launch = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: check_front and the length check above bound every index
         // the kernel forms (rows blocks, 4C columns, tokens of the tiles);
         // front_launch picked the 16-byte kernel only for C % 8 == 0 and
@@ -156,25 +136,9 @@ impl ProjectorKernels {
         let stream = self.gpu.stream();
         let data_addr = addr_mut(data, stream);
         let bias_addr = bias.map_or(0, |b| addr(b, stream));
-        let vector =
-            cols.is_multiple_of(8) && data_addr.is_multiple_of(16) && bias_addr.is_multiple_of(16);
-        let kernel = format!("bias_gelu_{name}_{}", if vector { "v8" } else { "s1" });
-        let params = NvlmBiasGelu {
-            data: data_addr,
-            bias: bias_addr,
-            count: count as u64,
-            cols: cols as u32,
-            gelu: u32::from(gelu),
-        };
-        let chunks = count / if vector { 8 } else { 1 };
-        // Grid-stride: a few waves of blocks are enough for a stream.
-        let blocks = chunks.div_ceil(256).min(132 * 32) as u32;
+        let (params, launch, kernel) =
+            bias_gelu_plan(name, [data_addr, bias_addr], rows, cols, gelu);
         let f = self.gpu.function(KernelModule::Projector, &kernel)?;
-        let launch = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the kernel touches data[0..count) and bias[0..cols),
         // both checked above; the 16-byte kernel only for aligned buffers
         // and cols % 8 == 0.
@@ -182,6 +146,71 @@ impl ProjectorKernels {
             .map_err(driver_error(&kernel))?;
         Ok(())
     }
+}
+
+/// The front launch for `rows` output rows over the `[input, gamma, beta,
+/// out]` device addresses (checked by the caller): parameters, grid and
+/// kernel. Made without a device so that the host emulation runs exactly
+/// this launch.
+pub(super) fn front_plan(
+    cfg: &ProjectorConfig,
+    dtype: Dtype,
+    addrs: [u64; 4],
+    rows: usize,
+) -> Result<(NvlmProjectorFront, LaunchConfig, String)> {
+    let aligned = addrs.iter().all(|a| a % 16 == 0);
+    let FrontLaunch { kernel, threads } = front_launch(cfg, dtype, aligned)?;
+    let params = NvlmProjectorFront {
+        input: addrs[0],
+        gamma: addrs[1],
+        beta: addrs[2],
+        out: addrs[3],
+        channels: cfg.vit_hidden as u32,
+        grid_side: cfg.grid_side as u32,
+        tokens_per_tile: cfg.tokens_per_tile() as u32,
+        first_token: u32::from(cfg.cls_token),
+        transpose: u32::from(cfg.ps_version == super::PsVersion::V1),
+        rows: rows as u32,
+        row_width: cfg.row_width() as u32,
+        eps: cfg.ln_eps,
+    };
+    let launch = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Ok((params, launch, kernel))
+}
+
+/// The bias + GELU launch over `[data, bias]` device addresses (bias 0:
+/// none) of a checked `[rows, cols]` matrix of dtype `name`.
+pub(super) fn bias_gelu_plan(
+    name: &str,
+    [data_addr, bias_addr]: [u64; 2],
+    rows: usize,
+    cols: usize,
+    gelu: bool,
+) -> (NvlmBiasGelu, LaunchConfig, String) {
+    let count = rows * cols;
+    let vector =
+        cols.is_multiple_of(8) && data_addr.is_multiple_of(16) && bias_addr.is_multiple_of(16);
+    let kernel = format!("bias_gelu_{name}_{}", if vector { "v8" } else { "s1" });
+    let params = NvlmBiasGelu {
+        data: data_addr,
+        bias: bias_addr,
+        count: count as u64,
+        cols: cols as u32,
+        gelu: u32::from(gelu),
+    };
+    let chunks = count / if vector { 8 } else { 1 };
+    // Grid-stride: a few waves of blocks are enough for a stream.
+    let blocks = chunks.div_ceil(256).min(132 * 32) as u32;
+    let launch = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    (params, launch, kernel)
 }
 
 /// Intermediates of one forward for up to `tiles` tiles.

@@ -15,6 +15,8 @@
 //! function, before anything touches a device.
 
 pub mod cpu;
+#[cfg(test)]
+mod emulated;
 pub mod gpu;
 
 use crate::dtype::Dtype;

@@ -116,8 +116,10 @@ inline const uint8_t* global_begin = nullptr;
 inline const uint8_t* global_end = nullptr;
 
 inline void start(uint32_t threads, uint32_t smem_bytes) {
-    if (threads % 128 != 0) fail("%u threads: not whole warpgroups", threads);
+    if (threads % 32 != 0) fail("%u threads: not whole warps", threads);
     block.all = std::make_unique<Barrier>(threads);
+    // Warpgroup barriers exist for whole warpgroups only: wgmma on a
+    // partial one fails at its first use.
     for (uint32_t i = 0; i < threads / 128; ++i)
         block.warpgroups.push_back(std::make_unique<Barrier>(128));
     for (uint32_t i = 0; i < threads / 32; ++i) block.warps.push_back(std::make_unique<Barrier>(32));
@@ -180,4 +182,16 @@ inline float __shfl_xor_sync(uint32_t mask, float value, int lane_mask) {
 }
 
 inline float __log2f(float x) { return std::log2(x); }
+// The GPU's rsqrtf is within 2 ulp of this; the tests' tolerances allow it.
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __uint_as_float(uint32_t bits) {
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+template <typename T>
+inline T __ldg(const T* p) {
+    return *p;
+}
 [[noreturn]] inline void __trap() { emu::fail("__trap"); }

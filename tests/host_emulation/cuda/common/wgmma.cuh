@@ -78,6 +78,7 @@ inline float mn_major(const Descriptor& d, uint32_t k, uint32_t n) {
 // match the first thread's.
 inline void check_uniform(uint64_t a, uint64_t b, bool accumulate) {
     const uint32_t t = threadIdx.x, group = t / 128;
+    if (group >= block.warpgroups.size()) fail("wgmma from a block of %u threads: a partial warpgroup", blockDim.x);
     uint64_t* mine = &block.wgmma_check[3 * t];
     mine[0] = a;
     mine[1] = b;

@@ -1,0 +1,255 @@
+//! The projector kernels' own source run on the CPU (src/host_emulation.rs,
+//! tests/host_emulation/projector_on_cpu.cpp): the launches
+//! [`super::gpu::front_plan`] and [`super::gpu::bias_gelu_plan`] make,
+//! under the address sanitizer (and the thread sanitizer for the front's
+//! block reductions), against the CPU reference with the GPU suite's
+//! tolerances: the f64 value rounded once to the dtype, up to f32
+//! statistics.
+
+use super::cpu::{self, HostWeights, gelu_erf};
+use super::gpu::{bias_gelu_plan, front_plan};
+use super::*;
+use crate::abi::{NvlmBiasGelu, NvlmProjectorFront};
+use crate::dtype::TensorElement;
+use crate::host_emulation::{self, LaunchFile, Memory};
+use half::{bf16, f16};
+use std::mem::offset_of;
+use std::path::Path;
+
+/// A 16-bit element and half its ulp at 1 (the rounding error bound).
+trait Half: TensorElement {
+    const EPS: f64;
+    const NAME: &'static str;
+    fn to_f64(self) -> f64;
+}
+
+impl Half for bf16 {
+    const EPS: f64 = 1.0 / 256.0;
+    const NAME: &'static str = "bf16";
+    fn to_f64(self) -> f64 {
+        bf16::to_f64(self)
+    }
+}
+
+impl Half for f16 {
+    const EPS: f64 = 1.0 / 2048.0;
+    const NAME: &'static str = "f16";
+    fn to_f64(self) -> f64 {
+        f16::to_f64(self)
+    }
+}
+
+/// Deterministic values in [-scale, scale), already rounded to `T`.
+fn values<T: Half>(seed: &mut u64, n: usize, scale: f32, shift: f32) -> (Vec<T>, Vec<f32>) {
+    let data: Vec<T> = (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            let unit = (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            T::from_f32(unit * scale + shift)
+        })
+        .collect();
+    let exact = data.iter().map(|v| v.to_f64() as f32).collect();
+    (data, exact)
+}
+
+fn config(c: usize, side: usize, cls: bool, ps: PsVersion) -> ProjectorConfig {
+    ProjectorConfig {
+        name: "emulated",
+        vit_hidden: c,
+        grid_side: side,
+        cls_token: cls,
+        ps_version: ps,
+        ln_eps: 1e-5,
+        linear1_out: 8,
+        linear2_out: None,
+        bias: false,
+        gelu: GeluMode::ExactErf,
+    }
+}
+
+/// The front over `tiles` tiles, the input starting `offset` elements into
+/// its buffer (an offset that breaks 16-byte alignment takes the scalar
+/// kernel). Returns the kernel's name.
+fn front_case<T: Half>(
+    exe: &Path,
+    cfg: &ProjectorConfig,
+    tiles: usize,
+    offset: usize,
+    seed: u64,
+) -> String {
+    let mut seed = seed | 1;
+    let n_in = tiles * cfg.tokens_per_tile() * cfg.vit_hidden;
+    // Shifted so the mean is far from 0: LayerNorm must subtract it.
+    let (input, input_f32) = values::<T>(&mut seed, offset + n_in, 3.0, 1.5);
+    let (gamma, gamma_f32) = values::<T>(&mut seed, cfg.row_width(), 2.0, 0.0);
+    let (beta, beta_f32) = values::<T>(&mut seed, cfg.row_width(), 1.0, 0.0);
+    let rows = cfg.output_rows(tiles);
+    let n_out = rows * cfg.row_width();
+    let mut memory = Memory::default();
+    let addrs = [
+        memory.put(&input) + 2 * offset as u64,
+        memory.put(&gamma),
+        memory.put(&beta),
+        memory.put(&vec![T::from_f32(f32::NAN); n_out + 8]),
+    ];
+    let (params, launch, kernel) = front_plan(cfg, T::DTYPE, addrs, rows).unwrap();
+    let file = LaunchFile {
+        kernel: &kernel,
+        grid: launch.grid_dim,
+        threads: launch.block_dim.0,
+        smem_bytes: launch.shared_mem_bytes,
+        // SAFETY: abi.h's structs have no padding.
+        params: unsafe { host_emulation::param_bytes(&params) },
+        pointers: &[
+            offset_of!(NvlmProjectorFront, input),
+            offset_of!(NvlmProjectorFront, gamma),
+            offset_of!(NvlmProjectorFront, beta),
+            offset_of!(NvlmProjectorFront, out),
+        ],
+        maps: &[],
+        memory: &memory,
+    }
+    .bytes();
+    let got: Vec<T> = Memory::get(&host_emulation::run(exe, &file), addrs[3], n_out + 8);
+    let w = HostWeights {
+        ln_gamma: gamma_f32,
+        ln_beta: beta_f32,
+        w1: vec![],
+        b1: None,
+        w2: None,
+        b2: None,
+    };
+    let want = cpu::front(cfg, &input_f32[offset..], tiles, &w);
+    let what = format!(
+        "{kernel} C={} {:?} cls={} tiles={tiles}",
+        cfg.vit_hidden, cfg.ps_version, cfg.cls_token
+    );
+    for (e, (g, r)) in got.iter().zip(&want).enumerate() {
+        let g = g.to_f64();
+        assert!(
+            (g - r).abs() <= T::EPS * r.abs() + 1e-3,
+            "{what}: element {e} (row {}, k {}): {g} vs {r}",
+            e / cfg.row_width(),
+            e % cfg.row_width()
+        );
+    }
+    assert!(
+        got[n_out..].iter().all(|v| v.to_f64().is_nan()),
+        "{what}: wrote past its rows"
+    );
+    kernel
+}
+
+#[test]
+fn front_source_on_the_cpu_matches_the_reference() {
+    let Some(exe) = host_emulation::emulator("projector_on_cpu", "address") else {
+        return;
+    };
+    // Both pixel-shuffle versions, with and without CLS; the 16-byte
+    // kernels at 1, 2, 4 and 8 chunks per thread (C = 8 and 200, 1024, 1600, 3200)
+    // and the scalar one (odd C, and a misaligned input view).
+    let mut kernels = std::collections::BTreeSet::new();
+    for (i, (c, ps, cls, offset)) in [
+        (8, PsVersion::V1, true, 0),
+        (200, PsVersion::V2, false, 0),
+        (1024, PsVersion::V1, false, 0),
+        (1600, PsVersion::V2, true, 0),
+        (3200, PsVersion::V2, true, 0),
+        (7, PsVersion::V1, true, 0),
+        (13, PsVersion::V2, false, 0),
+        (64, PsVersion::V2, true, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = config(c, 4, cls, ps);
+        kernels.insert(front_case::<bf16>(&exe, &cfg, 2, offset, 2 * i as u64 + 1));
+        kernels.insert(front_case::<f16>(&exe, &cfg, 1, offset, 2 * i as u64 + 2));
+    }
+    assert_eq!(kernels.len(), 10, "every front kernel ran: {kernels:?}");
+}
+
+#[test]
+fn front_source_on_the_cpu_has_no_data_race() {
+    let Some(exe) = host_emulation::emulator("projector_on_cpu", "thread") else {
+        return;
+    };
+    front_case::<bf16>(&exe, &config(200, 4, true, PsVersion::V2), 1, 0, 7);
+}
+
+fn bias_gelu_case<T: Half>(
+    exe: &Path,
+    (rows, cols): (usize, usize),
+    bias: bool,
+    gelu: bool,
+    seed: u64,
+) -> String {
+    let mut seed = seed | 1;
+    let (data, x) = values::<T>(&mut seed, rows * cols, 5.0, 0.0);
+    let (bias_data, b) = values::<T>(&mut seed, cols, 1.0, 0.0);
+    let mut memory = Memory::default();
+    let data_at = memory.put(&data);
+    let bias_at = if bias { memory.put(&bias_data) } else { 0 };
+    let (params, launch, kernel) = bias_gelu_plan(T::NAME, [data_at, bias_at], rows, cols, gelu);
+    let file = LaunchFile {
+        kernel: &kernel,
+        grid: launch.grid_dim,
+        threads: launch.block_dim.0,
+        smem_bytes: launch.shared_mem_bytes,
+        // SAFETY: abi.h's structs have no padding.
+        params: unsafe { host_emulation::param_bytes(&params) },
+        pointers: &[
+            offset_of!(NvlmBiasGelu, data),
+            offset_of!(NvlmBiasGelu, bias),
+        ],
+        maps: &[],
+        memory: &memory,
+    }
+    .bytes();
+    let got: Vec<T> = Memory::get(&host_emulation::run(exe, &file), data_at, rows * cols);
+    for (e, g) in got.iter().enumerate() {
+        let v = f64::from(x[e]) + if bias { f64::from(b[e % cols]) } else { 0.0 };
+        let r = if gelu { gelu_erf(v) } else { v };
+        let g = g.to_f64();
+        assert!(
+            (g - r).abs() <= T::EPS * r.abs() + 1e-6,
+            "{kernel} [{rows}, {cols}] bias={bias} gelu={gelu}: element {e}: {g} vs {r}"
+        );
+    }
+    kernel
+}
+
+#[test]
+fn bias_gelu_source_on_the_cpu_matches_the_reference() {
+    let Some(exe) = host_emulation::emulator("projector_on_cpu", "address") else {
+        return;
+    };
+    let mut kernels = std::collections::BTreeSet::new();
+    for (i, (shape, bias, gelu)) in [
+        ((37, 64), true, true),
+        ((5, 3696), true, false),
+        ((13, 7), false, true),
+        ((3, 1), true, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        kernels.insert(bias_gelu_case::<bf16>(
+            &exe,
+            shape,
+            bias,
+            gelu,
+            2 * i as u64 + 1,
+        ));
+        kernels.insert(bias_gelu_case::<f16>(
+            &exe,
+            shape,
+            bias,
+            gelu,
+            2 * i as u64 + 2,
+        ));
+    }
+    assert_eq!(kernels.len(), 4, "every bias_gelu kernel ran: {kernels:?}");
+}
