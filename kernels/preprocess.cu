@@ -10,6 +10,7 @@
 // coefficients make exact) is `resample_to_tiles` alone. The tables come
 // from the host (AxisCoefficients), so the weights are Pillow's to the bit.
 #include "abi.h"
+#include "common/ptx.cuh"
 
 namespace {
 
@@ -303,7 +304,7 @@ __device__ __forceinline__ void fused_dispatch(const NvlmFusedPreprocess& p, con
 // One block per patch of either target; blocks of the second target follow
 // the first's. 256 threads, `slab_bytes` of dynamic shared memory.
 extern "C" __global__ void __launch_bounds__(kFusedThreads, 2) preprocess_fused(const NvlmFusedPreprocess p) {
-    extern __shared__ __align__(16) uint8_t slab[];
+    uint8_t* slab = nvlm::dynamic_smem();
     // Field by field rather than p.target[i], which would copy the
     // parameter array to local memory.
     const bool second = p.num_targets == 2 && blockIdx.x >= p.target[1].first_block;

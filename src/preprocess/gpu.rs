@@ -804,12 +804,14 @@ mod tests {
     //! identity tables, the patch and block layout, the chunking), and the
     //! kernel's own source compiled for the CPU with the address sanitizer
     //! (tests/host_emulation/preprocess_on_cpu.cpp: 256 threads per block,
-    //! __syncthreads as a barrier), which executes its indexing.
+    //! __syncthreads as a barrier), which executes its indexing, and with
+    //! the thread sanitizer, which checks its barriers.
     use super::*;
-    use crate::host_emulation;
+    use crate::abi::NvlmFusedTarget;
+    use crate::host_emulation::{self, LaunchFile, Memory};
     use crate::preprocess::DhrConfig;
+    use std::mem::offset_of;
     use std::path::{Path, PathBuf};
-    use std::sync::OnceLock;
 
     const GROUP: u32 = 4;
     const ROUNDING: i32 = 1 << 21;
@@ -945,45 +947,52 @@ mod tests {
 
     /// The kernel source built for the CPU (once per test binary), or
     /// `None` without a C++ compiler, which fails under CI.
-    fn host_emulator() -> Option<&'static PathBuf> {
-        static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
-        BUILT
-            .get_or_init(|| {
-                host_emulation::build(
-                    "preprocess_on_cpu",
-                    "tests/host_emulation/preprocess_on_cpu.cpp",
-                    &[host_emulation::root().join("kernels")],
-                    "address",
-                )
-            })
-            .as_ref()
+    fn host_emulator() -> Option<PathBuf> {
+        host_emulation::emulator("preprocess_on_cpu", "address")
     }
 
-    /// Runs the kernel source on the CPU; returns the output tensor's bytes.
+    /// Runs the kernel source on the CPU (`exe`) with every output byte
+    /// poisoned first; returns the output tensor's bytes.
     fn emulate(exe: &Path, launch: &FusedLaunch, image: &[u8], out_bytes: usize) -> Vec<u8> {
-        let params_bytes = std::mem::size_of::<NvlmFusedPreprocess>();
-        let blob: &[u8] = bytemuck::cast_slice(&launch.blob);
-        let mut file = Vec::new();
-        for n in [
-            params_bytes,
-            blob.len(),
-            image.len(),
-            out_bytes,
-            launch.blocks as usize,
-            SLAB_BYTES as usize,
-        ] {
-            file.extend_from_slice(&(n as u64).to_le_bytes());
+        let mut memory = Memory::default();
+        let blob = memory.put(&launch.blob);
+        let src = memory.put(image);
+        let out = memory.put(&vec![0xFFu8; out_bytes]);
+        let params = launch.relocated(blob, src, out);
+        let target = |i: usize, field: usize| {
+            offset_of!(NvlmFusedPreprocess, target) + i * size_of::<NvlmFusedTarget>() + field
+        };
+        let mut pointers = vec![
+            offset_of!(NvlmFusedPreprocess, src),
+            offset_of!(NvlmFusedPreprocess, out),
+            offset_of!(NvlmFusedPreprocess, table),
+        ];
+        for i in 0..2 {
+            pointers.extend(
+                [
+                    offset_of!(NvlmFusedTarget, first_f),
+                    offset_of!(NvlmFusedTarget, count_f),
+                    offset_of!(NvlmFusedTarget, coeffs_f),
+                    offset_of!(NvlmFusedTarget, first_s),
+                    offset_of!(NvlmFusedTarget, count_s),
+                    offset_of!(NvlmFusedTarget, coeffs_s),
+                ]
+                .map(|field| target(i, field)),
+            );
         }
-        // SAFETY: repr(C) plain integers without padding (abi.h asserts the size).
-        file.extend_from_slice(unsafe {
-            std::slice::from_raw_parts(
-                (&launch.params as *const NvlmFusedPreprocess).cast::<u8>(),
-                params_bytes,
-            )
-        });
-        file.extend_from_slice(blob);
-        file.extend_from_slice(image);
-        host_emulation::run(exe, &file)
+        let file = LaunchFile {
+            kernel: "preprocess_fused",
+            grid: (launch.blocks, 1, 1),
+            threads: FUSED_THREADS,
+            smem_bytes: SLAB_BYTES,
+            // SAFETY: abi.h's structs have no padding.
+            params: unsafe { host_emulation::param_bytes(&params) },
+            pointers: &pointers,
+            maps: &[],
+            memory: &memory,
+        }
+        .bytes();
+        Memory::get(&host_emulation::run(exe, &file), out, out_bytes)
     }
 
     fn first_difference<T: bytemuck::Pod>(got: &[u8], want: &[T]) -> Option<usize> {
@@ -1133,7 +1142,27 @@ mod tests {
                 (7500, 1500, 32, 6),
                 (1500, 7500, 32, 6), // V13 and RGB: vertical first, 6 chunks
             ],
-            Some(exe),
+            Some(&exe),
+        );
+    }
+
+    /// The slab's chunked fill and read across barriers, under the thread
+    /// sanitizer: both pass orders (both Pillow versions), several chunks.
+    #[test]
+    fn fused_kernel_source_on_the_cpu_has_no_data_race() {
+        let Some(exe) = host_emulation::emulator("preprocess_on_cpu", "thread") else {
+            return;
+        };
+        check_cases(
+            &[
+                (192, 128, 64, 6),
+                (150, 64, 64, 2),
+                (64, 150, 64, 2),
+                // Fourth, so V13 meets RGB: vertical first, several chunks.
+                (1500, 7500, 32, 6),
+                (7500, 1500, 32, 6),
+            ],
+            Some(&exe),
         );
     }
 

@@ -43,6 +43,10 @@ struct alignas(16) uint4 {
     uint32_t x, y, z, w;
 };
 
+struct alignas(8) uint2 {
+    uint32_t x, y;
+};
+
 struct Dim3 {
     uint32_t x = 0, y = 0, z = 0;
 };
@@ -190,6 +194,7 @@ inline float __uint_as_float(uint32_t bits) {
     return f;
 }
 inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
 template <typename T>
 inline T __ldg(const T* p) {
     return *p;
