@@ -39,7 +39,10 @@ fn attention(c: &mut Criterion) {
     };
     let mut kernels = vec![(AttentionKernel::Portable, "nvlm-portable")];
     match nvlm_vision::hopper::require_sm90a(&gpu, "the Hopper attention bench") {
-        Ok(()) => kernels.push((AttentionKernel::Hopper, "nvlm-hopper")),
+        Ok(()) => kernels.extend([
+            (AttentionKernel::HopperSerial, "nvlm-hopper-serial"),
+            (AttentionKernel::Hopper, "nvlm-hopper"),
+        ]),
         Err(e) => eprintln!("skipped: {e}"),
     }
     let stream = gpu.stream();

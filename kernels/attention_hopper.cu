@@ -1,5 +1,5 @@
-// InternViT flash attention forward for sm_90a (v1): TMA, mbarrier
-// pipelines, wgmma, warp specialisation.
+// InternViT flash attention forward for sm_90a: TMA, mbarrier pipelines,
+// wgmma, warp specialisation.
 //
 // One CTA = 128 query rows of one (batch, head) and three warpgroups:
 // - warpgroup 0, the producer: one thread loads the Q tile once and streams
@@ -8,9 +8,16 @@
 // - warpgroups 1 and 2, the consumers: 64 query rows each; per K/V tile,
 //   S = Q K^T (wgmma, both operands in shared memory), online softmax in
 //   registers (exp2, scale * log2 e folded in), O += P V (wgmma with P from
-//   registers, V MN-major), then the stage is released.
-// Not yet in v1: ping-pong between the two consumer warpgroups, overlap of
-// softmax with the next tile's GEMM inside a warpgroup, a persistent grid.
+//   registers, V MN-major). A K stage is released once its S is done, a V
+//   stage once its P V is, so the producer refills K while P V still runs.
+//
+// Versions (both built; PERF.md has what each is predicted and measured at):
+// - v1 (`attention_hopper_serial_*`): each wgmma batch waited for before
+//   the next step;
+// - v2 (`attention_hopper_*`): intra-warpgroup overlap. Tile j's S is
+//   issued before tile j-1's P V, and tile j's softmax runs while that P V
+//   is on the tensor cores; O is rescaled and P rewritten only after it.
+// Not yet: ping-pong between the two consumer warpgroups, a persistent grid.
 //
 // Tails (N = 1025 = 8*128 + 1): TMA fills rows past the sequence with
 // zeros; keys past kv_len get -inf scores (zero-padded keys would score 0
@@ -80,7 +87,7 @@ __device__ __forceinline__ void load_tile(void* dst, const CUtensorMap* map, uin
     }
 }
 
-template <int D, typename T>
+template <int D, typename T, bool kOverlap>
 __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                                                   const CUtensorMap* k_map,
                                                   const CUtensorMap* v_map,
@@ -92,7 +99,8 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
     __shared__ __align__(8) uint64_t q_full;
     __shared__ __align__(8) uint64_t k_full[kStages];
     __shared__ __align__(8) uint64_t v_full[kStages];
-    __shared__ __align__(8) uint64_t kv_empty[kStages];
+    __shared__ __align__(8) uint64_t k_empty[kStages];
+    __shared__ __align__(8) uint64_t v_empty[kStages];
 
     const int q_tile = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
     const int q_row0 = q_tile * kQueryRows;
@@ -106,7 +114,8 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         for (int s = 0; s < kStages; ++s) {
             mbarrier_init(&k_full[s], 1);
             mbarrier_init(&v_full[s], 1);
-            mbarrier_init(&kv_empty[s], 128 * active_consumers);
+            mbarrier_init(&k_empty[s], 128 * active_consumers);
+            mbarrier_init(&v_empty[s], 128 * active_consumers);
         }
         mbarrier_init_fence();
     }
@@ -122,14 +131,15 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             }
             for (int j = 0; j < kv_tiles; ++j) {
                 const int stage = j % kStages, round = j / kStages;
-                mbarrier_wait(&kv_empty[stage], (round & 1) ^ 1);
                 uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
                 uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
+                mbarrier_wait(&k_empty[stage], (round & 1) ^ 1);
                 mbarrier_arrive_expect_tx(&k_full[stage], L::kv_tile_bytes);
                 for (int a = 0; a < L::atoms; ++a) {
                     load_tile(k_tile + a * L::kv_atom_bytes, k_map, &k_full[stage], 64 * a,
                               j * kKeyRows, head, batch, p.kv_tokens_inner);
                 }
+                mbarrier_wait(&v_empty[stage], (round & 1) ^ 1);
                 mbarrier_arrive_expect_tx(&v_full[stage], L::kv_tile_bytes);
                 for (int a = 0; a < L::atoms; ++a) {
                     load_tile(v_tile + a * L::kv_atom_bytes, v_map, &v_full[stage], 64 * a,
@@ -154,17 +164,17 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
     // log2 units) and this thread's part of the running sum.
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.0f, 0.0f};
+    float s[kKeyRows / 2];              // S of one K/V tile, then its P
+    uint32_t pa[kKeyRows / 16][4];      // P as the A operands of P V
 
     const uint8_t* q_rows = smem + consumer * 64 * kAtomRowBytes;
     mbarrier_wait(&q_full, 0);
 
-    for (int j = 0; j < kv_tiles; ++j) {
-        const int stage = j % kStages, round = j / kStages;
+    // Issues S = Q K^T for tile j as one commit group.
+    const auto issue_qk = [&](int j) {
+        const int stage = j % kStages;
         const uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
-        const uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
-
-        float s[kKeyRows / 2];
-        mbarrier_wait(&k_full[stage], round & 1);
+        mbarrier_wait(&k_full[stage], (j / kStages) & 1);
         wgmma_fence();
 #pragma unroll
         for (int t = 0; t < D / 16; ++t) {
@@ -176,11 +186,44 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                                   t > 0);
         }
         wgmma_commit_group();
-        wgmma_wait_group<0>();
-        wgmma_fence_operands(s);
+    };
 
-        // Scores into the log2 domain; keys past kv_len get -inf (after the
-        // scaling, so any sign of scale keeps them at -inf).
+    // Issues O += P V for tile j (P in pa) as one commit group. Keys past
+    // kv_len have p = 0 exactly, so k16 steps made only of them add
+    // nothing: the 1-key tail tile of N = 1025 runs 1 of 8. Full tiles take
+    // a branch-free path: a branch between wgmmas makes ptxas put a
+    // warpgroup.arrive before each (C7519 in its report).
+    const auto issue_pv = [&](int j) {
+        const int stage = j % kStages;
+        const uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
+        const int valid_keys = min(kKeyRows, static_cast<int>(p.kv_len) - j * kKeyRows);
+        // k16 step t: 16 V rows on; head_dim atoms kv_atom_bytes apart.
+        const auto v_step = [&](int t) {
+            return wgmma_descriptor(v_tile + t * 16 * kAtomRowBytes, L::kv_atom_bytes, 1024,
+                                    WgmmaSwizzle::B128);
+        };
+        mbarrier_wait(&v_full[stage], (j / kStages) & 1);
+        if (valid_keys == kKeyRows) {
+            wgmma_fence();
+#pragma unroll
+            for (int t = 0; t < kKeyRows / 16; ++t) wgmma_rs<D, T>(o, pa[t], v_step(t), true);
+        } else {
+            wgmma_fence();
+#pragma unroll
+            for (int t = 0; t < kKeyRows / 16; ++t) {
+                if (16 * t >= valid_keys) break;
+                wgmma_rs<D, T>(o, pa[t], v_step(t), true);
+            }
+        }
+        wgmma_commit_group();
+    };
+
+    // The online softmax of tile j's S, in place (S becomes P); returns
+    // through `correction` the factor O must be scaled by before this
+    // tile's P V is added.
+    const auto softmax = [&](int j, float (&correction)[2]) {
+        // Scores into the log2 domain; keys past kv_len get -inf (after
+        // the scaling, so any sign of scale keeps them at -inf).
         const int key0 = j * kKeyRows;
         const bool key_tail = key0 + kKeyRows > static_cast<int>(p.kv_len);
 #pragma unroll
@@ -192,8 +235,6 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                 s[4 * n8 + e] = masked ? -INFINITY : s[4 * n8 + e] * scale_log2;
             }
         }
-
-        float correction[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             float tile_max = -INFINITY;
@@ -220,6 +261,11 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             }
             row_sum[h] = row_sum[h] * correction[h] + tile_sum;
         }
+    };
+
+    // O *= correction; P into pa. Only once no P V is in flight: it reads
+    // pa and accumulates into O.
+    const auto rescale_and_pack = [&](const float (&correction)[2]) {
 #pragma unroll
         for (int n8 = 0; n8 < D / 8; ++n8) {
             o[4 * n8 + 0] *= correction[0];
@@ -227,9 +273,8 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             o[4 * n8 + 2] *= correction[1];
             o[4 * n8 + 3] *= correction[1];
         }
-        // The S accumulators of keys 16t..16t+15 are exactly the A fragment
-        // of k16 step t of P V.
-        uint32_t pa[kKeyRows / 16][4];
+        // The S accumulators of keys 16t..16t+15 are exactly the A
+        // fragment of k16 step t of P V.
 #pragma unroll
         for (int t = 0; t < kKeyRows / 16; ++t) {
             pa[t][0] = pack2<T>(s[8 * t + 0], s[8 * t + 1]);
@@ -237,34 +282,52 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             pa[t][2] = pack2<T>(s[8 * t + 4], s[8 * t + 5]);
             pa[t][3] = pack2<T>(s[8 * t + 6], s[8 * t + 7]);
         }
+    };
 
-        // Keys past kv_len have p = 0 exactly, so k16 steps made only of
-        // them add nothing: the 1-key tail tile of N = 1025 runs 1 of 8.
-        // Full tiles take a branch-free path: a branch between wgmmas makes
-        // ptxas put a warpgroup.arrive before each (C7519 in its report).
-        const int valid_keys = min(kKeyRows, static_cast<int>(p.kv_len) - key0);
-        // k16 step t: 16 V rows on; head_dim atoms kv_atom_bytes apart.
-        const auto v_step = [&](int t) {
-            return wgmma_descriptor(v_tile + t * 16 * kAtomRowBytes, L::kv_atom_bytes, 1024,
-                                    WgmmaSwizzle::B128);
-        };
-        mbarrier_wait(&v_full[stage], round & 1);
-        if (valid_keys == kKeyRows) {
-            wgmma_fence();
-#pragma unroll
-            for (int t = 0; t < kKeyRows / 16; ++t) wgmma_rs<D, T>(o, pa[t], v_step(t), true);
-        } else {
-            wgmma_fence();
-#pragma unroll
-            for (int t = 0; t < kKeyRows / 16; ++t) {
-                if (16 * t >= valid_keys) break;
-                wgmma_rs<D, T>(o, pa[t], v_step(t), true);
-            }
+    // K and V stages are released apart: a K tile as soon as its S is
+    // done, so the producer can refill it while P V still reads V.
+    float correction[2];
+    if constexpr (kOverlap) {
+        // v2: tile j's S = Q K^T is issued before tile j-1's P V, and its
+        // softmax runs while that P V is on the tensor cores.
+        issue_qk(0);
+        wgmma_wait_group<0>();
+        wgmma_fence_operands(s);
+        mbarrier_arrive(&k_empty[0]);
+        softmax(0, correction);
+        rescale_and_pack(correction);
+        for (int j = 1; j < kv_tiles; ++j) {
+            issue_qk(j);
+            issue_pv(j - 1);
+            wgmma_wait_group<1>();  // S of tile j (P V of j-1 may still run)
+            wgmma_fence_operands(s);
+            mbarrier_arrive(&k_empty[j % kStages]);
+            softmax(j, correction);
+            wgmma_wait_group<0>();  // P V of tile j-1
+            wgmma_fence_operands(o);
+            wgmma_fence_operands(pa);
+            mbarrier_arrive(&v_empty[(j - 1) % kStages]);
+            rescale_and_pack(correction);
         }
-        wgmma_commit_group();
+        issue_pv(kv_tiles - 1);
         wgmma_wait_group<0>();
         wgmma_fence_operands(o);
-        mbarrier_arrive(&kv_empty[stage]);
+        mbarrier_arrive(&v_empty[(kv_tiles - 1) % kStages]);
+    } else {
+        // v1's order: each step waits for the one before.
+        for (int j = 0; j < kv_tiles; ++j) {
+            issue_qk(j);
+            wgmma_wait_group<0>();
+            wgmma_fence_operands(s);
+            mbarrier_arrive(&k_empty[j % kStages]);
+            softmax(j, correction);
+            rescale_and_pack(correction);
+            issue_pv(j);
+            wgmma_wait_group<0>();
+            wgmma_fence_operands(o);
+            wgmma_fence_operands(pa);
+            mbarrier_arrive(&v_empty[j % kStages]);
+        }
     }
 
     T* out = reinterpret_cast<T*>(p.o);
@@ -297,19 +360,24 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
 }  // namespace
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define NVLM_HOPPER_BODY(D, T) attention_forward<D, T>(&q_map, &k_map, &v_map, p);
+#define NVLM_HOPPER_BODY(D, T, OVERLAP) attention_forward<D, T, OVERLAP>(&q_map, &k_map, &v_map, p);
 #else
-#define NVLM_HOPPER_BODY(D, T) __trap();
+#define NVLM_HOPPER_BODY(D, T, OVERLAP) __trap();
 #endif
 
-#define NVLM_HOPPER_ENTRY(name, D, T)                                                        \
+#define NVLM_HOPPER_ENTRY(name, D, T, OVERLAP)                                               \
     extern "C" __global__ void __launch_bounds__(kThreads, 1)                                \
         name(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map, \
              const __grid_constant__ CUtensorMap v_map, NvlmHopperAttention p) {             \
-        NVLM_HOPPER_BODY(D, T)                                                               \
+        NVLM_HOPPER_BODY(D, T, OVERLAP)                                                      \
     }
 
-NVLM_HOPPER_ENTRY(attention_hopper_d128_bf16, 128, __nv_bfloat16)
-NVLM_HOPPER_ENTRY(attention_hopper_d128_f16, 128, __half)
-NVLM_HOPPER_ENTRY(attention_hopper_d64_bf16, 64, __nv_bfloat16)
-NVLM_HOPPER_ENTRY(attention_hopper_d64_f16, 64, __half)
+NVLM_HOPPER_ENTRY(attention_hopper_d128_bf16, 128, __nv_bfloat16, true)
+NVLM_HOPPER_ENTRY(attention_hopper_d128_f16, 128, __half, true)
+NVLM_HOPPER_ENTRY(attention_hopper_d64_bf16, 64, __nv_bfloat16, true)
+NVLM_HOPPER_ENTRY(attention_hopper_d64_f16, 64, __half, true)
+// v1's serial order, kept to measure what the overlap buys.
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d128_bf16, 128, __nv_bfloat16, false)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d128_f16, 128, __half, false)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d64_bf16, 64, __nv_bfloat16, false)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d64_f16, 64, __half, false)

@@ -312,7 +312,7 @@ fn random_case(rng: &mut Rng, n_q: usize, n_kv: usize, head_dim: usize, packed: 
 fn gpu_for(kernel: AttentionKernel, test: &str) -> Option<std::sync::Arc<Gpu>> {
     match kernel {
         AttentionKernel::Portable => gpu_or_skip(test),
-        AttentionKernel::Hopper => hopper_or_skip(test),
+        AttentionKernel::Hopper | AttentionKernel::HopperSerial => hopper_or_skip(test),
     }
 }
 
@@ -377,6 +377,14 @@ fn hopper_random_shapes_f16_match_the_f64_reference() {
     random_shapes::<f16>(
         AttentionKernel::Hopper,
         "hopper_random_shapes_f16_match_the_f64_reference",
+    );
+}
+
+#[test]
+fn hopper_serial_random_shapes_bf16_match_the_f64_reference() {
+    random_shapes::<bf16>(
+        AttentionKernel::HopperSerial,
+        "hopper_serial_random_shapes_bf16_match_the_f64_reference",
     );
 }
 

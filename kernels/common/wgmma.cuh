@@ -41,6 +41,17 @@ __device__ __forceinline__ void wgmma_fence_operands(float (&acc)[N]) {
     for (int i = 0; i < N; ++i) asm volatile("" : "+f"(acc[i])::"memory");
 }
 
+// The same for the A registers of register-sourced wgmmas (wgmma_rs): they
+// must not be rewritten before the wgmmas reading them are waited for.
+template <int N>
+__device__ __forceinline__ void wgmma_fence_operands(uint32_t (&a)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(a[i][j])::"memory");
+    }
+}
+
 // acc (64xN f32 tile, N/2 registers per thread) += A(64x16) * B(Nx16)^T,
 // both operands K-major in shared memory (e.g. S = Q K^T). `accumulate` =
 // false overwrites acc instead.

@@ -68,15 +68,29 @@ pub fn flash_attention<T: AttentionElement>(
     flash_attention_with(AttentionKernel::Portable, gpu, q, k, v, out, lse, scale)
 }
 
-/// Which flash-attention kernel runs. Both compute the same function and
-/// take the same inputs; every check runs before either launches.
+/// Which flash-attention kernel runs. All compute the same function and
+/// take the same inputs; every check runs before any launches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
     /// kernels/attention.cu: mma.sync, cp.async; sm_80 and newer.
     Portable,
-    /// kernels/attention_hopper.cu: TMA, wgmma, warp specialisation;
-    /// compute capability 9.0 only (`Err(Unsupported)` elsewhere).
+    /// kernels/attention_hopper.cu: TMA, wgmma, warp specialisation, each
+    /// tile's softmax overlapped with the previous tile's P·V; compute
+    /// capability 9.0 only (`Err(Unsupported)` elsewhere).
     Hopper,
+    /// The Hopper kernel without that overlap (its v1), kept to measure
+    /// what the overlap buys; compute capability 9.0 only.
+    HopperSerial,
+}
+
+impl AttentionKernel {
+    /// Whether this kernel needs compute capability 9.0 (sm_90a).
+    pub fn is_hopper(self) -> bool {
+        matches!(
+            self,
+            AttentionKernel::Hopper | AttentionKernel::HopperSerial
+        )
+    }
 }
 
 /// [`flash_attention`] on the kernel of your choice.
@@ -102,7 +116,7 @@ pub fn flash_attention_with<T: AttentionElement>(
         lse.as_ref().map(|l| l.len()),
         scale,
     )?;
-    if kernel == AttentionKernel::Hopper {
+    if kernel.is_hopper() {
         require_sm90a(gpu, "the Hopper attention kernel")?;
     }
     let stream = gpu.stream();
@@ -129,7 +143,8 @@ pub fn flash_attention_with<T: AttentionElement>(
     };
     match kernel {
         AttentionKernel::Portable => launch_portable::<T>(gpu, &device, scale),
-        AttentionKernel::Hopper => super::hopper::launch::<T>(gpu, &device, scale),
+        AttentionKernel::Hopper => super::hopper::launch::<T>(gpu, &device, scale, true),
+        AttentionKernel::HopperSerial => super::hopper::launch::<T>(gpu, &device, scale, false),
     }
 }
 

@@ -77,7 +77,12 @@ pub(super) struct HopperLaunch {
     pub kernel: String,
 }
 
-pub(super) fn plan<T: AttentionElement>(t: &DeviceTensors<'_>, scale: f32) -> Result<HopperLaunch> {
+/// `overlap`: v2 (softmax overlapped with the previous tile's P·V) or v1.
+pub(super) fn plan<T: AttentionElement>(
+    t: &DeviceTensors<'_>,
+    scale: f32,
+    overlap: bool,
+) -> Result<HopperLaunch> {
     let (q, k, out) = (t.q.1, t.k.1, t.out.1);
     let (q_tensor, q_tokens_inner) = input_tensor::<T>(t.q.0, q, NVLM_HOPPER_ATTENTION_QUERY_ROWS)?;
     let (k_tensor, k_tokens_inner) = input_tensor::<T>(t.k.0, k, KEY_ROWS)?;
@@ -123,7 +128,12 @@ pub(super) fn plan<T: AttentionElement>(t: &DeviceTensors<'_>, scale: f32) -> Re
             q.batch as u32,
         ),
         smem_bytes,
-        kernel: format!("attention_hopper_d{}_{}", q.head_dim, T::KERNEL_SUFFIX),
+        kernel: format!(
+            "attention_hopper_{}d{}_{}",
+            if overlap { "" } else { "serial_" },
+            q.head_dim,
+            T::KERNEL_SUFFIX
+        ),
     })
 }
 
@@ -131,8 +141,9 @@ pub(super) fn launch<T: AttentionElement>(
     gpu: &Gpu,
     t: &DeviceTensors<'_>,
     scale: f32,
+    overlap: bool,
 ) -> Result<()> {
-    let plan = plan::<T>(t, scale)?;
+    let plan = plan::<T>(t, scale, overlap)?;
     let maps = plan
         .inputs
         .iter()

@@ -260,6 +260,8 @@ inline void wgmma_wait_group() {
 
 template <int N>
 inline void wgmma_fence_operands(float (&)[N]) {}
+template <int N>
+inline void wgmma_fence_operands(uint32_t (&)[N][4]) {}
 
 // acc (64 x N) (+)= A (64 x 16, K-major) * B (N x 16, K-major)^T.
 template <int N, typename T>
