@@ -11,6 +11,7 @@
 
 use super::gpu::{DeviceTensors, portable_launch, rms_norm_launch};
 use super::hopper;
+use super::tests::Rng;
 use super::*;
 use crate::abi::{
     NVLM_HOPPER_ATTENTION_THREADS, NvlmAttentionTensor, NvlmFlashAttention, NvlmHopperAttention,
@@ -29,20 +30,6 @@ fn emulator(kernel: AttentionKernel, sanitizer: &str) -> Option<std::path::PathB
         AttentionKernel::Hopper | AttentionKernel::HopperSerial => "attention_hopper_on_cpu",
     };
     host_emulation::emulator(driver, sanitizer)
-}
-
-/// SplitMix64 in [-1, 1).
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

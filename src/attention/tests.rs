@@ -4,11 +4,13 @@
 use super::*;
 use half::{bf16, f16};
 
-/// SplitMix64: deterministic inputs for the reference tests.
-struct Rng(u64);
+/// SplitMix64: deterministic inputs for the reference tests (and the
+/// emulated kernels').
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn unit(&mut self) -> f32 {
+    /// Uniform in [-1, 1).
+    pub(super) fn unit(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
