@@ -66,9 +66,11 @@ namespace emu {
     std::abort();
 }
 
-// Longer than any correct wait in these tests takes, even under ASan on a
-// loaded two-core machine; a wait this long is a deadlock.
-constexpr auto kDeadlock = std::chrono::seconds(30);
+// Far longer than any correct wait in these tests takes (a thread that
+// ends its block early waits at the block's end for the whole block: a few
+// seconds under a sanitizer on a loaded two-core machine); a wait this long
+// is a deadlock.
+constexpr auto kDeadlock = std::chrono::seconds(120);
 
 // A reusable barrier for `n` threads.
 class Barrier {
