@@ -11,22 +11,43 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// The crate's root, where kernels/ and tests/ are.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+const PROCESS_DIR_PREFIX: &str = "nvlm-vision-emu-";
+
+/// This test process's temporary folder (staged kernels, emulators). Made
+/// once; earlier processes' folders are removed then, where /proc shows
+/// their process gone.
+fn process_dir() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        if Path::new("/proc/self").exists()
+            && let Ok(entries) = std::fs::read_dir(&tmp)
+        {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if let Some(pid) = name.to_string_lossy().strip_prefix(PROCESS_DIR_PREFIX)
+                    && !Path::new("/proc").join(pid).exists()
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        tmp.join(format!("{PROCESS_DIR_PREFIX}{}", std::process::id()))
+    })
+}
+
 /// A fresh directory under this test process's temporary folder.
 pub fn scratch_dir(what: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "nvlm-vision-emu-{}/{what}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = process_dir().join(format!("{what}-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
