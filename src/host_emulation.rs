@@ -8,6 +8,7 @@
 //! (tests/host_emulation/cuda) replace kernels/common's; [`LaunchFile`]
 //! describes one launch to it (format: tests/host_emulation/cuda/launch.h).
 
+use cudarc::driver::LaunchConfig;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,24 +68,23 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// kernels/ as it is, with tests/host_emulation/cuda copied over it: the
 /// emulated common/ headers replace the real ones (those without an
-/// emulated twin, such as the wgmma descriptor encoder, stay).
-fn staged_kernels() -> PathBuf {
-    let dir = scratch_dir("kernels");
-    copy_tree(&root().join("kernels"), &dir);
-    copy_tree(&root().join("tests/host_emulation/cuda"), &dir);
-    dir
+/// emulated twin, such as the wgmma descriptor encoder, stay). Staged once
+/// per test process.
+fn staged_kernels() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch_dir("kernels");
+        copy_tree(&root().join("kernels"), &dir);
+        copy_tree(&root().join("tests/host_emulation/cuda"), &dir);
+        dir
+    })
 }
 
-/// Compiles `driver` (relative to the crate root) with `include_dirs` and
-/// `-fsanitize=<sanitizer>` into `name`, or returns `None` when there is no
-/// C++ compiler ($CXX, else `c++`), which fails under CI. A compile error
-/// panics with the compiler's message.
-pub fn build(
-    name: &str,
-    driver: &str,
-    include_dirs: &[PathBuf],
-    sanitizer: &str,
-) -> Option<PathBuf> {
+/// Compiles `driver` (relative to the crate root) over the staged kernels
+/// with `-fsanitize=<sanitizer>` into `name`, or returns `None` when there
+/// is no C++ compiler ($CXX, else `c++`), which fails under CI. A compile
+/// error panics with the compiler's message.
+fn build(name: &str, driver: &str, sanitizer: &str) -> Option<PathBuf> {
     let exe = scratch_dir(name).join(name);
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let mut command = Command::new(&cxx);
@@ -92,9 +92,7 @@ pub fn build(
         .args(["-std=c++17", "-O1", "-g", "-pthread"])
         .arg(format!("-fsanitize={sanitizer}"))
         .args(["-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-psabi"]);
-    for dir in include_dirs {
-        command.arg("-I").arg(dir);
-    }
+    command.arg("-I").arg(staged_kernels());
     match command
         .arg(root().join(driver))
         .arg("-o")
@@ -132,7 +130,6 @@ pub fn emulator(driver: &str, sanitizer: &str) -> Option<PathBuf> {
             build(
                 &key,
                 &format!("tests/host_emulation/{driver}.cpp"),
-                &[staged_kernels()],
                 sanitizer,
             )
         })
@@ -199,9 +196,8 @@ pub struct EmulatedTensorMap {
 /// One kernel launch for an emulator.
 pub struct LaunchFile<'a> {
     pub kernel: &'a str,
-    pub grid: (u32, u32, u32),
-    pub threads: u32,
-    pub smem_bytes: u32,
+    /// Grid, block (x only) and dynamic shared memory, as launched.
+    pub config: LaunchConfig,
     /// The kernel's parameter struct, as launched.
     pub params: &'a [u8],
     /// Byte offsets in `params` of device addresses.
@@ -212,16 +208,21 @@ pub struct LaunchFile<'a> {
 
 impl LaunchFile<'_> {
     pub fn bytes(&self) -> Vec<u8> {
+        assert_eq!(
+            (self.config.block_dim.1, self.config.block_dim.2),
+            (1, 1),
+            "the emulator runs 1-D blocks"
+        );
         let mut file = b"NVLMEMU1".to_vec();
         let mut put = |v: u64| file.extend_from_slice(&v.to_le_bytes());
         for v in [
             DEVICE_BASE,
             self.memory.0.len() as u64,
-            self.grid.0.into(),
-            self.grid.1.into(),
-            self.grid.2.into(),
-            self.threads.into(),
-            self.smem_bytes.into(),
+            self.config.grid_dim.0.into(),
+            self.config.grid_dim.1.into(),
+            self.config.grid_dim.2.into(),
+            self.config.block_dim.0.into(),
+            self.config.shared_mem_bytes.into(),
             self.params.len() as u64,
             self.pointers.len() as u64,
             self.maps.len() as u64,

@@ -13,10 +13,7 @@ use super::gpu::{DeviceTensors, portable_launch, rms_norm_launch};
 use super::hopper;
 use super::tests::Rng;
 use super::*;
-use crate::abi::{
-    NVLM_HOPPER_ATTENTION_THREADS, NvlmAttentionTensor, NvlmFlashAttention, NvlmHopperAttention,
-    NvlmQkRmsNorm,
-};
+use crate::abi::{NvlmAttentionTensor, NvlmFlashAttention, NvlmHopperAttention, NvlmQkRmsNorm};
 use crate::dtype::Dtype;
 use crate::hopper::TmaSwizzle;
 use crate::host_emulation::{self, EmulatedTensorMap, LaunchFile, Memory};
@@ -77,9 +74,7 @@ fn launch_file<T: AttentionElement>(
         let pointer = |tensor: usize| tensor + offset_of!(NvlmAttentionTensor, ptr);
         let file = LaunchFile {
             kernel: &launch.kernel,
-            grid: launch.config.grid_dim,
-            threads: launch.config.block_dim.0,
-            smem_bytes: launch.config.shared_mem_bytes,
+            config: launch.config,
             // SAFETY: abi.h's structs have no padding.
             params: unsafe { host_emulation::param_bytes(&launch.params) },
             pointers: &[
@@ -116,9 +111,7 @@ fn launch_file<T: AttentionElement>(
         .collect();
     let file = LaunchFile {
         kernel: &plan.kernel,
-        grid: plan.grid,
-        threads: NVLM_HOPPER_ATTENTION_THREADS,
-        smem_bytes: plan.smem_bytes,
+        config: plan.config,
         // SAFETY: abi.h's structs have no padding.
         params: unsafe { host_emulation::param_bytes(&plan.params) },
         pointers: &[
@@ -399,9 +392,7 @@ fn rms_norm_case<T: AttentionElement>(exe: &Path, rows: QkvRows, seed: u64) {
     let name = format!("qk_rms_norm_{}", T::KERNEL_SUFFIX);
     let file = LaunchFile {
         kernel: &name,
-        grid: config.grid_dim,
-        threads: config.block_dim.0,
-        smem_bytes: config.shared_mem_bytes,
+        config,
         // SAFETY: abi.h's structs have no padding.
         params: unsafe { host_emulation::param_bytes(&params) },
         pointers: &[

@@ -72,8 +72,7 @@ pub(super) struct HopperLaunch {
     /// q, k, v.
     pub inputs: [TiledTensor<4>; 3],
     pub params: NvlmHopperAttention,
-    pub grid: (u32, u32, u32),
-    pub smem_bytes: u32,
+    pub config: LaunchConfig,
     pub kernel: String,
 }
 
@@ -122,12 +121,15 @@ pub(super) fn plan<T: AttentionElement>(
     Ok(HopperLaunch {
         inputs: [q_tensor, k_tensor, v_tensor],
         params,
-        grid: (
-            q.tokens.div_ceil(NVLM_HOPPER_ATTENTION_QUERY_ROWS as usize) as u32,
-            q.heads as u32,
-            q.batch as u32,
-        ),
-        smem_bytes,
+        config: LaunchConfig {
+            grid_dim: (
+                q.tokens.div_ceil(NVLM_HOPPER_ATTENTION_QUERY_ROWS as usize) as u32,
+                q.heads as u32,
+                q.batch as u32,
+            ),
+            block_dim: (NVLM_HOPPER_ATTENTION_THREADS, 1, 1),
+            shared_mem_bytes: smem_bytes,
+        },
         kernel: format!(
             "attention_hopper_{}d{}_{}",
             if overlap { "" } else { "serial_" },
@@ -150,12 +152,7 @@ pub(super) fn launch<T: AttentionElement>(
         .map(|tensor| TensorMap::tiled(gpu, tensor))
         .collect::<Result<Vec<_>>>()?;
     let function = gpu.function(KernelModule::AttentionHopper, &plan.kernel)?;
-    allow_dynamic_smem(&function, plan.smem_bytes)?;
-    let config = LaunchConfig {
-        grid_dim: plan.grid,
-        block_dim: (NVLM_HOPPER_ATTENTION_THREADS, 1, 1),
-        shared_mem_bytes: plan.smem_bytes,
-    };
+    allow_dynamic_smem(&function, plan.config.shared_mem_bytes)?;
     // SAFETY: the tensor maps describe the checked q, k and v (TMA reads
     // only inside them); the output indices are bounded by the checked
     // layout and length; the caller holds the buffers' stream guards until
@@ -167,7 +164,7 @@ pub(super) fn launch<T: AttentionElement>(
             .arg(&maps[1])
             .arg(&maps[2])
             .arg(&plan.params)
-            .launch(config)
+            .launch(plan.config)
     }
     .map_err(driver_error(&plan.kernel))?;
     Ok(())

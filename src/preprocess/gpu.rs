@@ -293,11 +293,7 @@ impl CudaPreprocessor {
         let f = self
             .gpu
             .function(KernelModule::Preprocess, "preprocess_fused")?;
-        let config = LaunchConfig {
-            grid_dim: (launch.blocks, 1, 1),
-            block_dim: (FUSED_THREADS, 1, 1),
-            shared_mem_bytes: SLAB_BYTES,
-        };
+        let config = launch.config();
         // SAFETY: the params describe live device buffers: the image (the
         // caller's), the tensor of plan.tensor_len() elements (checked), and
         // the tables, whose indices stay inside the image (AxisCoefficients'
@@ -640,6 +636,15 @@ impl FusedLaunch {
         }
     }
 
+    /// One block of 256 threads per patch, the slab as dynamic shared memory.
+    fn config(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.blocks, 1, 1),
+            block_dim: (FUSED_THREADS, 1, 1),
+            shared_mem_bytes: SLAB_BYTES,
+        }
+    }
+
     /// The parameters with the blob's offsets turned into addresses.
     fn relocated(&self, blob: u64, src: u64, out: u64) -> NvlmFusedPreprocess {
         let mut p = self.params;
@@ -945,12 +950,6 @@ mod tests {
         most_chunks
     }
 
-    /// The kernel source built for the CPU (once per test binary), or
-    /// `None` without a C++ compiler, which fails under CI.
-    fn host_emulator() -> Option<PathBuf> {
-        host_emulation::emulator("preprocess_on_cpu", "address")
-    }
-
     /// Runs the kernel source on the CPU (`exe`) with every output byte
     /// poisoned first; returns the output tensor's bytes.
     fn emulate(exe: &Path, launch: &FusedLaunch, image: &[u8], out_bytes: usize) -> Vec<u8> {
@@ -982,9 +981,7 @@ mod tests {
         }
         let file = LaunchFile {
             kernel: "preprocess_fused",
-            grid: (launch.blocks, 1, 1),
-            threads: FUSED_THREADS,
-            smem_bytes: SLAB_BYTES,
+            config: launch.config(),
             // SAFETY: abi.h's structs have no padding.
             params: unsafe { host_emulation::param_bytes(&params) },
             pointers: &pointers,
@@ -1126,7 +1123,7 @@ mod tests {
     /// the CPU) while making every pass order and several-chunk windows.
     #[test]
     fn fused_kernel_source_on_the_cpu_equals_the_cpu_reference() {
-        let Some(exe) = host_emulator() else {
+        let Some(exe) = host_emulation::emulator("preprocess_on_cpu", "address") else {
             return;
         };
         check_cases(

@@ -97,9 +97,7 @@ fn front_case<T: Half>(
     let (params, launch, kernel) = front_plan(cfg, T::DTYPE, addrs, rows).unwrap();
     let file = LaunchFile {
         kernel: &kernel,
-        grid: launch.grid_dim,
-        threads: launch.block_dim.0,
-        smem_bytes: launch.shared_mem_bytes,
+        config: launch,
         // SAFETY: abi.h's structs have no padding.
         params: unsafe { host_emulation::param_bytes(&params) },
         pointers: &[
@@ -195,9 +193,7 @@ fn bias_gelu_case<T: Half>(
     let (params, launch, kernel) = bias_gelu_plan(T::NAME, [data_at, bias_at], rows, cols, gelu);
     let file = LaunchFile {
         kernel: &kernel,
-        grid: launch.grid_dim,
-        threads: launch.block_dim.0,
-        smem_bytes: launch.shared_mem_bytes,
+        config: launch,
         // SAFETY: abi.h's structs have no padding.
         params: unsafe { host_emulation::param_bytes(&params) },
         pointers: &[

@@ -103,6 +103,8 @@ struct Wgmma {
     std::vector<float> acc_at_issue;
     const uint32_t* a_registers;  // nullptr: A in shared memory
     uint32_t a_at_issue[4];
+    // A's registers into the warpgroup's [64][16] tile (A from registers).
+    void (*unpack_a)(const uint32_t (&)[4], float*);
     uint64_t desc_a, desc_b;
     // This thread's rows of A (shared-memory A) and columns of B.
     std::vector<float> (*operands)(const Wgmma&);
@@ -186,10 +188,10 @@ void unpack_a(const uint32_t (&a)[4], float* a_tile) {
     }
 }
 
-template <typename T>
-void issue(float* acc, uint32_t acc_count, const uint32_t* a_registers, uint64_t desc_a,
-           uint64_t desc_b, bool accumulate, std::vector<float> (*operands)(const Wgmma&),
-           void (*run)(Wgmma&, const std::vector<float>&, const float*)) {
+inline void issue(float* acc, uint32_t acc_count, const uint32_t* a_registers,
+                  void (*unpack)(const uint32_t (&)[4], float*), uint64_t desc_a, uint64_t desc_b,
+                  bool accumulate, std::vector<float> (*operands)(const Wgmma&),
+                  void (*run)(Wgmma&, const std::vector<float>&, const float*)) {
     check_uniform(desc_a, desc_b, accumulate);
     Wgmma w{};
     w.acc = acc;
@@ -198,6 +200,7 @@ void issue(float* acc, uint32_t acc_count, const uint32_t* a_registers, uint64_t
     if (!in_flight(acc)) w.acc_at_issue.assign(acc, acc + acc_count);
     w.a_registers = a_registers;
     if (a_registers) std::memcpy(w.a_at_issue, a_registers, sizeof w.a_at_issue);
+    w.unpack_a = unpack;
     w.desc_a = desc_a;
     w.desc_b = desc_b;
     w.operands = operands;
@@ -206,8 +209,7 @@ void issue(float* acc, uint32_t acc_count, const uint32_t* a_registers, uint64_t
     open_group.push_back(std::move(w));
 }
 
-template <typename T>
-void run_group(std::vector<Wgmma>& group) {
+inline void run_group(std::vector<Wgmma>& group) {
     const uint32_t warpgroup = threadIdx.x / 128;
     float* a_tile = &block.wgmma_a[warpgroup * 64 * 16];
     for (Wgmma& w : group) {
@@ -220,16 +222,13 @@ void run_group(std::vector<Wgmma>& group) {
         if (w.a_registers) {
             if (std::memcmp(w.a_registers, w.a_at_issue, sizeof w.a_at_issue) != 0)
                 fail("A registers written while the wgmma reading them was in flight");
-            unpack_a<T>(w.a_at_issue, a_tile);
+            w.unpack_a(w.a_at_issue, a_tile);
         }
         block.warpgroups[warpgroup]->wait("wgmma run");
         w.run(w, now, a_tile);
         block.warpgroups[warpgroup]->wait("wgmma run");
     }
 }
-
-// Element type of the wgmmas in flight (one kernel uses one).
-thread_local void (*run_group_of_type)(std::vector<Wgmma>&) = nullptr;
 
 inline void check_no_wgmma_in_flight() {
     if (!open_group.empty() || !committed.empty())
@@ -253,7 +252,7 @@ inline void wgmma_commit_group() {
 template <int Pending>
 inline void wgmma_wait_group() {
     while (emu::committed.size() > static_cast<size_t>(Pending)) {
-        emu::run_group_of_type(emu::committed.front());
+        emu::run_group(emu::committed.front());
         emu::committed.pop_front();
     }
 }
@@ -266,15 +265,15 @@ inline void wgmma_fence_operands(uint32_t (&)[N][4]) {}
 // acc (64 x N) (+)= A (64 x 16, K-major) * B (N x 16, K-major)^T.
 template <int N, typename T>
 inline void wgmma_ss(float (&acc)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
-    emu::run_group_of_type = emu::run_group<T>;
-    emu::issue<T>(acc, N / 2, nullptr, desc_a, desc_b, accumulate, emu::ss_operands<N, T>, emu::run_ss);
+    emu::issue(acc, N / 2, nullptr, nullptr, desc_a, desc_b, accumulate, emu::ss_operands<N, T>,
+               emu::run_ss);
 }
 
 // acc (64 x N) (+)= A (64 x 16, registers) * B (16 x N, MN-major).
 template <int N, typename T>
 inline void wgmma_rs(float (&acc)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate) {
-    emu::run_group_of_type = emu::run_group<T>;
-    emu::issue<T>(acc, N / 2, a, 0, desc_b, accumulate, emu::rs_operands<N, T>, emu::run_rs);
+    emu::issue(acc, N / 2, a, emu::unpack_a<T>, 0, desc_b, accumulate, emu::rs_operands<N, T>,
+               emu::run_rs);
 }
 
 }  // namespace nvlm
