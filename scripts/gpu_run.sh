@@ -4,8 +4,9 @@
 #   run.sh RESULTS_DIR [PHASE...]      PHASE: tests sanitize bench peers all
 #
 #   tests     every gpu test binary, GPU required, one test at a time
-#   sanitize  compute-sanitizer memcheck, racecheck, initcheck on each gpu
-#             test binary, skipping tests named `*_at_model_shapes*`
+#   sanitize  compute-sanitizer memcheck, racecheck, synccheck, initcheck
+#             (each tool over every gpu test binary before the next tool),
+#             skipping tests named `*_at_model_shapes*`
 #   bench     every gpu bench binary (criterion, short times; results under
 #             RESULTS_DIR/criterion)
 #   peers     every peer script with python3, JSON lines into RESULTS_DIR/peers
@@ -113,8 +114,10 @@ for phase in "${phases[@]}"; do
             failed=1
             continue
         fi
-        for t in "${tests[@]}"; do
-            for tool in memcheck racecheck initcheck; do
+        # Tool by tool, so a short budget still covers every binary with
+        # memcheck (out-of-bounds accesses) before the slower tools.
+        for tool in memcheck racecheck synccheck initcheck; do
+            for t in "${tests[@]}"; do
                 step "$tool-$(basename "$t")" "${NVLM_VISION_SANITIZE_TIMEOUT:-300}" \
                     "$sanitizer" --tool "$tool" --error-exitcode 99 \
                     "$t" --test-threads=1 --skip _at_model_shapes

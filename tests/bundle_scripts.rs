@@ -157,13 +157,16 @@ fn run_script_runs_every_phase_and_summarises() {
             "bench-gpu_stage",
             "peer_stage",
             "memcheck-gpu_bad",
-            "racecheck-gpu_bad",
-            "initcheck-gpu_bad",
             "memcheck-gpu_good",
-            "racecheck-gpu_good",
-            "initcheck-gpu_good",
             "memcheck-gpu_hopper_prims",
+            "racecheck-gpu_bad",
+            "racecheck-gpu_good",
             "racecheck-gpu_hopper_prims",
+            "synccheck-gpu_bad",
+            "synccheck-gpu_good",
+            "synccheck-gpu_hopper_prims",
+            "initcheck-gpu_bad",
+            "initcheck-gpu_good",
             "initcheck-gpu_hopper_prims",
         ]
     );
@@ -173,6 +176,7 @@ fn run_script_runs_every_phase_and_summarises() {
     assert!(log("test-gpu_hopper_prims").contains("args: --test-threads=1\n"));
     assert!(log("memcheck-gpu_good").contains("args: --test-threads=1 --skip _at_model_shapes"));
     assert!(log("racecheck-gpu_good").starts_with("sanitizer racecheck"));
+    assert!(log("synccheck-gpu_hopper_prims").starts_with("sanitizer synccheck"));
     assert!(log("bench-gpu_stage").contains("args: --bench"));
 
     let summary = fs::read_to_string(results.join("summary.md")).unwrap();
