@@ -150,6 +150,13 @@ static_assert(sizeof(NvlmQkRmsNorm) == 48, "NvlmQkRmsNorm layout");
 #define NVLM_HOPPER_ATTENTION_QUERY_ROWS 128
 #define NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64 82944
 #define NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128 164864
+// setmaxnreg targets of the producer warpgroup (gives registers back) and
+// the two consumer warpgroups (take them). They move within the block's
+// allocation at launch, so the kernel must start with at least
+// (PRODUCER * 128 + CONSUMER * 256) / THREADS = 168 registers a thread, or
+// the consumers' setmaxnreg.inc waits forever; the launch checks this.
+#define NVLM_HOPPER_ATTENTION_PRODUCER_REGISTERS 24
+#define NVLM_HOPPER_ATTENTION_CONSUMER_REGISTERS 240
 
 typedef struct NvlmHopperAttention {
     uint64_t o;              // device address of the output (d contiguous)

@@ -59,6 +59,10 @@ struct SmemLayout {
 static_assert(SmemLayout<64>::bytes + 1024 == NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64, "abi.h");
 static_assert(SmemLayout<128>::bytes + 1024 == NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128, "abi.h");
 static_assert(kQueryRows == 128 && kThreads == 3 * 128, "two consumer warpgroups + a producer");
+static_assert(NVLM_HOPPER_ATTENTION_PRODUCER_REGISTERS * 128 +
+                      2 * 128 * NVLM_HOPPER_ATTENTION_CONSUMER_REGISTERS <=
+                  64 * 1024,
+              "setmaxnreg targets beyond the register file");
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -122,7 +126,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
     __syncthreads();
 
     if (warpgroup == 0) {
-        warpgroup_registers_release<24>();
+        warpgroup_registers_release<NVLM_HOPPER_ATTENTION_PRODUCER_REGISTERS>();
         if (threadIdx.x == 0) {
             mbarrier_arrive_expect_tx(&q_full, L::q_bytes);
             for (int a = 0; a < L::atoms; ++a) {
@@ -151,7 +155,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
     }
     const int consumer = warpgroup - 1;
     if (consumer >= active_consumers) return;
-    warpgroup_registers_claim<240>();
+    warpgroup_registers_claim<NVLM_HOPPER_ATTENTION_CONSUMER_REGISTERS>();
 
     const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
     const int quad = lane % 4;

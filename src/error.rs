@@ -34,7 +34,8 @@ pub enum Error {
     /// without a kernel).
     Unsupported(String),
     /// A GPU entry point in a build without compiled kernels (no nvcc at
-    /// build time), or no usable CUDA driver or device.
+    /// build time) or with a kernel it cannot run safely, or no usable CUDA
+    /// driver or device.
     CudaUnavailable(String),
     /// A CUDA driver call failed; the message names the call.
     Cuda(String),
