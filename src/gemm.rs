@@ -9,15 +9,16 @@
 //! lda = ldb = K, ldc = N. cuBLASLt's bias is indexed by the row of the
 //! column-major result, i.e. by N: the output feature, as `nn.Linear`.
 //!
-//! Every shape is checked by [`check_linear`] (a pure function) before the
-//! call; cuBLASLt is loaded at run time, and a machine without
-//! libcublasLt gets [`Error::CudaUnavailable`] from [`Gemm::new`].
+//! Every shape is checked by [`check_linear`] and every operand address by
+//! [`check_operand_alignment`] (pure functions) before the call; cuBLASLt is
+//! loaded at run time, and a machine without libcublasLt gets
+//! [`Error::CudaUnavailable`] from [`Gemm::new`].
 
 use crate::cuda::Gpu;
 use crate::dtype::TensorElement;
 use crate::error::{Error, Result};
 use cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig};
-use cudarc::driver::{CudaView, CudaViewMut};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ`.
@@ -85,6 +86,29 @@ pub fn check_linear(
     Ok(())
 }
 
+/// The alignment, in bytes, [`Gemm::linear`] requires of every operand's
+/// address. cuBLASLt's heuristic assumes 256-byte-aligned pointers unless
+/// told otherwise (`CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_{A,B,C,D}_BYTES`,
+/// default 256) and cudarc does not tell it, so a less aligned operand (a
+/// view starting inside a buffer) could get a kernel that fails or faults.
+/// Whole cudarc allocations are aligned far beyond this.
+pub const OPERAND_ALIGNMENT: u64 = 256;
+
+/// Checks that each `(name, device address)` is a multiple of
+/// [`OPERAND_ALIGNMENT`].
+pub fn check_operand_alignment(operands: &[(&str, u64)]) -> Result<()> {
+    for &(what, address) in operands {
+        if !address.is_multiple_of(OPERAND_ALIGNMENT) {
+            return Err(Error::InvalidShape(format!(
+                "GEMM operand {what} at {address:#x} is not {OPERAND_ALIGNMENT}-byte aligned \
+                 (cuBLASLt's kernels are chosen for aligned operands; start the view at a \
+                 multiple of {OPERAND_ALIGNMENT} bytes)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The column-major cuBLASLt problem that computes the row-major
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ`, with A = w and B = x (module docs).
 fn matmul_config(s: LinearShape) -> MatmulConfig {
@@ -111,6 +135,10 @@ fn matmul_config(s: LinearShape) -> MatmulConfig {
 /// A cuBLASLt handle (with its workspace) on the GPU's stream.
 pub struct Gemm {
     lt: CudaBlasLT,
+    /// The handle's stream. Its context is made current on the calling
+    /// thread before each cuBLASLt call, which runs in whatever context is
+    /// current (cudarc's matmul binds none).
+    stream: Arc<CudaStream>,
 }
 
 impl Gemm {
@@ -124,14 +152,17 @@ impl Gemm {
                     .into(),
             ));
         }
-        let lt = CudaBlasLT::new(gpu.stream().clone())
+        let stream = gpu.stream().clone();
+        bind(&stream)?;
+        let lt = CudaBlasLT::new(stream.clone())
             .map_err(|e| Error::Cuda(format!("cublasLtCreate: {e:?}")))?;
-        Ok(Gemm { lt })
+        Ok(Gemm { lt, stream })
     }
 
     /// Queues `y = epilogue(x · wᵀ + bias)` on the GPU's stream, all
     /// row-major, f32 accumulation (TF32 for f32 operands), output rounded
-    /// to `T`. `y` may be longer than `m·n`; the rest is untouched.
+    /// to `T`. `y` may be longer than `m·n`; the rest is untouched. Every
+    /// operand must start [`OPERAND_ALIGNMENT`]-byte aligned.
     pub fn linear<T>(
         &self,
         x: &CudaView<'_, T>,
@@ -146,6 +177,17 @@ impl Gemm {
         CudaBlasLT: Matmul<T>,
     {
         check_linear(shape, x.len(), w.len(), bias.map(|b| b.len()), y.len())?;
+        let stream = &self.stream;
+        let mut operands = vec![
+            ("x", x.device_ptr(stream).0),
+            ("w", w.device_ptr(stream).0),
+            ("y", y.device_ptr_mut(stream).0),
+        ];
+        if let Some(b) = bias {
+            operands.push(("bias", b.device_ptr(stream).0));
+        }
+        check_operand_alignment(&operands)?;
+        bind(stream)?;
         let cfg = matmul_config(shape);
         let act = match epilogue {
             Epilogue::None => None,
@@ -162,6 +204,13 @@ impl Gemm {
         unsafe { self.lt.matmul(cfg, &w, &x, y, bias.as_ref(), act.as_ref()) }
             .map_err(|e| Error::Cuda(format!("cublasLtMatmul {shape:?} {epilogue:?}: {e:?}")))
     }
+}
+
+fn bind(stream: &CudaStream) -> Result<()> {
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(|e| Error::Cuda(format!("cuCtxSetCurrent: {e}")))
 }
 
 #[cfg(test)]
@@ -243,6 +292,17 @@ mod tests {
                     + bias[o];
                 assert_eq!(c[r * s.n + o], y, "y[{r}, {o}]");
             }
+        }
+    }
+
+    #[test]
+    fn operands_off_the_256_byte_grid_are_refused_by_name() {
+        check_operand_alignment(&[("x", 0x7f00_0000_0000), ("w", 0x100)]).unwrap();
+        match check_operand_alignment(&[("x", 0x7f00_0000_0000), ("bias", 0x7f00_0000_0102)]) {
+            Err(Error::InvalidShape(m)) => {
+                assert!(m.contains("bias at 0x7f0000000102"), "{m}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 

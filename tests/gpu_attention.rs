@@ -685,6 +685,23 @@ fn attention_block_case<T: AttentionElement + cudarc::driver::ValidAsZeroBits>(
         )
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     let got: Vec<T> = stream.clone_dtoh(&out).unwrap();
+    // The proj weight, of the right length, one element into its buffer:
+    // off cuBLASLt's 256-byte grid, refused before the qkv GEMM.
+    let d_proj_w_buffer = up(&[&[T::from_f32(0.0)], &proj_w[..]].concat());
+    let offset_proj = AttentionBlockWeights {
+        proj_weight: d_proj_w_buffer.slice(1..),
+        ..weights
+    };
+    match block.forward(
+        &offset_proj,
+        &d_x.as_view(),
+        (batch, tokens),
+        &mut workspace,
+        &mut out.as_view_mut(),
+    ) {
+        Err(nvlm_vision::Error::InvalidShape(m)) if m.contains("proj weight at") => {}
+        other => panic!("{what}: an offset proj weight gave {other:?}"),
+    }
     let (mut err2, mut ref2) = (0f64, 0f64);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         let g = f64::from(g.to_f32());

@@ -713,6 +713,18 @@ fn projector_bad_inputs_fail_before_any_launch() {
         run(n_in, 2, &good, n_out - 1),
         Error::BufferTooShort { .. }
     ));
+    // A Linear 2 weight of the right length starting one element into its
+    // buffer: a GEMM operand off cuBLASLt's 256-byte grid, refused before
+    // the front's launch.
+    let w2_len = weights.w2.as_ref().unwrap().len();
+    let (w2_buffer, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, w2_len + 1, 0.1));
+    let offset_w2 = ProjectorWeights {
+        w2: Some(w2_buffer.slice(1..)),
+        ..weights.views()
+    };
+    assert!(
+        matches!(run(n_in, 2, &offset_w2, n_out), Error::InvalidShape(m) if m.contains("Linear 2 weight at"))
+    );
     // More tiles than the workspace holds.
     let n_in3 = 3 * cfg.tokens_per_tile() * 16;
     let (input3, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, n_in3, 1.0));

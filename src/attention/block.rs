@@ -17,9 +17,9 @@ use super::{
 };
 use crate::cuda::{Gpu, driver_error};
 use crate::error::{Error, Result};
-use crate::gemm::{Epilogue, Gemm, LinearShape};
+use crate::gemm::{Epilogue, Gemm, LinearShape, check_operand_alignment};
 use cudarc::cublaslt::{CudaBlasLT, Matmul};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, ValidAsZeroBits};
 use std::sync::Arc;
 
 /// The shape of one InternViT attention sub-layer.
@@ -337,8 +337,26 @@ impl AttentionBlock {
             out.len(),
             (workspace.qkv.len(), workspace.attended.len()),
         )?;
-        let rows = batch * tokens;
         let stream = self.gpu.stream();
+        // The GEMMs' operands that the caller supplies (the workspace's are
+        // whole allocations), checked here so a bad one fails before the
+        // first launch rather than at the second GEMM.
+        let address = |v: &CudaView<'_, T>| v.device_ptr(stream).0;
+        let mut gemm_operands = vec![
+            ("x", address(x)),
+            ("qkv weight", address(&weights.qkv_weight)),
+            ("proj weight", address(&weights.proj_weight)),
+            ("out", out.device_ptr_mut(stream).0),
+        ];
+        gemm_operands.extend(weights.qkv_bias.as_ref().map(|b| ("qkv bias", address(b))));
+        gemm_operands.extend(
+            weights
+                .proj_bias
+                .as_ref()
+                .map(|b| ("proj bias", address(b))),
+        );
+        check_operand_alignment(&gemm_operands)?;
+        let rows = batch * tokens;
         let mut qkv = workspace.qkv.slice_mut(..rows * cfg.qkv_width());
         self.gemm.linear(
             x,

@@ -12,11 +12,11 @@ use crate::abi::{NvlmBiasGelu, NvlmProjectorFront};
 use crate::cuda::{Gpu, KernelModule, driver_error};
 use crate::dtype::{Dtype, TensorElement};
 use crate::error::{Error, Result};
-use crate::gemm::{Epilogue, Gemm, LinearShape, check_linear};
+use crate::gemm::{Epilogue, Gemm, LinearShape, check_linear, check_operand_alignment};
 use cudarc::cublaslt::{CudaBlasLT, Matmul};
 use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig, PushKernelArg,
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 use std::sync::Arc;
 
@@ -82,12 +82,13 @@ impl ProjectorKernels {
             });
         }
         let stream = self.gpu.stream();
-        let addrs = [
-            addr(input, stream),
-            addr(gamma, stream),
-            addr(beta, stream),
-            addr_mut(out, stream),
-        ];
+        // The guards live until the launch is queued, so cudarc records
+        // the kernel's reads and writes for work on other streams.
+        let (input_addr, _input_read) = input.device_ptr(stream);
+        let (gamma_addr, _gamma_read) = gamma.device_ptr(stream);
+        let (beta_addr, _beta_read) = beta.device_ptr(stream);
+        let (out_addr, _out_write) = out.device_ptr_mut(stream);
+        let addrs = [input_addr, gamma_addr, beta_addr, out_addr];
         let (params, launch, kernel) = front_plan(cfg, T::DTYPE, addrs, rows)?;
         let f = self.gpu.function(KernelModule::Projector, &kernel)?;
         // SAFETY: check_front and the length check above bound every index
@@ -134,8 +135,10 @@ impl ProjectorKernels {
             )));
         }
         let stream = self.gpu.stream();
-        let data_addr = addr_mut(data, stream);
-        let bias_addr = bias.map_or(0, |b| addr(b, stream));
+        // Guards held until the launch is queued, as in `front`.
+        let (data_addr, _data_write) = data.device_ptr_mut(stream);
+        let bias_read = bias.map(|b| b.device_ptr(stream));
+        let bias_addr = bias_read.as_ref().map_or(0, |(a, _)| *a);
         let (params, launch, kernel) =
             bias_gelu_plan(name, [data_addr, bias_addr], rows, cols, gelu);
         let f = self.gpu.function(KernelModule::Projector, &kernel)?;
@@ -322,6 +325,21 @@ impl Projector {
                 out.len(),
             )?;
         }
+        // The GEMMs' operands that the caller supplies (the workspace's are
+        // whole allocations), checked before the front's launch.
+        let stream = self.kernels.gpu.stream();
+        let address = |v: &CudaView<'_, T>| v.device_ptr(stream).0;
+        let mut gemm_operands = vec![
+            ("Linear 1 weight", address(&weights.w1)),
+            ("out", out.device_ptr_mut(stream).0),
+        ];
+        // Linear 1's bias is a GEMM operand unless the exact GELU kernel adds it.
+        if gemm2.is_none() || cfg.gelu == GeluMode::CublasLtApproximate {
+            gemm_operands.extend(weights.b1.as_ref().map(|b| ("Linear 1 bias", address(b))));
+        }
+        gemm_operands.extend(weights.w2.as_ref().map(|w| ("Linear 2 weight", address(w))));
+        gemm_operands.extend(weights.b2.as_ref().map(|b| ("Linear 2 bias", address(b))));
+        check_operand_alignment(&gemm_operands)?;
 
         let mut front = ws.front.slice_mut(..rows * k1);
         self.kernels.front(
@@ -378,14 +396,4 @@ impl Projector {
             Epilogue::None,
         )
     }
-}
-
-fn addr<T>(v: &CudaView<'_, T>, stream: &Arc<CudaStream>) -> u64 {
-    let (a, _sync) = v.device_ptr(stream);
-    a
-}
-
-fn addr_mut<T>(v: &mut CudaViewMut<'_, T>, stream: &Arc<CudaStream>) -> u64 {
-    let (a, _sync) = v.device_ptr_mut(stream);
-    a
 }
