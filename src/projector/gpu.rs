@@ -333,10 +333,7 @@ impl Projector {
             ("Linear 1 weight", address(&weights.w1)),
             ("out", out.device_ptr_mut(stream).0),
         ];
-        // Linear 1's bias is a GEMM operand unless the exact GELU kernel adds it.
-        if gemm2.is_none() || cfg.gelu == GeluMode::CublasLtApproximate {
-            gemm_operands.extend(weights.b1.as_ref().map(|b| ("Linear 1 bias", address(b))));
-        }
+        gemm_operands.extend(weights.b1.as_ref().map(|b| ("Linear 1 bias", address(b))));
         gemm_operands.extend(weights.w2.as_ref().map(|w| ("Linear 2 weight", address(w))));
         gemm_operands.extend(weights.b2.as_ref().map(|b| ("Linear 2 bias", address(b))));
         check_operand_alignment(&gemm_operands)?;
@@ -365,15 +362,11 @@ impl Projector {
         let mut hidden = hidden.slice_mut(..rows * h1);
         match cfg.gelu {
             GeluMode::ExactErf => {
-                self.gemm.linear(
-                    &front,
-                    &weights.w1,
-                    None,
-                    &mut hidden,
-                    gemm1,
-                    Epilogue::None,
-                )?;
-                self.kernels.bias_gelu(&mut hidden, rows, h1, b1, true)?;
+                // The bias in cuBLASLt's epilogue, before the output is
+                // rounded, then the GELU: torch's Linear + GELU roundings.
+                self.gemm
+                    .linear(&front, &weights.w1, b1, &mut hidden, gemm1, Epilogue::None)?;
+                self.kernels.bias_gelu(&mut hidden, rows, h1, None, true)?;
             }
             GeluMode::CublasLtApproximate => {
                 self.gemm.linear(

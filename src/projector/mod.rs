@@ -36,7 +36,8 @@ pub enum PsVersion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GeluMode {
     /// `x/2 · (1 + erf(x/√2))`, torch's `nn.GELU()`, which the models use:
-    /// a separate element-wise kernel after the GEMM.
+    /// a separate element-wise kernel after the GEMM (whose epilogue adds
+    /// the bias before rounding, as torch's Linear does).
     ExactErf,
     /// cuBLASLt's GELU epilogue fused into GEMM 1. NVIDIA documents it as
     /// an approximation; `tests/gpu_projector.rs` measures which one.
