@@ -8,7 +8,8 @@
 //! (pageable) host memory, copy included; `nvlm-v1-pinned-batch`,
 //! `nvlm-v2-pinned-batch` take host images 8 at a time through
 //! `run_batch_into` (pinned staging, copies overlapping kernels), time per
-//! image. Times are CUDA-event times of calls queued back to back, rotating
+//! image; `h2d-copy-pageable` and `h2d-copy-pinned` copy the image's bytes
+//! alone, the PCIe time the host-input ids are to be compared with. Times are CUDA-event times of calls queued back to back, rotating
 //! among input and output sets larger than L2; for the host-input ids they
 //! include the copies and any time the stream waits on the host. Skips
 //! without a GPU.
@@ -99,6 +100,37 @@ fn preprocess(c: &mut Criterion) {
                 },
             );
         }
+        // The copy alone: from pageable memory (what run_into's copy
+        // does) and from pinned memory (the DMA rate).
+        let mut dsts: Vec<_> = (0..sets)
+            .map(|_| stream.alloc_zeros::<u8>(in_bytes).unwrap())
+            .collect();
+        group.throughput(Throughput::Bytes(in_bytes as u64));
+        group.bench_function(BenchmarkId::new("h2d-copy-pageable", &case), |b| {
+            b.iter_custom(|iters| {
+                device_time(&gpu, iters, |i| {
+                    let k = i as usize % sets;
+                    stream.memcpy_htod(&hosts[k], &mut dsts[k]).expect("copy");
+                })
+            })
+        });
+        let pinned: Vec<_> = hosts
+            .iter()
+            .map(|h| {
+                // SAFETY: filled from `h` before any copy reads it.
+                let mut p = unsafe { gpu.context().alloc_pinned::<u8>(in_bytes) }.unwrap();
+                p.as_mut_slice().unwrap().copy_from_slice(h);
+                p
+            })
+            .collect();
+        group.bench_function(BenchmarkId::new("h2d-copy-pinned", &case), |b| {
+            b.iter_custom(|iters| {
+                device_time(&gpu, iters, |i| {
+                    let k = i as usize % sets;
+                    stream.memcpy_htod(&pinned[k], &mut dsts[k]).expect("copy");
+                })
+            })
+        });
     }
     group.finish();
 }
