@@ -219,7 +219,16 @@ typedef struct NvlmWgmmaRsSelftest {
     uint64_t c;
 } NvlmWgmmaRsSelftest;
 
+// selftest_tma_4d: one 4-D TMA load (128-byte swizzle) of the box at
+// coords (innermost first), its 128 x 128 bytes of shared memory copied to
+// out as they landed.
+typedef struct NvlmTma4dSelftest {
+    uint64_t out;
+    int32_t coords[4];
+} NvlmTma4dSelftest;
+
 #ifdef __cplusplus
+static_assert(sizeof(NvlmTma4dSelftest) == 24, "NvlmTma4dSelftest layout");
 static_assert(sizeof(NvlmWgmmaSwizzledSelftest) == 8, "NvlmWgmmaSwizzledSelftest layout");
 static_assert(sizeof(NvlmWgmmaRsSelftest) == 16, "NvlmWgmmaRsSelftest layout");
 static_assert(sizeof(NvlmTmaSelftest) == 32, "NvlmTmaSelftest layout");

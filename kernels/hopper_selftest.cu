@@ -186,12 +186,41 @@ __device__ __forceinline__ uint16_t* swizzle_aligned(uint8_t* smem) {
     return reinterpret_cast<uint16_t*>(smem + (misalign ? 1024 - misalign : 0));
 }
 
+// One 4-D TMA load with the 128-byte swizzle: a box of 64 d-columns by 128
+// token rows of one (head, batch), as the attention kernel loads Q, K and V
+// tiles. Its shared-memory bytes are copied out as they landed, so the host
+// checks the map's dimension order, strides, zero fill and swizzle with no
+// wgmma in between.
+[[maybe_unused]] constexpr uint32_t kBox4dBytes = 128 * 128;
+
+extern "C" __global__ void __launch_bounds__(128)
+    selftest_tma_4d(const __grid_constant__ CUtensorMap map, NvlmTma4dSelftest p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    uint16_t* box = swizzle_aligned(dynamic_smem());
+    __shared__ __align__(8) uint64_t loaded;
+    if (threadIdx.x == 0) {
+        mbarrier_init(&loaded, 1);
+        mbarrier_init_fence();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        mbarrier_arrive_expect_tx(&loaded, kBox4dBytes);
+        tma_load_4d(box, &map, &loaded, p.coords[0], p.coords[1], p.coords[2], p.coords[3]);
+    }
+    mbarrier_wait(&loaded, 0);
+    const uint4* from = reinterpret_cast<const uint4*>(box);
+    uint4* to = reinterpret_cast<uint4*>(p.out);
+    for (uint32_t i = threadIdx.x; i < kBox4dBytes / 16; i += blockDim.x) to[i] = from[i];
+#else
+    __trap();
+#endif
+}
+
 extern "C" __global__ void __launch_bounds__(128)
     selftest_wgmma_swizzled(const __grid_constant__ CUtensorMap a_map,
                             const __grid_constant__ CUtensorMap b_map, NvlmWgmmaSwizzledSelftest p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    extern __shared__ uint8_t smem_raw[];
-    uint16_t* atoms = swizzle_aligned(smem_raw);  // a0 a1 b0 b1, 8 KB each
+    uint16_t* atoms = swizzle_aligned(dynamic_smem());  // a0 a1 b0 b1, 8 KB each
     __shared__ __align__(8) uint64_t loaded;
     if (threadIdx.x == 0) {
         mbarrier_init(&loaded, 1);
@@ -234,8 +263,7 @@ extern "C" __global__ void __launch_bounds__(128)
 extern "C" __global__ void __launch_bounds__(128)
     selftest_wgmma_rs(const __grid_constant__ CUtensorMap v_map, NvlmWgmmaRsSelftest p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    extern __shared__ uint8_t smem_raw[];
-    uint16_t* v_atoms = swizzle_aligned(smem_raw);  // head_dim 0..63, 64..127
+    uint16_t* v_atoms = swizzle_aligned(dynamic_smem());  // head_dim 0..63, 64..127
     __shared__ __align__(8) uint64_t loaded;
     if (threadIdx.x == 0) {
         mbarrier_init(&loaded, 1);

@@ -424,6 +424,21 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmTma4dSelftest {
+    pub out: u64,
+    pub coords: [i32; 4usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmTma4dSelftest"][::core::mem::size_of::<NvlmTma4dSelftest>() - 24usize];
+    ["Alignment of NvlmTma4dSelftest"][::core::mem::align_of::<NvlmTma4dSelftest>() - 8usize];
+    ["Offset of field: NvlmTma4dSelftest::out"]
+        [::core::mem::offset_of!(NvlmTma4dSelftest, out) - 0usize];
+    ["Offset of field: NvlmTma4dSelftest::coords"]
+        [::core::mem::offset_of!(NvlmTma4dSelftest, coords) - 8usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
 pub struct NvlmProjectorFront {
     pub input: u64,
     pub gamma: u64,

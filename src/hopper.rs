@@ -59,6 +59,17 @@ impl TmaSwizzle {
         }
     }
 
+    /// Where byte `offset` of a box, its rows packed densely one after
+    /// another, lands in shared memory from a 1024-byte aligned start:
+    /// address bits [4, 4 + b) XOR bits [7, 7 + b), b = 1, 2, 3 for the
+    /// 32-, 64- and 128-byte swizzles (CUTLASS's `Swizzle<b, 4, 3>`).
+    pub fn position(self, offset: u64) -> u64 {
+        match self.span_bytes() {
+            None => offset,
+            Some(span) => offset ^ (((offset >> 7) & (span / 16 - 1)) << 4),
+        }
+    }
+
     fn driver(self) -> CUtensorMapSwizzle {
         match self {
             TmaSwizzle::None => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
@@ -231,6 +242,33 @@ pub fn require_sm90a(gpu: &Gpu, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swizzle_positions_permute_16_byte_chunks_within_each_row() {
+        // Row 0 is unmoved; row 1's chunk 0 swaps with its chunk 1, and so on.
+        assert_eq!(TmaSwizzle::B128.position(0), 0);
+        assert_eq!(TmaSwizzle::B128.position(128), 128 + 16);
+        assert_eq!(TmaSwizzle::B128.position(128 + 16 + 3), 128 + 3);
+        assert_eq!(
+            TmaSwizzle::B128.position(7 * 128 + 5 * 16),
+            7 * 128 + 2 * 16
+        );
+        assert_eq!(TmaSwizzle::B64.position(7 * 128 + 5 * 16), 7 * 128 + 6 * 16);
+        assert_eq!(
+            TmaSwizzle::None.position(7 * 128 + 5 * 16),
+            7 * 128 + 5 * 16
+        );
+        for swizzle in [TmaSwizzle::B32, TmaSwizzle::B64, TmaSwizzle::B128] {
+            let mut seen: Vec<u64> = (0..2048).map(|o| swizzle.position(o)).collect();
+            seen.sort_unstable();
+            assert!(
+                seen.iter().copied().eq(0..2048),
+                "{swizzle:?}: not a permutation"
+            );
+            // The pattern repeats every 8 rows of 128 bytes.
+            assert!((0..1024).all(|o| swizzle.position(o + 1024) == swizzle.position(o) + 1024));
+        }
+    }
 
     fn valid() -> Tiled2d {
         Tiled2d::matrix(

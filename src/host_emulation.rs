@@ -8,6 +8,7 @@
 //! (tests/host_emulation/cuda) replace kernels/common's; [`LaunchFile`]
 //! describes one launch to it (format: tests/host_emulation/cuda/launch.h).
 
+use crate::hopper::{TiledTensor, TmaSwizzle};
 use cudarc::driver::LaunchConfig;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -191,6 +192,25 @@ pub struct EmulatedTensorMap {
     pub strides_bytes: [u64; 4],
     pub box_dims: [u64; 4],
     pub swizzle_bytes: u64,
+}
+
+impl EmulatedTensorMap {
+    /// The map `TensorMap::tiled` would encode for `t`.
+    pub fn of(t: &TiledTensor<4>) -> EmulatedTensorMap {
+        EmulatedTensorMap {
+            address: t.address,
+            element_bytes: t.element.size_bytes(),
+            dims: t.dims,
+            strides_bytes: t.strides_bytes,
+            box_dims: t.box_dims.map(u64::from),
+            swizzle_bytes: match t.swizzle {
+                TmaSwizzle::None => 0,
+                TmaSwizzle::B32 => 32,
+                TmaSwizzle::B64 => 64,
+                TmaSwizzle::B128 => 128,
+            },
+        }
+    }
 }
 
 /// One kernel launch for an emulator.

@@ -19,6 +19,9 @@ pub mod gemm;
 pub mod hopper;
 #[cfg(test)]
 mod host_emulation;
+// Lets unit tests include files of tests/common, which name the crate.
+#[cfg(test)]
+extern crate self as nvlm_vision;
 pub mod preprocess;
 pub mod projector;
 

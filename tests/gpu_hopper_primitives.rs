@@ -6,11 +6,14 @@
 
 mod common;
 
-use common::Rng;
 use common::gpu::hopper_or_skip;
+use common::{Rng, tma_box};
 use cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};
 use half::bf16;
-use nvlm_vision::abi::{NvlmPipelineSelftest, NvlmTmaSelftest, NvlmWgmmaSelftest};
+use nvlm_vision::abi::{
+    NvlmPipelineSelftest, NvlmTma4dSelftest, NvlmTmaSelftest, NvlmWgmmaSelftest,
+};
+use nvlm_vision::attention::hopper_input_tensor;
 use nvlm_vision::cuda::{Gpu, KernelModule};
 use nvlm_vision::hopper::{TensorMap, Tiled2d, TmaElement, TmaSwizzle};
 
@@ -126,6 +129,69 @@ fn tma_load_fills_outside_with_zeros_and_store_clips() {
                 };
                 let got = got_dst[(y as u32 * dst_pitch + x as u32) as usize];
                 assert_eq!(got, want, "{what}: dst ({x}, {y})");
+            }
+        }
+    }
+}
+
+/// The attention kernel's own tensor maps (`hopper_input_tensor`) for
+/// packed qkv, `[B, N, H, D]` and `[B, H, N, D]` inputs, one box each
+/// loaded by `selftest_tma_4d`: the bytes in shared memory must be the
+/// tokens' rows, 128-byte swizzled, with zeros past the last token.
+#[test]
+fn tma_4d_boxes_of_the_attention_maps_land_swizzled_with_zero_fill() {
+    let Some(gpu) =
+        hopper_or_skip("tma_4d_boxes_of_the_attention_maps_land_swizzled_with_zero_fill")
+    else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("tma_4d");
+    let stream = gpu.stream();
+    let (batch, tokens, heads) = (2, 130, 3);
+    for head_dim in [64, 128] {
+        for layout in tma_box::layouts(batch, tokens, heads, head_dim) {
+            let host = random_bf16(&mut rng, layout.span().unwrap());
+            let elements = stream.clone_htod(&host).unwrap();
+            let out = stream
+                .clone_htod(&vec![0xFFu8; tma_box::BOX_BYTES])
+                .unwrap();
+            let (addr, g) = elements.device_ptr(stream);
+            let (tensor, tokens_inner) = hopper_input_tensor::<bf16>(addr, &layout, 128).unwrap();
+            drop(g);
+            let map = TensorMap::tiled(&gpu, &tensor).unwrap();
+            // The second token box holds 2 real rows and 126 of zero fill.
+            for token0 in [0, 128] {
+                let d0 = 64 * rng.range(0, head_dim as u32 / 64 - 1) as usize;
+                let at = (
+                    d0,
+                    token0,
+                    rng.range(0, 2) as usize,
+                    rng.range(0, 1) as usize,
+                );
+                let (coords, want) = tma_box::expected_box(&host, &layout, tokens_inner == 1, at);
+                let (out_addr, g) = out.device_ptr(stream);
+                let params = NvlmTma4dSelftest {
+                    out: out_addr,
+                    coords,
+                };
+                drop(g);
+                // The box plus 1024 bytes of slack for the swizzle alignment.
+                let smem = tma_box::BOX_BYTES as u32 + 1024;
+                let (f, cfg) = one_block(&gpu, "selftest_tma_4d", 128, smem);
+                // SAFETY: the map describes the live `elements`; out holds
+                // one box.
+                unsafe { stream.launch_builder(&f).arg(&map).arg(&params).launch(cfg) }.unwrap();
+                let got = stream.clone_dtoh(&out).unwrap();
+                if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
+                    panic!(
+                        "{layout:?} box (d0, token0, head, batch) = {at:?}: first wrong byte {i} \
+                         (row {}, 16-byte chunk {}): got {:#04x}, want {:#04x}",
+                        i / 128,
+                        i % 128 / 16,
+                        got[i],
+                        want[i]
+                    );
+                }
             }
         }
     }

@@ -15,7 +15,6 @@ use super::tests::Rng;
 use super::*;
 use crate::abi::{NvlmAttentionTensor, NvlmFlashAttention, NvlmHopperAttention, NvlmQkRmsNorm};
 use crate::dtype::Dtype;
-use crate::hopper::TmaSwizzle;
 use crate::host_emulation::{self, EmulatedTensorMap, LaunchFile, Memory};
 use half::{bf16, f16};
 use std::mem::offset_of;
@@ -92,23 +91,7 @@ fn launch_file<T: AttentionElement>(
     }
     let overlap = kernel == AttentionKernel::Hopper;
     let plan = hopper::plan::<T>(tensors, scale, overlap).unwrap();
-    let maps: Vec<EmulatedTensorMap> = plan
-        .inputs
-        .iter()
-        .map(|t| EmulatedTensorMap {
-            address: t.address,
-            element_bytes: t.element.size_bytes(),
-            dims: t.dims,
-            strides_bytes: t.strides_bytes,
-            box_dims: t.box_dims.map(u64::from),
-            swizzle_bytes: match t.swizzle {
-                TmaSwizzle::None => 0,
-                TmaSwizzle::B32 => 32,
-                TmaSwizzle::B64 => 64,
-                TmaSwizzle::B128 => 128,
-            },
-        })
-        .collect();
+    let maps: Vec<EmulatedTensorMap> = plan.inputs.iter().map(EmulatedTensorMap::of).collect();
     let file = LaunchFile {
         kernel: &plan.kernel,
         config: plan.config,
@@ -450,4 +433,59 @@ fn qk_rms_norm_source_on_the_cpu_matches_the_reference() {
     };
     rms_norm_case::<bf16>(&exe, padded, 21);
     rms_norm_case::<f16>(&exe, plain, 22);
+}
+
+/// The GPU self-test of the Hopper kernel's 4-D tensor maps
+/// (`selftest_tma_4d`, tests/gpu_hopper_primitives.rs) on the emulation:
+/// the maps [`hopper::input_tensor`] builds, the kernel and the expected
+/// bytes (tests/common/tma_box.rs, shared with the GPU test) must agree
+/// here before the GPU is asked whether the hardware reads them the same.
+#[test]
+fn tma_4d_self_test_source_on_the_cpu_gives_the_expected_boxes() {
+    #[path = "../../tests/common/tma_box.rs"]
+    mod tma_box;
+    use crate::abi::NvlmTma4dSelftest;
+    use cudarc::driver::LaunchConfig;
+
+    let Some(exe) = host_emulation::emulator("hopper_selftest_on_cpu", "address") else {
+        return;
+    };
+    let mut rng = Rng(0x7A4D);
+    let (batch, tokens, heads) = (2, 130, 3);
+    for head_dim in [64, 128] {
+        for layout in tma_box::layouts(batch, tokens, heads, head_dim) {
+            let elements: Vec<u16> = (0..layout.span().unwrap())
+                .map(|_| bf16::from_f32(rng.unit()).to_bits())
+                .collect();
+            for token0 in [0, 128] {
+                let mut memory = Memory::default();
+                let at_elements = memory.put(&elements);
+                let out = memory.put(&[0xFFu8; tma_box::BOX_BYTES]);
+                let (tensor, tokens_inner) =
+                    hopper::input_tensor::<bf16>(at_elements, &layout, 128).unwrap();
+                let d0 = if head_dim == 128 { 64 } else { 0 };
+                let at = (d0, token0, heads - 1, batch - 1);
+                let (coords, want) =
+                    tma_box::expected_box(&elements, &layout, tokens_inner == 1, at);
+                let params = NvlmTma4dSelftest { out, coords };
+                let file = LaunchFile {
+                    kernel: "selftest_tma_4d",
+                    config: LaunchConfig {
+                        grid_dim: (1, 1, 1),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: tma_box::BOX_BYTES as u32 + 1024,
+                    },
+                    // SAFETY: abi.h's structs have no padding.
+                    params: unsafe { host_emulation::param_bytes(&params) },
+                    pointers: &[offset_of!(NvlmTma4dSelftest, out)],
+                    maps: &[EmulatedTensorMap::of(&tensor)],
+                    memory: &memory,
+                }
+                .bytes();
+                let got: Vec<u8> =
+                    Memory::get(&host_emulation::run(&exe, &file), out, tma_box::BOX_BYTES);
+                assert!(got == want, "{layout:?} box {at:?}");
+            }
+        }
+    }
 }

@@ -33,8 +33,11 @@ const ENTRY_REGISTERS_NEEDED: u32 = (NVLM_HOPPER_ATTENTION_PRODUCER_REGISTERS * 
 /// The 4-D tensor (d, X, Y, batch) TMA reads for one input, X and Y being
 /// its token and head dimensions in increasing stride order (packed qkv has
 /// heads inside tokens, torch's [B, H, N, D] the reverse), with boxes of 64
-/// d x `box_rows` tokens. Returns it and whether X is the token dimension.
-fn input_tensor<T: AttentionElement>(
+/// d x `box_rows` tokens. Returns it and whether X is the token dimension
+/// (1) or not (0). Public as `attention::hopper_input_tensor`, for the
+/// self-test of exactly these maps (`tests/gpu_hopper_primitives.rs`) and
+/// for callers who launch the kernel with their own code.
+pub fn input_tensor<T: AttentionElement>(
     address: u64,
     layout: &AttentionLayout,
     box_rows: u32,

@@ -40,6 +40,7 @@ pub use cpu::{
     attention_same_precision, qk_rms_norm_reference,
 };
 pub use gpu::{AttentionKernel, flash_attention, flash_attention_with, qk_rms_norm};
+pub use hopper::input_tensor as hopper_input_tensor;
 
 use crate::dtype::TensorElement;
 use crate::error::{Error, Result};

@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod gpu;
+pub mod tma_box;
 
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;

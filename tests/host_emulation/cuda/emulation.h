@@ -195,6 +195,7 @@ inline float __uint_as_float(uint32_t bits) {
     std::memcpy(&f, &bits, 4);
     return f;
 }
+inline float __int_as_float(int32_t bits) { return __uint_as_float(static_cast<uint32_t>(bits)); }
 inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
 inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
 template <typename T>

@@ -33,6 +33,15 @@ Kernel kernel(void (*entry)(Params)) {
 }
 
 template <typename Params>
+Kernel kernel(void (*entry)(CUtensorMap, Params)) {
+    return [entry](const uint8_t* params, const CUtensorMap* maps) {
+        Params p;
+        std::memcpy(&p, params, sizeof p);
+        entry(maps[0], p);
+    };
+}
+
+template <typename Params>
 Kernel kernel(void (*entry)(CUtensorMap, CUtensorMap, CUtensorMap, Params)) {
     return [entry](const uint8_t* params, const CUtensorMap* maps) {
         Params p;
