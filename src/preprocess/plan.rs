@@ -206,7 +206,7 @@ fn closest_grid(width: u32, height: u32, config: &DhrConfig) -> Grid {
 ///
 /// `sorted` is stable, so grids with the same tile count keep the set's
 /// iteration order, which decides exact ties. That order is reproduced by
-/// [`PySetOfPairs`].
+/// a private model of CPython's set of tuples in this module.
 pub fn candidate_grids(min_tiles: u32, max_tiles: u32) -> Vec<Grid> {
     let mut set = PySetOfPairs::new();
     for n in min_tiles..=max_tiles {
