@@ -11,6 +11,18 @@
 
 using namespace nvlm;
 
+// (The host emulation defines only the sm_90a feature macro.)
+#if __CUDA_ARCH__ >= 900 || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// The one barrier a self-test's loads complete on, ready for every thread.
+__device__ __forceinline__ void init_load_barrier(uint64_t* loaded) {
+    if (threadIdx.x == 0) {
+        mbarrier_init(loaded, 1);
+        mbarrier_init_fence();
+    }
+    __syncthreads();
+}
+#endif
+
 // Writes a 64xN f32 accumulator tile (wgmma's layout, wgmma.cuh) to the
 // row-major matrix c.
 template <int N>
@@ -37,11 +49,7 @@ extern "C" __global__ void __launch_bounds__(128)
 #if __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) uint16_t box[];
     __shared__ __align__(8) uint64_t loaded;
-    if (threadIdx.x == 0) {
-        mbarrier_init(&loaded, 1);
-        mbarrier_init_fence();
-    }
-    __syncthreads();
+    init_load_barrier(&loaded);
     const uint32_t elems = p.box_width * p.box_height;
     if (threadIdx.x == 0) {
         mbarrier_arrive_expect_tx(&loaded, elems * 2);
@@ -198,11 +206,7 @@ extern "C" __global__ void __launch_bounds__(128)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     uint16_t* box = swizzle_aligned(dynamic_smem());
     __shared__ __align__(8) uint64_t loaded;
-    if (threadIdx.x == 0) {
-        mbarrier_init(&loaded, 1);
-        mbarrier_init_fence();
-    }
-    __syncthreads();
+    init_load_barrier(&loaded);
     if (threadIdx.x == 0) {
         mbarrier_arrive_expect_tx(&loaded, kBox4dBytes);
         tma_load_4d(box, &map, &loaded, p.coords[0], p.coords[1], p.coords[2], p.coords[3]);
@@ -222,11 +226,7 @@ extern "C" __global__ void __launch_bounds__(128)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     uint16_t* atoms = swizzle_aligned(dynamic_smem());  // a0 a1 b0 b1, 8 KB each
     __shared__ __align__(8) uint64_t loaded;
-    if (threadIdx.x == 0) {
-        mbarrier_init(&loaded, 1);
-        mbarrier_init_fence();
-    }
-    __syncthreads();
+    init_load_barrier(&loaded);
     if (threadIdx.x == 0) {
         mbarrier_arrive_expect_tx(&loaded, 4 * kAtomBytes);
         for (int atom = 0; atom < 2; ++atom) {
@@ -265,11 +265,7 @@ extern "C" __global__ void __launch_bounds__(128)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     uint16_t* v_atoms = swizzle_aligned(dynamic_smem());  // head_dim 0..63, 64..127
     __shared__ __align__(8) uint64_t loaded;
-    if (threadIdx.x == 0) {
-        mbarrier_init(&loaded, 1);
-        mbarrier_init_fence();
-    }
-    __syncthreads();
+    init_load_barrier(&loaded);
     if (threadIdx.x == 0) {
         mbarrier_arrive_expect_tx(&loaded, 2 * kAtomBytes);
         tma_load_2d(v_atoms, &v_map, &loaded, 0, 0);
