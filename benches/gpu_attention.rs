@@ -4,8 +4,9 @@
 //! `scripts/peer_attention.py` (torch SDPA per backend). Prints TFLOP/s
 //! counted as 4·B·H·N²·D per call. The N = 1024 cases measure what the
 //! 1025 tail costs (ideal: (1025/1024)² = +0.2%). Runs the portable
-//! kernel, and the Hopper kernel on compute capability 9.0. Skips without
-//! a GPU.
+//! kernel, and on compute capability 9.0 the Hopper kernel's three
+//! versions (`nvlm-hopper-serial` v1, `nvlm-hopper` v2,
+//! `nvlm-hopper-pingpong` v3). Skips without a GPU.
 
 mod common;
 
@@ -42,6 +43,7 @@ fn attention(c: &mut Criterion) {
         Ok(()) => kernels.extend([
             (AttentionKernel::HopperSerial, "nvlm-hopper-serial"),
             (AttentionKernel::Hopper, "nvlm-hopper"),
+            (AttentionKernel::HopperPingPong, "nvlm-hopper-pingpong"),
         ]),
         Err(e) => eprintln!("skipped: {e}"),
     }

@@ -11,13 +11,16 @@
 //   registers, V MN-major). A K stage is released once its S is done, a V
 //   stage once its P V is, so the producer refills K while P V still runs.
 //
-// Versions (both built; PERF.md has what each is predicted and measured at):
+// Versions (all built; PERF.md has what each is predicted and measured at):
 // - v1 (`attention_hopper_serial_*`): each wgmma batch waited for before
 //   the next step;
 // - v2 (`attention_hopper_*`): intra-warpgroup overlap. Tile j's S is
 //   issued before tile j-1's P V, and tile j's softmax runs while that P V
-//   is on the tensor cores; O is rescaled and P rewritten only after it.
-// Not yet: ping-pong between the two consumer warpgroups, a persistent grid.
+//   is on the tensor cores; O is rescaled and P rewritten only after it;
+// - v3 (`attention_hopper_pingpong_*`): v2 with the two consumer
+//   warpgroups taking turns to issue their wgmma batches (two named
+//   barriers), so one warpgroup's GEMMs run while the other's softmax does.
+// Not yet: a persistent grid.
 //
 // Tails (N = 1025 = 8*128 + 1): TMA fills rows past the sequence with
 // zeros; keys past kv_len get -inf scores (zero-padded keys would score 0
@@ -91,7 +94,22 @@ __device__ __forceinline__ void load_tile(void* dst, const CUtensorMap* map, uin
     }
 }
 
-template <int D, typename T, bool kOverlap>
+enum class Schedule { Serial, Overlap, PingPong };
+
+// v3's turns: named barrier 1 + c opens consumer warpgroup c's turn to
+// issue (0 is __syncthreads); both consumer warpgroups count in each.
+constexpr uint32_t kTurnThreads = 256;
+
+template <uint32_t Consumer>
+__device__ __forceinline__ void wait_for_turn() {
+    named_barrier_sync<1 + Consumer, kTurnThreads>();
+}
+template <uint32_t Consumer>
+__device__ __forceinline__ void give_turn_to() {
+    named_barrier_arrive<1 + Consumer, kTurnThreads>();
+}
+
+template <int D, typename T, Schedule kSchedule>
 __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                                                   const CUtensorMap* k_map,
                                                   const CUtensorMap* v_map,
@@ -288,21 +306,50 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         }
     };
 
+    // v3: the consumers issue their wgmma batches in turns, 0 first. Each
+    // takes kv_tiles + 1 turns; consumer 0 passes every one on, consumer 1
+    // all but its last, so with the first turn it gives, each barrier
+    // completes exactly as often as its warpgroup waits on it. A tile with
+    // one active consumer has no partner to take turns with.
+    const bool ping_pong = kSchedule == Schedule::PingPong && active_consumers == 2;
+    const auto wait_turn = [&] {
+        if (!ping_pong) return;
+        if (consumer == 0) {
+            wait_for_turn<0>();
+        } else {
+            wait_for_turn<1>();
+        }
+    };
+    const auto pass_turn = [&] {
+        if (!ping_pong) return;
+        if (consumer == 0) {
+            give_turn_to<1>();
+        } else {
+            give_turn_to<0>();
+        }
+    };
+    if (consumer == 1) pass_turn();
+
     // K and V stages are released apart: a K tile as soon as its S is
     // done, so the producer can refill it while P V still reads V.
     float correction[2];
-    if constexpr (kOverlap) {
+    if constexpr (kSchedule != Schedule::Serial) {
         // v2: tile j's S = Q K^T is issued before tile j-1's P V, and its
-        // softmax runs while that P V is on the tensor cores.
+        // softmax runs while that P V is on the tensor cores. v3 issues
+        // each batch in its turn.
+        wait_turn();
         issue_qk(0);
+        pass_turn();
         wgmma_wait_group<0>();
         wgmma_fence_operands(s);
         mbarrier_arrive(&k_empty[0]);
         softmax(0, correction);
         rescale_and_pack(correction);
         for (int j = 1; j < kv_tiles; ++j) {
+            wait_turn();
             issue_qk(j);
             issue_pv(j - 1);
+            pass_turn();
             wgmma_wait_group<1>();  // S of tile j (P V of j-1 may still run)
             wgmma_fence_operands(s);
             mbarrier_arrive(&k_empty[j % kStages]);
@@ -313,7 +360,9 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             mbarrier_arrive(&v_empty[(j - 1) % kStages]);
             rescale_and_pack(correction);
         }
+        wait_turn();
         issue_pv(kv_tiles - 1);
+        if (consumer == 0) pass_turn();
         wgmma_wait_group<0>();
         wgmma_fence_operands(o);
         mbarrier_arrive(&v_empty[(kv_tiles - 1) % kStages]);
@@ -364,24 +413,30 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
 }  // namespace
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define NVLM_HOPPER_BODY(D, T, OVERLAP) attention_forward<D, T, OVERLAP>(&q_map, &k_map, &v_map, p);
+#define NVLM_HOPPER_BODY(D, T, SCHEDULE) \
+    attention_forward<D, T, Schedule::SCHEDULE>(&q_map, &k_map, &v_map, p);
 #else
-#define NVLM_HOPPER_BODY(D, T, OVERLAP) __trap();
+#define NVLM_HOPPER_BODY(D, T, SCHEDULE) __trap();
 #endif
 
-#define NVLM_HOPPER_ENTRY(name, D, T, OVERLAP)                                               \
+#define NVLM_HOPPER_ENTRY(name, D, T, SCHEDULE)                                              \
     extern "C" __global__ void __launch_bounds__(kThreads, 1)                                \
         name(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map, \
              const __grid_constant__ CUtensorMap v_map, NvlmHopperAttention p) {             \
-        NVLM_HOPPER_BODY(D, T, OVERLAP)                                                      \
+        NVLM_HOPPER_BODY(D, T, SCHEDULE)                                                     \
     }
 
-NVLM_HOPPER_ENTRY(attention_hopper_d128_bf16, 128, __nv_bfloat16, true)
-NVLM_HOPPER_ENTRY(attention_hopper_d128_f16, 128, __half, true)
-NVLM_HOPPER_ENTRY(attention_hopper_d64_bf16, 64, __nv_bfloat16, true)
-NVLM_HOPPER_ENTRY(attention_hopper_d64_f16, 64, __half, true)
+NVLM_HOPPER_ENTRY(attention_hopper_d128_bf16, 128, __nv_bfloat16, Overlap)
+NVLM_HOPPER_ENTRY(attention_hopper_d128_f16, 128, __half, Overlap)
+NVLM_HOPPER_ENTRY(attention_hopper_d64_bf16, 64, __nv_bfloat16, Overlap)
+NVLM_HOPPER_ENTRY(attention_hopper_d64_f16, 64, __half, Overlap)
 // v1's serial order, kept to measure what the overlap buys.
-NVLM_HOPPER_ENTRY(attention_hopper_serial_d128_bf16, 128, __nv_bfloat16, false)
-NVLM_HOPPER_ENTRY(attention_hopper_serial_d128_f16, 128, __half, false)
-NVLM_HOPPER_ENTRY(attention_hopper_serial_d64_bf16, 64, __nv_bfloat16, false)
-NVLM_HOPPER_ENTRY(attention_hopper_serial_d64_f16, 64, __half, false)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d128_bf16, 128, __nv_bfloat16, Serial)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d128_f16, 128, __half, Serial)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d64_bf16, 64, __nv_bfloat16, Serial)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d64_f16, 64, __half, Serial)
+// v3: v2 with the consumers' turns.
+NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d128_bf16, 128, __nv_bfloat16, PingPong)
+NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d128_f16, 128, __half, PingPong)
+NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d64_bf16, 64, __nv_bfloat16, PingPong)
+NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d64_f16, 64, __half, PingPong)

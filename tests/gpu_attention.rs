@@ -312,7 +312,7 @@ fn random_case(rng: &mut Rng, n_q: usize, n_kv: usize, head_dim: usize, packed: 
 fn gpu_for(kernel: AttentionKernel, test: &str) -> Option<std::sync::Arc<Gpu>> {
     match kernel {
         AttentionKernel::Portable => gpu_or_skip(test),
-        AttentionKernel::Hopper | AttentionKernel::HopperSerial => hopper_or_skip(test),
+        _ => hopper_or_skip(test),
     }
 }
 
@@ -401,6 +401,22 @@ fn hopper_internvit_shapes_on_sampled_rows_at_model_shapes() {
     internvit_shapes(
         AttentionKernel::Hopper,
         "hopper_internvit_shapes_on_sampled_rows_at_model_shapes",
+    );
+}
+
+#[test]
+fn hopper_pingpong_random_shapes_f16_match_the_f64_reference() {
+    random_shapes::<f16>(
+        AttentionKernel::HopperPingPong,
+        "hopper_pingpong_random_shapes_f16_match_the_f64_reference",
+    );
+}
+
+#[test]
+fn hopper_pingpong_internvit_shapes_on_sampled_rows_at_model_shapes() {
+    internvit_shapes(
+        AttentionKernel::HopperPingPong,
+        "hopper_pingpong_internvit_shapes_on_sampled_rows_at_model_shapes",
     );
 }
 

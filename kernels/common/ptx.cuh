@@ -18,6 +18,21 @@ __device__ __forceinline__ uint8_t* dynamic_smem() {
     return nvlm_dynamic_smem;
 }
 
+// Named barrier `Id` (1..15; 0 is __syncthreads) over `Threads` threads, a
+// multiple of 32: `sync` counts this warp in and waits for the barrier to
+// complete, `arrive` only counts it in. Warpgroups take turns with them.
+// Immediate ids: with an id in a register ptxas reserves all 16 barriers.
+template <uint32_t Id, uint32_t Threads>
+__device__ __forceinline__ void named_barrier_sync() {
+    static_assert(Id >= 1 && Id < 16 && Threads % 32 == 0, "named barrier");
+    asm volatile("bar.sync %0, %1;" ::"n"(Id), "n"(Threads) : "memory");
+}
+template <uint32_t Id, uint32_t Threads>
+__device__ __forceinline__ void named_barrier_arrive() {
+    static_assert(Id >= 1 && Id < 16 && Threads % 32 == 0, "named barrier");
+    asm volatile("bar.arrive %0, %1;" ::"n"(Id), "n"(Threads) : "memory");
+}
+
 #if __CUDA_ARCH__ >= 900
 // Shared memory written by ordinary stores and read next by TMA or wgmma
 // (the async proxy) needs this in each writing thread before the barrier.

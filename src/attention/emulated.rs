@@ -23,7 +23,7 @@ use std::path::Path;
 fn emulator(kernel: AttentionKernel, sanitizer: &str) -> Option<std::path::PathBuf> {
     let driver = match kernel {
         AttentionKernel::Portable => "attention_on_cpu",
-        AttentionKernel::Hopper | AttentionKernel::HopperSerial => "attention_hopper_on_cpu",
+        _ => "attention_hopper_on_cpu",
     };
     host_emulation::emulator(driver, sanitizer)
 }
@@ -89,8 +89,7 @@ fn launch_file<T: AttentionElement>(
         .bytes();
         return (file, launch.kernel);
     }
-    let overlap = kernel == AttentionKernel::Hopper;
-    let plan = hopper::plan::<T>(tensors, scale, overlap).unwrap();
+    let plan = hopper::plan::<T>(tensors, scale, kernel).unwrap();
     let maps: Vec<EmulatedTensorMap> = plan.inputs.iter().map(EmulatedTensorMap::of).collect();
     let file = LaunchFile {
         kernel: &plan.kernel,
@@ -349,6 +348,16 @@ fn hopper_serial_kernel_source_on_the_cpu_matches_the_f64_reference() {
 #[test]
 fn hopper_serial_kernel_source_on_the_cpu_has_no_data_race() {
     has_no_data_race(AttentionKernel::HopperSerial);
+}
+
+#[test]
+fn hopper_pingpong_kernel_source_on_the_cpu_matches_the_f64_reference() {
+    matches_the_f64_reference(AttentionKernel::HopperPingPong);
+}
+
+#[test]
+fn hopper_pingpong_kernel_source_on_the_cpu_has_no_data_race() {
+    has_no_data_race(AttentionKernel::HopperPingPong);
 }
 
 /// qk-RMSNorm over NVLM's padded rows (dummy heads and v untouched) and

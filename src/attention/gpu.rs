@@ -81,6 +81,10 @@ pub enum AttentionKernel {
     /// The Hopper kernel without that overlap (its v1), kept to measure
     /// what the overlap buys; compute capability 9.0 only.
     HopperSerial,
+    /// The Hopper kernel with its two consumer warpgroups taking turns to
+    /// issue their matrix work (its v3, ping-pong), so one's softmax runs
+    /// under the other's GEMMs; compute capability 9.0 only.
+    HopperPingPong,
 }
 
 impl AttentionKernel {
@@ -88,7 +92,9 @@ impl AttentionKernel {
     pub fn is_hopper(self) -> bool {
         matches!(
             self,
-            AttentionKernel::Hopper | AttentionKernel::HopperSerial
+            AttentionKernel::Hopper
+                | AttentionKernel::HopperSerial
+                | AttentionKernel::HopperPingPong
         )
     }
 }
@@ -143,8 +149,7 @@ pub fn flash_attention_with<T: AttentionElement>(
     };
     match kernel {
         AttentionKernel::Portable => launch_portable::<T>(gpu, &device, scale),
-        AttentionKernel::Hopper => super::hopper::launch::<T>(gpu, &device, scale, true),
-        AttentionKernel::HopperSerial => super::hopper::launch::<T>(gpu, &device, scale, false),
+        hopper => super::hopper::launch::<T>(gpu, &device, scale, hopper),
     }
 }
 

@@ -3,9 +3,8 @@
 //! ([`super::flash_attention_with`]) has run every check and holds the
 //! buffers.
 
-use super::AttentionElement;
-use super::AttentionLayout;
 use super::gpu::DeviceTensors;
+use super::{AttentionElement, AttentionKernel, AttentionLayout};
 use crate::abi::{
     NVLM_HOPPER_ATTENTION_CONSUMER_REGISTERS, NVLM_HOPPER_ATTENTION_PRODUCER_REGISTERS,
     NVLM_HOPPER_ATTENTION_QUERY_ROWS, NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64,
@@ -88,12 +87,23 @@ pub(super) struct HopperLaunch {
     pub kernel: String,
 }
 
-/// `overlap`: v2 (softmax overlapped with the previous tile's P·V) or v1.
+/// `kernel`: which version of the Hopper kernel (v1 `HopperSerial`, v2
+/// `Hopper`, v3 `HopperPingPong`).
 pub(super) fn plan<T: AttentionElement>(
     t: &DeviceTensors<'_>,
     scale: f32,
-    overlap: bool,
+    kernel: AttentionKernel,
 ) -> Result<HopperLaunch> {
+    let version = match kernel {
+        AttentionKernel::HopperSerial => "serial_",
+        AttentionKernel::Hopper => "",
+        AttentionKernel::HopperPingPong => "pingpong_",
+        AttentionKernel::Portable => {
+            return Err(Error::Unsupported(
+                "the portable attention kernel has no Hopper launch".into(),
+            ));
+        }
+    };
     let (q, k, out) = (t.q.1, t.k.1, t.out.1);
     let (q_tensor, q_tokens_inner) = input_tensor::<T>(t.q.0, q, NVLM_HOPPER_ATTENTION_QUERY_ROWS)?;
     let (k_tensor, k_tokens_inner) = input_tensor::<T>(t.k.0, k, KEY_ROWS)?;
@@ -144,7 +154,7 @@ pub(super) fn plan<T: AttentionElement>(
         },
         kernel: format!(
             "attention_hopper_{}d{}_{}",
-            if overlap { "" } else { "serial_" },
+            version,
             q.head_dim,
             T::KERNEL_SUFFIX
         ),
@@ -155,9 +165,9 @@ pub(super) fn launch<T: AttentionElement>(
     gpu: &Gpu,
     t: &DeviceTensors<'_>,
     scale: f32,
-    overlap: bool,
+    kernel: AttentionKernel,
 ) -> Result<()> {
-    let plan = plan::<T>(t, scale, overlap)?;
+    let plan = plan::<T>(t, scale, kernel)?;
     let maps = plan
         .inputs
         .iter()
@@ -236,8 +246,8 @@ mod tests {
             .into_iter()
             .filter(|(name, _)| name.starts_with("attention_hopper_"))
             .collect();
-        // v1 and v2, head_dim 64 and 128, bf16 and f16.
-        assert_eq!(entries.len(), 8, "{entries:?}");
+        // v1, v2 and v3, head_dim 64 and 128, bf16 and f16.
+        assert_eq!(entries.len(), 12, "{entries:?}");
         for (name, registers) in entries {
             assert!(
                 registers >= ENTRY_REGISTERS_NEEDED,

@@ -23,5 +23,9 @@ int main(int argc, char** argv) {
                                {"attention_hopper_serial_d128_f16", emu::kernel(attention_hopper_serial_d128_f16)},
                                {"attention_hopper_serial_d64_bf16", emu::kernel(attention_hopper_serial_d64_bf16)},
                                {"attention_hopper_serial_d64_f16", emu::kernel(attention_hopper_serial_d64_f16)},
+                               {"attention_hopper_pingpong_d128_bf16", emu::kernel(attention_hopper_pingpong_d128_bf16)},
+                               {"attention_hopper_pingpong_d128_f16", emu::kernel(attention_hopper_pingpong_d128_f16)},
+                               {"attention_hopper_pingpong_d64_bf16", emu::kernel(attention_hopper_pingpong_d64_bf16)},
+                               {"attention_hopper_pingpong_d64_f16", emu::kernel(attention_hopper_pingpong_d64_f16)},
                            });
 }

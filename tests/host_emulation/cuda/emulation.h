@@ -94,6 +94,40 @@ class Barrier {
     unsigned n_, waiting_ = 0, gen_ = 0;
 };
 
+// A named barrier (bar.sync / bar.arrive with an id): a phase completes
+// when `threads` threads have arrived, each arrival counted; `sync`
+// arrivals also wait for their phase to complete.
+class NamedBarrier {
+  public:
+    void arrive(uint32_t threads, bool wait, const char* what) {
+        if (threads == 0 || threads % 32 != 0) fail("%s: %u threads, not whole warps", what, threads);
+        std::unique_lock<std::mutex> lock(m_);
+        if (arrived_ == 0) {
+            threads_ = threads;
+        } else if (threads != threads_) {
+            fail("%s: %u threads, but this phase of the barrier counts %u", what, threads, threads_);
+        }
+        const unsigned gen = gen_;
+        if (++arrived_ == threads_) {
+            arrived_ = 0;
+            ++gen_;
+            cv_.notify_all();
+        } else if (wait && !cv_.wait_for(lock, kDeadlock, [&] { return gen_ != gen; })) {
+            fail("deadlock: %u of %u threads at %s", arrived_, threads_, what);
+        }
+    }
+    // Arrivals in the phase not yet complete.
+    unsigned pending() {
+        std::lock_guard<std::mutex> lock(m_);
+        return arrived_;
+    }
+
+  private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    unsigned threads_ = 0, arrived_ = 0, gen_ = 0;
+};
+
 // Shared-window address of the first byte of dynamic shared memory: after
 // the block's static __shared__ variables, as on the GPU, so the kernels'
 // own alignment of their tiles is exercised.
@@ -107,6 +141,7 @@ struct Block {
     std::vector<float> wgmma_a;         // [warpgroup][64][16]: register A operands
     std::vector<uint64_t> wgmma_check;  // [thread][3]: operands every thread must agree on
     std::vector<uint8_t> smem;          // the dynamic shared memory
+    std::vector<std::unique_ptr<NamedBarrier>> named;  // ids 1..15 (0 is __syncthreads)
 };
 inline Block block;
 
@@ -134,6 +169,21 @@ inline void start(uint32_t threads, uint32_t smem_bytes) {
     block.wgmma_a.assign(threads / 128 * 64 * 16, 0.0f);
     block.wgmma_check.assign(threads * 3, 0);
     block.smem.assign(smem_bytes, 0);
+    for (int id = 0; id < 16; ++id) block.named.push_back(std::make_unique<NamedBarrier>());
+}
+
+inline NamedBarrier& named_barrier(uint32_t id) {
+    if (id == 0 || id >= 16) fail("named barrier %u: ids are 1..15 (0 is __syncthreads)", id);
+    return *block.named[id];
+}
+
+// A phase left incomplete when its block ends: arrivals nobody waited for,
+// or a count that never matched the kernel's turns.
+inline void check_named_barriers_idle() {
+    for (uint32_t id = 1; id < 16; ++id) {
+        if (const unsigned n = block.named[id]->pending())
+            fail("the block ended with %u threads arrived at named barrier %u", n, id);
+    }
 }
 
 // 0xFF bytes: NaN in bf16, f16 and f32, so a read of shared memory no copy

@@ -133,6 +133,7 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
                         kernel(params.data(), maps.data());
                         for (void (*check)() : end_of_block_checks()) check();
                         block.all->wait("block end");
+                        if (tid == 0) check_named_barriers_idle();
                     }
                 }
             }

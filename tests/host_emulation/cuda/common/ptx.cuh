@@ -8,6 +8,17 @@ inline uint32_t smem_addr(const void* p) { return emu::shared_address(p); }
 
 inline uint8_t* dynamic_smem() { return emu::block.smem.data(); }
 
+template <uint32_t Id, uint32_t Threads>
+inline void named_barrier_sync() {
+    static_assert(Id >= 1 && Id < 16 && Threads % 32 == 0, "named barrier");
+    emu::named_barrier(Id).arrive(Threads, true, "bar.sync");
+}
+template <uint32_t Id, uint32_t Threads>
+inline void named_barrier_arrive() {
+    static_assert(Id >= 1 && Id < 16 && Threads % 32 == 0, "named barrier");
+    emu::named_barrier(Id).arrive(Threads, false, "bar.arrive");
+}
+
 // Ordering between the generic and async proxies: the emulated TMA and
 // wgmma read and write memory synchronously, so there is nothing to order.
 inline void fence_proxy_async_shared() {}
