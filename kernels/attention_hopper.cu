@@ -192,22 +192,40 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
     const uint8_t* q_rows = smem + consumer * 64 * kAtomRowBytes;
     mbarrier_wait(&q_full, 0);
 
-    // Issues S = Q K^T for tile j as one commit group.
+    // Issues S = Q K^T for tile j as one commit group. A last tile of at
+    // most 16 real keys (N = 1025's CLS tail) runs n16 wgmmas, 1/8 of the
+    // work: S's other columns keep stale values, all of keys past kv_len,
+    // which the softmax masks to -inf.
     const auto issue_qk = [&](int j) {
         const int stage = j % kStages;
         const uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
+        // k16 step t: atom t / 4, 32 bytes per step along its rows.
+        const auto q_step = [&](int t) {
+            return wgmma_descriptor(q_rows + (t / 4) * L::q_atom_bytes + (t % 4) * 32, 16, 1024,
+                                    WgmmaSwizzle::B128);
+        };
+        const auto k_step = [&](int t) {
+            return wgmma_descriptor(k_tile + (t / 4) * L::kv_atom_bytes + (t % 4) * 32, 16, 1024,
+                                    WgmmaSwizzle::B128);
+        };
+        const bool narrow = static_cast<int>(p.kv_len) - j * kKeyRows <= 16;
         mbarrier_wait(&k_full[stage], (j / kStages) & 1);
-        wgmma_fence();
+        // Each path commits its own group: with the commit after the join,
+        // ptxas puts a warpgroup.arrive before it on every tile (C7519).
+        if (narrow) {
+            float(&s16)[8] = *reinterpret_cast<float(*)[8]>(s);
+            wgmma_fence();
 #pragma unroll
-        for (int t = 0; t < D / 16; ++t) {
-            // k16 step t: atom t / 4, 32 bytes per step along its rows.
-            const uint32_t at = (t / 4) * L::q_atom_bytes + (t % 4) * 32;
-            const uint32_t bt = (t / 4) * L::kv_atom_bytes + (t % 4) * 32;
-            wgmma_ss<kKeyRows, T>(s, wgmma_descriptor(q_rows + at, 16, 1024, WgmmaSwizzle::B128),
-                                  wgmma_descriptor(k_tile + bt, 16, 1024, WgmmaSwizzle::B128),
-                                  t > 0);
+            for (int t = 0; t < D / 16; ++t) wgmma_ss<16, T>(s16, q_step(t), k_step(t), t > 0);
+            wgmma_commit_group();
+        } else {
+            wgmma_fence();
+#pragma unroll
+            for (int t = 0; t < D / 16; ++t) {
+                wgmma_ss<kKeyRows, T>(s, q_step(t), k_step(t), t > 0);
+            }
+            wgmma_commit_group();
         }
-        wgmma_commit_group();
     };
 
     // Issues O += P V for tile j (P in pa) as one commit group. Keys past

@@ -70,6 +70,38 @@ __device__ void wgmma_rs(float (&acc)[N / 2], const uint32_t (&a)[4], uint64_t d
 // The instantiations below are written out because inline PTX needs every
 // accumulator register named.
 template <>
+__device__ __forceinline__ void wgmma_ss<16, __nv_bfloat16>(float (&acc)[8], uint64_t desc_a,
+                                                  uint64_t desc_b, bool accumulate) {
+    asm volatile(
+        "{\n"
+        ".reg .pred keep;\n"
+        "setp.ne.b32 keep, %10, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+        "%8, %9, keep, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3]), "+f"(acc[4]), "+f"(acc[5]),
+          "+f"(acc[6]), "+f"(acc[7])
+        : "l"(desc_a), "l"(desc_b), "r"(static_cast<uint32_t>(accumulate)));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<16, __half>(float (&acc)[8], uint64_t desc_a,
+                                                  uint64_t desc_b, bool accumulate) {
+    asm volatile(
+        "{\n"
+        ".reg .pred keep;\n"
+        "setp.ne.b32 keep, %10, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+        "%8, %9, keep, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3]), "+f"(acc[4]), "+f"(acc[5]),
+          "+f"(acc[6]), "+f"(acc[7])
+        : "l"(desc_a), "l"(desc_b), "r"(static_cast<uint32_t>(accumulate)));
+}
+
+template <>
 __device__ __forceinline__ void wgmma_ss<64, __nv_bfloat16>(float (&acc)[32], uint64_t desc_a,
                                                   uint64_t desc_b, bool accumulate) {
     asm volatile(
