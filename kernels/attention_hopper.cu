@@ -26,7 +26,8 @@
 // zeros; keys past kv_len get -inf scores (zero-padded keys would score 0
 // and take softmax mass); query rows past q_len are never stored, and a
 // consumer warpgroup whose 64 rows all lie past q_len does no work at all
-// (the last tile of N = 1025 runs one warpgroup, not two).
+// (the last tile of N = 1025 runs one warpgroup, not two); a last K/V tile
+// of at most 16 keys runs QK^T on n16 wgmmas and P V on one k16 step.
 //
 // Shared memory: every tile is made of 64-column swizzle atoms ([rows x 64]
 // elements, 128-byte rows, 128-byte swizzle, 1024-byte aligned), the layout
