@@ -17,7 +17,7 @@
 use crate::cuda::Gpu;
 use crate::dtype::TensorElement;
 use crate::error::{Error, Result};
-use cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig};
+use cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig, Workspace};
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 
@@ -154,6 +154,13 @@ impl Gemm {
         }
         let stream = gpu.stream().clone();
         bind(&stream)?;
+        // cudarc's handle allocates its workspace (32 MiB on Hopper) and
+        // panics when it cannot; allocating one first turns that into an
+        // error. Freed on the stream, it is what the handle then reuses.
+        drop(
+            Workspace::new(stream.clone())
+                .map_err(|e| Error::Cuda(format!("allocate the cuBLASLt workspace: {e}")))?,
+        );
         let lt = CudaBlasLT::new(stream.clone())
             .map_err(|e| Error::Cuda(format!("cublasLtCreate: {e:?}")))?;
         Ok(Gemm { lt, stream })
