@@ -184,9 +184,10 @@ impl Memory {
 }
 
 /// A tensor map as the emulator takes it: what `cuTensorMapEncodeTiled`
-/// would be given for a rank-4 tensor.
+/// would be given, dimensions past `rank` unused.
 pub struct EmulatedTensorMap {
     pub address: u64,
+    pub rank: u64,
     pub element_bytes: u64,
     pub dims: [u64; 4],
     pub strides_bytes: [u64; 4],
@@ -195,14 +196,16 @@ pub struct EmulatedTensorMap {
 }
 
 impl EmulatedTensorMap {
-    /// The map `TensorMap::tiled` would encode for `t`.
-    pub fn of(t: &TiledTensor<4>) -> EmulatedTensorMap {
+    /// The map `TensorMap::tiled` would encode for `t` (rank 1 to 4).
+    pub fn of<const R: usize>(t: &TiledTensor<R>) -> EmulatedTensorMap {
+        let padded = |v: [u64; R]| std::array::from_fn(|d| v.get(d).copied().unwrap_or(1));
         EmulatedTensorMap {
             address: t.address,
+            rank: R as u64,
             element_bytes: t.element.size_bytes(),
-            dims: t.dims,
-            strides_bytes: t.strides_bytes,
-            box_dims: t.box_dims.map(u64::from),
+            dims: padded(t.dims),
+            strides_bytes: padded(t.strides_bytes),
+            box_dims: padded(t.box_dims.map(u64::from)),
             swizzle_bytes: match t.swizzle {
                 TmaSwizzle::None => 0,
                 TmaSwizzle::B32 => 32,
@@ -257,7 +260,7 @@ impl LaunchFile<'_> {
         }
         for m in self.maps {
             put(m.address);
-            put(4);
+            put(m.rank);
             put(m.element_bytes);
             m.dims
                 .iter()

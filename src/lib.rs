@@ -18,6 +18,8 @@ pub mod error;
 pub mod gemm;
 pub mod hopper;
 #[cfg(test)]
+mod hopper_selftest_emulated;
+#[cfg(test)]
 mod host_emulation;
 // Lets unit tests include files of tests/common, which name the crate.
 #[cfg(test)]

@@ -7,7 +7,7 @@
 mod common;
 
 use common::gpu::hopper_or_skip;
-use common::{Rng, tma_box};
+use common::{Rng, hopper_selftests};
 use cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};
 use half::bf16;
 use nvlm_vision::abi::{
@@ -149,11 +149,11 @@ fn tma_4d_boxes_of_the_attention_maps_land_swizzled_with_zero_fill() {
     let stream = gpu.stream();
     let (batch, tokens, heads) = (2, 130, 3);
     for head_dim in [64, 128] {
-        for layout in tma_box::layouts(batch, tokens, heads, head_dim) {
+        for layout in hopper_selftests::layouts(batch, tokens, heads, head_dim) {
             let host = random_bf16(&mut rng, layout.span().unwrap());
             let elements = stream.clone_htod(&host).unwrap();
             let out = stream
-                .clone_htod(&vec![0xFFu8; tma_box::BOX_BYTES])
+                .clone_htod(&vec![0xFFu8; hopper_selftests::BOX_BYTES])
                 .unwrap();
             let (addr, g) = elements.device_ptr(stream);
             let (tensor, tokens_inner) = hopper_input_tensor::<bf16>(addr, &layout, 128).unwrap();
@@ -168,7 +168,8 @@ fn tma_4d_boxes_of_the_attention_maps_land_swizzled_with_zero_fill() {
                     rng.range(0, 2) as usize,
                     rng.range(0, 1) as usize,
                 );
-                let (coords, want) = tma_box::expected_box(&host, &layout, tokens_inner == 1, at);
+                let (coords, want) =
+                    hopper_selftests::expected_box(&host, &layout, tokens_inner == 1, at);
                 let (out_addr, g) = out.device_ptr(stream);
                 let params = NvlmTma4dSelftest {
                     out: out_addr,
@@ -176,7 +177,7 @@ fn tma_4d_boxes_of_the_attention_maps_land_swizzled_with_zero_fill() {
                 };
                 drop(g);
                 // The box plus 1024 bytes of slack for the swizzle alignment.
-                let smem = tma_box::BOX_BYTES as u32 + 1024;
+                let smem = hopper_selftests::BOX_BYTES as u32 + 1024;
                 let (f, cfg) = one_block(&gpu, "selftest_tma_4d", 128, smem);
                 // SAFETY: the map describes the live `elements`; out holds
                 // one box.
@@ -283,14 +284,16 @@ fn wgmma_tile_matches_the_cpu_product() {
         // SAFETY: a, b hold 64x64 bf16 and c 64x64 f32.
         unsafe { stream.launch_builder(&f).arg(&params).launch(cfg) }.unwrap();
         let got = stream.clone_dtoh(&c).unwrap();
-        let rel = relative_error(
+        let rel = hopper_selftests::relative_error(
             &got,
             (64, 64, 64),
-            |i, t| bf16_at(&a_host, i * 64 + t),
-            |t, j| bf16_at(&b_host, j * 64 + t),
+            |i, t| hopper_selftests::bf16_at(&a_host, i * 64 + t),
+            |t, j| hopper_selftests::bf16_at(&b_host, j * 64 + t),
         );
-        // f32 accumulation of 64 exact bf16 products: ~1e-7 relative.
-        assert!(rel < 1e-5, "relative error {rel:e}");
+        assert!(
+            rel < hopper_selftests::PRODUCT_TOLERANCE,
+            "relative error {rel:e}"
+        );
     }
 }
 
@@ -308,31 +311,6 @@ fn swizzled_map(gpu: &Gpu, addr: u64, rows: u64, cols: u64) -> TensorMap {
         ),
     )
     .unwrap()
-}
-
-/// ‖got − want‖/‖want‖ of `got` (f32, row-major m×n) against the f64
-/// product sum_k a(i, k)·b(k, j); panics on an unwritten (NaN) element.
-fn relative_error(
-    got: &[f32],
-    (m, n, k): (usize, usize, usize),
-    a: impl Fn(usize, usize) -> f64,
-    b: impl Fn(usize, usize) -> f64,
-) -> f64 {
-    let (mut err2, mut ref2) = (0f64, 0f64);
-    for i in 0..m {
-        for j in 0..n {
-            let want: f64 = (0..k).map(|t| a(i, t) * b(t, j)).sum();
-            let g = f64::from(got[i * n + j]);
-            assert!(g.is_finite(), "C[{i}][{j}] = {g}: not written or NaN");
-            err2 += (g - want).powi(2);
-            ref2 += want * want;
-        }
-    }
-    (err2 / ref2).sqrt()
-}
-
-fn bf16_at(m: &[u16], i: usize) -> f64 {
-    f64::from(bf16::from_bits(m[i]).to_f32())
 }
 
 #[test]
@@ -371,13 +349,11 @@ fn wgmma_reads_swizzled_k_major_tiles_loaded_by_tma() {
     }
     .unwrap();
     let got = stream.clone_dtoh(&c).unwrap();
-    let rel = relative_error(
-        &got,
-        (64, 64, 128),
-        |i, t| bf16_at(&a_host, i * 128 + t),
-        |t, j| bf16_at(&b_host, j * 128 + t),
+    let rel = hopper_selftests::swizzled_product_error(&a_host, &b_host, &got);
+    assert!(
+        rel < hopper_selftests::PRODUCT_TOLERANCE,
+        "relative error {rel:e}"
     );
-    assert!(rel < 1e-5, "relative error {rel:e}");
 }
 
 #[test]
@@ -412,11 +388,9 @@ fn wgmma_takes_a_from_registers_and_mn_major_b() {
     }
     .unwrap();
     let got = stream.clone_dtoh(&c).unwrap();
-    let rel = relative_error(
-        &got,
-        (64, 128, 64),
-        |i, t| bf16_at(&p_host, i * 64 + t),
-        |t, j| bf16_at(&v_host, t * 128 + j),
+    let rel = hopper_selftests::register_a_product_error(&p_host, &v_host, &got);
+    assert!(
+        rel < hopper_selftests::PRODUCT_TOLERANCE,
+        "relative error {rel:e}"
     );
-    assert!(rel < 1e-5, "relative error {rel:e}");
 }

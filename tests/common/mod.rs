@@ -3,7 +3,7 @@
 
 pub mod decode;
 pub mod gpu;
-pub mod tma_box;
+pub mod hopper_selftests;
 
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;

@@ -1,9 +1,9 @@
-// Runs selftest_tma_4d of kernels/hopper_selftest.cu on the CPU, over the
-// emulated runtime and TMA (tests/host_emulation/cuda): the check that the
-// GPU self-test's expected bytes (tests/common/tma_box.rs) and the kernel
-// agree with the emulation's reading of a 4-D, 128-byte swizzled load. The
-// file's other self-tests are not run here: they check the hardware's
-// reading of the primitives, which the emulation cannot.
+// Runs the self-tests of kernels/hopper_selftest.cu that take dynamic
+// shared memory (the 4-D TMA load, wgmma from swizzled tiles and from
+// register A) on the CPU, over the emulated runtime, TMA and wgmma
+// (tests/host_emulation/cuda): the check that the GPU tests' expectations
+// (tests/common/hopper_selftests.rs) and the kernels agree with the
+// emulation's reading of the PTX ISA, which only the GPU can confirm.
 //
 //   hopper_selftest_on_cpu LAUNCH_FILE OUT_FILE   (format: cuda/launch.h)
 #include "emulation.h"
@@ -11,5 +11,10 @@
 #include "launch.h"
 
 int main(int argc, char** argv) {
-    return emu::run_launch(argc, argv, {{"selftest_tma_4d", emu::kernel(selftest_tma_4d)}});
+    return emu::run_launch(argc, argv,
+                           {
+                               {"selftest_tma_4d", emu::kernel(selftest_tma_4d)},
+                               {"selftest_wgmma_swizzled", emu::kernel(selftest_wgmma_swizzled)},
+                               {"selftest_wgmma_rs", emu::kernel(selftest_wgmma_rs)},
+                           });
 }

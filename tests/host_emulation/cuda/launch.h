@@ -42,6 +42,15 @@ Kernel kernel(void (*entry)(CUtensorMap, Params)) {
 }
 
 template <typename Params>
+Kernel kernel(void (*entry)(CUtensorMap, CUtensorMap, Params)) {
+    return [entry](const uint8_t* params, const CUtensorMap* maps) {
+        Params p;
+        std::memcpy(&p, params, sizeof p);
+        entry(maps[0], maps[1], p);
+    };
+}
+
+template <typename Params>
 Kernel kernel(void (*entry)(CUtensorMap, CUtensorMap, CUtensorMap, Params)) {
     return [entry](const uint8_t* params, const CUtensorMap* maps) {
         Params p;
