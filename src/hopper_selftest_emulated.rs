@@ -12,6 +12,7 @@ mod hopper_selftests;
 
 use crate::abi::{NvlmTma4dSelftest, NvlmWgmmaRsSelftest, NvlmWgmmaSwizzledSelftest};
 use crate::attention::hopper_input_tensor;
+use crate::attention::tests::Rng;
 use crate::hopper::{Tiled2d, TmaElement, TmaSwizzle};
 use crate::host_emulation::{self, EmulatedTensorMap, LaunchFile, Memory};
 use cudarc::driver::LaunchConfig;
@@ -32,18 +33,11 @@ fn one_block(smem: usize) -> LaunchConfig {
     }
 }
 
-/// `n` bf16 values (as bits) from a fixed SplitMix64 stream.
+/// `n` bf16 values (as bits) in [-1, 1), drawn from `seed`.
 fn random_bf16(seed: u64, n: usize) -> Vec<u16> {
-    let mut state = seed;
+    let mut rng = Rng(seed);
     (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            bf16::from_f32((z >> 40) as f32 / (1u64 << 23) as f32 - 1.0).to_bits()
-        })
+        .map(|_| bf16::from_f32(rng.unit()).to_bits())
         .collect()
 }
 

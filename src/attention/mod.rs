@@ -440,4 +440,4 @@ pub fn check_qk_rms_norm(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

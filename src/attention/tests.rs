@@ -5,12 +5,12 @@ use super::*;
 use half::{bf16, f16};
 
 /// SplitMix64: deterministic inputs for the reference tests (and the
-/// emulated kernels').
-pub(super) struct Rng(pub(super) u64);
+/// emulated kernels' and self-tests').
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     /// Uniform in [-1, 1).
-    pub(super) fn unit(&mut self) -> f32 {
+    pub(crate) fn unit(&mut self) -> f32 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
