@@ -14,7 +14,6 @@ use super::hopper;
 use super::tests::Rng;
 use super::*;
 use crate::abi::{NvlmAttentionTensor, NvlmFlashAttention, NvlmHopperAttention, NvlmQkRmsNorm};
-use crate::dtype::Dtype;
 use crate::host_emulation::{self, EmulatedTensorMap, LaunchFile, Memory};
 use half::{bf16, f16};
 use std::mem::offset_of;
@@ -363,6 +362,9 @@ fn hopper_pingpong_kernel_source_on_the_cpu_has_no_data_race() {
 /// qk-RMSNorm over NVLM's padded rows (dummy heads and v untouched) and
 /// unpadded ones, in both dtypes, within the GPU suite's two units.
 fn rms_norm_case<T: AttentionElement>(exe: &Path, rows: QkvRows, seed: u64) {
+    #[path = "../../tests/common/attention_checks.rs"]
+    mod attention_checks;
+
     let mut rng = Rng(seed);
     let mut fill = |n: usize, amplitude: f32| -> Vec<T> {
         (0..n)
@@ -397,30 +399,7 @@ fn rms_norm_case<T: AttentionElement>(exe: &Path, rows: QkvRows, seed: u64) {
     }
     .bytes();
     let got: Vec<T> = Memory::get(&host_emulation::run(exe, &file), addresses[0], before.len());
-    let part_len = rows.heads_padded * rows.head_dim;
-    let unit = if T::DTYPE == Dtype::Bf16 {
-        2f32.powi(-7)
-    } else {
-        2f32.powi(-10)
-    };
-    for (i, ((g, w), b)) in got.iter().zip(&want).zip(&before).enumerate() {
-        let column = i % rows.row_len();
-        let normalised = column % part_len < rows.width() && column < 2 * part_len;
-        let (g, w) = (g.to_f32(), w.to_f32());
-        if normalised {
-            assert!(
-                (g - w).abs() <= w.abs() * 2.0 * unit,
-                "{rows:?} {:?} element {i}: {g} vs {w}",
-                T::DTYPE
-            );
-        } else {
-            assert_eq!(
-                g.to_bits(),
-                b.to_f32().to_bits(),
-                "{rows:?}: element {i} changed"
-            );
-        }
-    }
+    attention_checks::check_qk_rms_norm(&rows, &before, &want, &got);
 }
 
 #[test]

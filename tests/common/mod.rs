@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod attention_checks;
 pub mod decode;
 pub mod gpu;
 pub mod hopper_selftests;
