@@ -56,10 +56,7 @@ fn arranged(
     let dense = AttentionLayout::contiguous(b, n, h, d);
     match how {
         Arrangement::Contiguous => dense,
-        Arrangement::HeadsMajor => AttentionLayout {
-            strides: [h * n * d, d, n * d],
-            ..dense
-        },
+        Arrangement::HeadsMajor => AttentionLayout::heads_outer(b, n, h, d),
         Arrangement::Padded => {
             let gap = |rng: &mut Rng| 8 * rng.range(1, 3) as usize;
             let head = d + gap(rng);

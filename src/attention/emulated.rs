@@ -50,17 +50,6 @@ struct Case {
     lse: bool,
 }
 
-fn heads_outer(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> AttentionLayout {
-    AttentionLayout {
-        batch,
-        tokens,
-        heads,
-        head_dim,
-        offset: 0,
-        strides: [heads * tokens * head_dim, head_dim, tokens * head_dim],
-    }
-}
-
 fn launch_file<T: AttentionElement>(
     kernel: AttentionKernel,
     tensors: &DeviceTensors<'_>,
@@ -137,7 +126,7 @@ fn check_case<T: AttentionElement>(
             }
             arrangement => {
                 let layout = |n| match arrangement {
-                    Arrangement::HeadsOuter => heads_outer(b, n, h, d),
+                    Arrangement::HeadsOuter => AttentionLayout::heads_outer(b, n, h, d),
                     _ => AttentionLayout::contiguous(b, n, h, d),
                 };
                 let layouts = [layout(n_q), layout(n_kv), layout(n_kv)];

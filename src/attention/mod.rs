@@ -112,6 +112,15 @@ impl AttentionLayout {
         }
     }
 
+    /// A contiguous `[batch, heads, tokens, head_dim]` tensor (torch's
+    /// SDPA layout): tokens inside heads.
+    pub fn heads_outer(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> Self {
+        AttentionLayout {
+            strides: [heads * tokens * head_dim, head_dim, tokens * head_dim],
+            ..Self::contiguous(batch, tokens, heads, head_dim)
+        }
+    }
+
     /// The q, k or v view of a contiguous packed `[batch, tokens, 3, heads,
     /// head_dim]` buffer (InternViT's qkv Linear output, reshaped).
     pub fn packed_qkv(

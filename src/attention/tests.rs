@@ -240,10 +240,7 @@ fn packed_qkv_read_through_strides_equals_contiguous_copies() {
             }
         }
     }
-    let heads_major = AttentionLayout {
-        strides: [h * n * d, d, n * d],
-        ..dense
-    };
+    let heads_major = AttentionLayout::heads_outer(b, n, h, d);
     assert_eq!(
         attention_f64(&tensor(&bhnd, heads_major), &copied[1], &copied[2], scale).unwrap(),
         attention_f64(&copied[0], &copied[1], &copied[2], scale).unwrap()

@@ -54,10 +54,7 @@ pub fn layouts(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> [A
     [
         AttentionLayout::packed_qkv(batch, tokens, heads, head_dim, QkvPart::K),
         AttentionLayout::contiguous(batch, tokens, heads, head_dim),
-        AttentionLayout {
-            strides: [heads * tokens * head_dim, head_dim, tokens * head_dim],
-            ..AttentionLayout::contiguous(batch, tokens, heads, head_dim)
-        },
+        AttentionLayout::heads_outer(batch, tokens, heads, head_dim),
     ]
 }
 
