@@ -240,8 +240,7 @@ fn check_case<T: AttentionElement>(
     let q_t = AttentionTensor::new(&host[qi][..], q_layout);
     let k_t = AttentionTensor::new(&host[ki][..], k_layout);
     let v_t = AttentionTensor::new(&host[vi][..], v_layout);
-    let (mut err, mut naive_err, mut ref_max, mut lse_err) = (0f64, 0f64, 0f64, 0f64);
-    let (mut err_sq, mut naive_sq, mut ref_sq) = (0f64, 0f64, 0f64);
+    let mut errors = common::attention_checks::FlashErrors::default();
     for (bi, ni, hi) in rows_to_check(rng, &case, row_budget) {
         let (want, want_lse) =
             attention_row_f64(&q_t, &k_t, &v_t, (bi, ni, hi), f64::from(scale)).unwrap();
@@ -251,12 +250,7 @@ fn check_case<T: AttentionElement>(
             let (got, nv) = (f64::from(got.to_f32()), f64::from(nv.to_f32()));
             // NaN fails here: f64::max would drop it.
             assert!(got.is_finite(), "{what}: row ({bi}, {ni}, {hi}) has {got}");
-            err = err.max((got - w).abs());
-            naive_err = naive_err.max((nv - w).abs());
-            ref_max = ref_max.max(w.abs());
-            err_sq += (got - w).powi(2);
-            naive_sq += (nv - w).powi(2);
-            ref_sq += w * w;
+            errors.add(got, nv, *w);
         }
         if with_lse {
             let got = f64::from(lse[(bi * h + hi) * n_q + ni]);
@@ -265,21 +259,9 @@ fn check_case<T: AttentionElement>(
                 e <= 1e-4,
                 "{what}: LSE row ({bi}, {ni}, {hi}) {got} vs {want_lse}"
             );
-            lse_err = lse_err.max(e);
         }
     }
-    // FlashAttention's rule; atol covers rows where rounding happens to be exact.
-    let atol = 1e-5 * ref_max.max(1e-3);
-    assert!(
-        err <= 2.0 * naive_err + atol,
-        "{what}: max error {err:.3e} > 2 x naive same-precision error {naive_err:.3e} + {atol:.1e}"
-    );
-    let (rel, naive_rel) = ((err_sq / ref_sq).sqrt(), (naive_sq / ref_sq).sqrt());
-    assert!(
-        rel <= 2.0 * naive_rel + 1e-5,
-        "{what}: relative error {rel:.3e} > 2 x naive {naive_rel:.3e}"
-    );
-    (err, naive_err)
+    errors.assert_within_rule(&what)
 }
 
 /// Random batch (1..13) and heads (1..32), shrunk until the case's

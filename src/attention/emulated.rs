@@ -9,6 +9,9 @@
 //! indexing), not that the hardware reads the ISA the same way: the GPU
 //! suite (tests/gpu_hopper_primitives.rs first) does that.
 
+#[path = "../../tests/common/attention_checks.rs"]
+mod attention_checks;
+
 use super::gpu::{DeviceTensors, portable_launch, rms_norm_launch};
 use super::hopper;
 use super::tests::Rng;
@@ -195,39 +198,23 @@ fn check_case<T: AttentionElement>(
     let (want, want_lse) = attention_f64(&q, &k, &v, f64::from(scale)).unwrap();
     let naive = attention_same_precision(&q, &k, &v, scale).unwrap();
     let dense = AttentionLayout::contiguous(b, n_q, h, d);
-    let (mut err, mut naive_err, mut ref_max) = (0f64, 0f64, 0f64);
-    let (mut err_sq, mut naive_sq, mut ref_sq) = (0f64, 0f64, 0f64);
+    let mut errors = attention_checks::FlashErrors::default();
     for bi in 0..b {
         for ni in 0..n_q {
             for hi in 0..h {
                 let (s, r) = (out_layout.index(bi, ni, hi, 0), dense.index(bi, ni, hi, 0));
                 for j in 0..d {
-                    let (got, nv, w) = (
+                    errors.add(
                         f64::from(out[s + j].to_f32()),
                         f64::from(naive[r + j].to_f32()),
                         want[r + j],
                     );
-                    err = err.max((got - w).abs());
-                    naive_err = naive_err.max((nv - w).abs());
-                    ref_max = ref_max.max(w.abs());
-                    err_sq += (got - w).powi(2);
-                    naive_sq += (nv - w).powi(2);
-                    ref_sq += w * w;
                 }
             }
         }
     }
     // The GPU suite's rule (FlashAttention's): twice the naive error.
-    let atol = 1e-5 * ref_max.max(1e-3);
-    assert!(
-        err <= 2.0 * naive_err + atol,
-        "{what}: max error {err:.3e} > 2 x naive same-precision error {naive_err:.3e} + {atol:.1e}"
-    );
-    let (rel, naive_rel) = ((err_sq / ref_sq).sqrt(), (naive_sq / ref_sq).sqrt());
-    assert!(
-        rel <= 2.0 * naive_rel + 1e-5,
-        "{what}: relative error {rel:.3e} > 2 x naive {naive_rel:.3e}"
-    );
+    let (err, naive_err) = errors.assert_within_rule(&what);
     if case.lse {
         let lse: Vec<f32> = Memory::get(&after, lse_at, b * h * n_q);
         for (i, (got, want)) in lse.iter().zip(&want_lse).enumerate() {
@@ -351,9 +338,6 @@ fn hopper_pingpong_kernel_source_on_the_cpu_has_no_data_race() {
 /// qk-RMSNorm over NVLM's padded rows (dummy heads and v untouched) and
 /// unpadded ones, in both dtypes, within the GPU suite's two units.
 fn rms_norm_case<T: AttentionElement>(exe: &Path, rows: QkvRows, seed: u64) {
-    #[path = "../../tests/common/attention_checks.rs"]
-    mod attention_checks;
-
     let mut rng = Rng(seed);
     let mut fill = |n: usize, amplitude: f32| -> Vec<T> {
         (0..n)

@@ -1,5 +1,5 @@
-//! The qk-RMSNorm kernel's acceptance rule, shared by its GPU test
-//! (tests/gpu_attention.rs) and its run on the host emulation
+//! The attention kernels' acceptance rules, shared by their GPU tests
+//! (tests/gpu_attention.rs) and their runs on the host emulation
 //! (src/attention/emulated.rs includes this file by path).
 
 use nvlm_vision::attention::{AttentionElement, QkvRows};
@@ -36,5 +36,48 @@ pub fn check_qk_rms_norm<T: AttentionElement>(rows: &QkvRows, before: &[T], want
                 "{rows:?}: element {i} (dummy head or v) changed"
             );
         }
+    }
+}
+
+/// The errors of a flash-attention output and of a naive same-precision
+/// computation against the f64 reference, element by element.
+#[derive(Default)]
+pub struct FlashErrors {
+    err: f64,
+    naive_err: f64,
+    ref_max: f64,
+    err_sq: f64,
+    naive_sq: f64,
+    ref_sq: f64,
+}
+
+impl FlashErrors {
+    /// One element: the kernel's `got`, the naive `naive`, the reference `want`.
+    pub fn add(&mut self, got: f64, naive: f64, want: f64) {
+        self.err = self.err.max((got - want).abs());
+        self.naive_err = self.naive_err.max((naive - want).abs());
+        self.ref_max = self.ref_max.max(want.abs());
+        self.err_sq += (got - want).powi(2);
+        self.naive_sq += (naive - want).powi(2);
+        self.ref_sq += want * want;
+    }
+
+    /// FlashAttention's rule: the largest and the relative error at most
+    /// twice the naive computation's (atol covers outputs where rounding
+    /// happens to be exact). Returns (largest error, naive largest error).
+    pub fn assert_within_rule(&self, what: &str) -> (f64, f64) {
+        let (err, naive_err) = (self.err, self.naive_err);
+        let atol = 1e-5 * self.ref_max.max(1e-3);
+        assert!(
+            err <= 2.0 * naive_err + atol,
+            "{what}: max error {err:.3e} > 2 x naive same-precision error {naive_err:.3e} + {atol:.1e}"
+        );
+        let rel = (self.err_sq / self.ref_sq).sqrt();
+        let naive_rel = (self.naive_sq / self.ref_sq).sqrt();
+        assert!(
+            rel <= 2.0 * naive_rel + 1e-5,
+            "{what}: relative error {rel:.3e} > 2 x naive {naive_rel:.3e}"
+        );
+        (err, naive_err)
     }
 }
