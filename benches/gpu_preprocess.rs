@@ -3,10 +3,10 @@
 //! and a device copy on the same cases): NVLM-D config (1..=6 tiles of 448
 //! + thumbnail), random uint8 RGB, f32 `[T, 3, 448, 448]` out.
 //!
-//! Ids `preprocess/<impl>/<case>`: `nvlm-v1`, `nvlm-v2` take an image
-//! already on the device; `nvlm-v1-host`, `nvlm-v2-host` take it from
-//! (pageable) host memory, copy included; `nvlm-v1-pinned-batch`,
-//! `nvlm-v2-pinned-batch` take host images 8 at a time through
+//! Ids `preprocess/<impl>/<case>`: `nvlm-v1`, `nvlm-v2`, `nvlm-v3` take an
+//! image already on the device; `nvlm-v1-host` etc. take it from (pageable)
+//! host memory, copy included; `nvlm-v1-pinned-batch` etc. take host
+//! images 8 at a time through
 //! `run_batch_into` (pinned staging, copies overlapping kernels), time per
 //! image; `h2d-copy-pageable` and `h2d-copy-pinned` copy the image's bytes
 //! alone, the PCIe time the host-input ids are to be compared with. Times are CUDA-event times of calls queued back to back, rotating

@@ -44,8 +44,9 @@ typedef struct NvlmTileWrite {
     uint32_t first_output;
 } NvlmTileWrite;
 
-// Kernel v2, one launch per image: both resize targets (the grid, the
-// thumbnail), both passes, crop and normalisation. Each block makes one
+// Kernels v2 (preprocess_fused) and v3 (preprocess_staged), one launch per
+// image: both resize targets (the grid, the thumbnail), both passes, crop
+// and normalisation. Each block makes one
 // 32x32 patch of one target's resized image; blocks [first_block, next
 // target's first_block) belong to a target, patch `b - first_block` in
 // row-major order of ceil(out_width / 32) patches per row.
@@ -69,6 +70,14 @@ typedef struct NvlmFusedTarget {
     uint32_t first_block;
     uint32_t tiles_across; // tiles per row of the resized image
     uint32_t first_output; // tensor index of its first tile
+    // preprocess_staged (v3) only; chunk_samples = 0 runs v2's first pass
+    // (a window too wide to stage). Shared memory: the intermediate's slab,
+    // then from stage_offset C planes of stage_rows x stage_pitch input bytes
+    // (rows are chunk samples when horizontal first, window rows otherwise).
+    uint32_t chunk_samples; // samples along S per chunk
+    uint32_t stage_rows;
+    uint32_t stage_pitch;   // bytes per staged row
+    uint32_t stage_offset;  // bytes from the start of shared memory
 } NvlmFusedTarget;
 
 typedef struct NvlmFusedPreprocess {
@@ -82,7 +91,7 @@ typedef struct NvlmFusedPreprocess {
     uint32_t elem_bytes;   // 4 (f32) or 2 (bf16, f16)
     uint32_t tile_size;
     uint32_t num_targets;  // 1 or 2
-    uint32_t slab_bytes;   // dynamic shared memory per block: the staged intermediate
+    uint32_t smem_bytes;   // dynamic shared memory per block (v2: all of it the slab)
 } NvlmFusedPreprocess;
 
 // ---- InternViT attention (kernels/attention.cu) ----
@@ -130,8 +139,8 @@ typedef struct NvlmQkRmsNorm {
 static_assert(sizeof(NvlmResamplePass) == 72, "NvlmResamplePass layout");
 static_assert(sizeof(NvlmIntermediate) == 80, "NvlmIntermediate layout");
 static_assert(sizeof(NvlmTileWrite) == 104, "NvlmTileWrite layout");
-static_assert(sizeof(NvlmFusedTarget) == 80, "NvlmFusedTarget layout");
-static_assert(sizeof(NvlmFusedPreprocess) == 216, "NvlmFusedPreprocess layout");
+static_assert(sizeof(NvlmFusedTarget) == 96, "NvlmFusedTarget layout");
+static_assert(sizeof(NvlmFusedPreprocess) == 248, "NvlmFusedPreprocess layout");
 static_assert(sizeof(NvlmAttentionTensor) == 32, "NvlmAttentionTensor layout");
 static_assert(sizeof(NvlmFlashAttention) == 152, "NvlmFlashAttention layout");
 static_assert(sizeof(NvlmQkRmsNorm) == 48, "NvlmQkRmsNorm layout");

@@ -110,23 +110,35 @@ extern "C" __global__ void resample_to_tiles(const NvlmTileWrite p) {
 //
 // Shared memory is bounded for any scale: the intermediate's extent along
 // the second pass's axis (the "window", ~32 x scale + taps samples) is
-// processed in chunks of `slab_bytes / (32 * C)` samples, and every output
-// accumulates the taps that fall in each chunk. The sum is the same int32
-// sum in another order (two's-complement addition is associative), so the
-// bytes are Pillow's whatever the chunking.
+// processed in chunks, and every output accumulates the taps that fall in
+// each chunk. The sum is the same int32 sum in another order (two's-
+// complement addition is associative), so the bytes are Pillow's whatever
+// the chunking.
+//
+// v3 (preprocess_staged) differs in the first pass only. v2's reads the
+// image straight from global memory with a warp's lanes on consecutive
+// outputs, so one tap's byte loads span 3 x scale x 32 bytes of a row. v3
+// first copies the chunk's input region into shared memory (coalesced,
+// channel-planar), then gives each warp one output and its lanes
+// consecutive samples: one weight per tap for the whole warp, and 32 byte
+// loads in 32 different banks. A target whose window is too wide to stage
+// (chunk_samples = 0, decided on the host) takes v2's first pass.
 namespace {
 
 constexpr uint32_t kPatch = 32;                           // patch side, output pixels
 constexpr uint32_t kGroup = 4;                            // consecutive x pixels per thread
 constexpr uint32_t kGroupsAcross = kPatch / kGroup;       // 8
 constexpr uint32_t kFusedThreads = kGroupsAcross * kPatch;  // 256: one thread per group
+constexpr uint32_t kFusedWarps = kFusedThreads / 32;
 
-// Slab layout, both chosen so the first pass's consecutive threads write
-// consecutive bytes: horizontal-first slabs are [s][f] (f = output x);
-// vertical-first slabs are [f][s] (s = input x).
-template <bool kVerticalFirst>
-__device__ __forceinline__ uint32_t slab_index(uint32_t s_local, uint32_t f_local, uint32_t rows) {
-    return kVerticalFirst ? f_local * rows + s_local : s_local * kPatch + f_local;
+// Byte offset of intermediate sample (s_local, f_local) in the slab, laid
+// out so that the first pass's lanes write distinct banks: horizontal
+// first, rows of `pitch` bytes per s (v3's lanes step along s, so its pitch
+// is an odd number of words); vertical first, [f][s] with `rows` samples.
+template <int C, bool kVerticalFirst>
+__device__ __forceinline__ uint32_t slab_offset(uint32_t s_local, uint32_t f_local, uint32_t rows,
+                                                uint32_t pitch) {
+    return kVerticalFirst ? (f_local * rows + s_local) * C : s_local * pitch + f_local * C;
 }
 
 // Four table entries stored as one vector: 16 bytes for f32, 8 for 16-bit.
@@ -137,32 +149,143 @@ __device__ __forceinline__ void store4(uint16_t* dst, const uint16_t (&v)[kGroup
     *reinterpret_cast<uint2*>(dst) = make_uint2(v[0] | (uint32_t(v[1]) << 16), v[2] | (uint32_t(v[3]) << 16));
 }
 
-template <int C, bool kVerticalFirst, typename E>
-__device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const NvlmFusedTarget& t,
-                                            uint32_t patch, uint8_t* slab) {
-    const uint32_t patches_across = (t.out_width + kPatch - 1) / kPatch;
-    const uint32_t x0 = (patch % patches_across) * kPatch;
-    const uint32_t y0 = (patch / patches_across) * kPatch;
-    // The patch along F (first pass) and S (second pass), in output pixels.
-    const uint32_t f0 = kVerticalFirst ? y0 : x0;
-    const uint32_t s0 = kVerticalFirst ? x0 : y0;
-    const uint32_t out_f = kVerticalFirst ? t.out_height : t.out_width;
-    const uint32_t nf = min(kPatch, out_f - f0);
-    const uint32_t ns = min(kPatch, (kVerticalFirst ? t.out_width : t.out_height) - s0);
+// A block's patch, along F (first pass) and S (second pass).
+struct PatchSpan {
+    uint32_t f0, nf;  // first output along F, outputs (<= 32)
+    uint32_t out_f;   // the resized image's size along F
+    uint32_t c0, n;   // this chunk's intermediate samples along S
+};
 
+// v2's first pass: slab (s, f) for s in [c0, c0 + n), f in [f0, f0 + nf),
+// read from the image in global memory.
+template <int C, bool kVerticalFirst>
+__device__ __forceinline__ void first_pass_global(const NvlmFusedPreprocess& p, const NvlmFusedTarget& t,
+                                                  const PatchSpan& span, uint8_t* slab, uint32_t rows,
+                                                  uint32_t slab_pitch) {
     const uint32_t* first_f = reinterpret_cast<const uint32_t*>(t.first_f);
     const uint32_t* count_f = reinterpret_cast<const uint32_t*>(t.count_f);
     const int32_t* coeffs_f = reinterpret_cast<const int32_t*>(t.coeffs_f);
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(p.src);
+    const uint32_t n = span.n;
+    for (uint32_t i = threadIdx.x; i < n * kPatch; i += kFusedThreads) {
+        const uint32_t f_local = kVerticalFirst ? i / n : i % kPatch;
+        const uint32_t s_local = kVerticalFirst ? i % n : i / kPatch;
+        if (f_local >= span.nf) continue;
+        const uint32_t f = span.f0 + f_local;
+        const uint32_t s = span.c0 + s_local;
+        const uint32_t start = __ldg(first_f + f);
+        const uint32_t taps = __ldg(count_f + f);
+        // coeffs_f is tap-major: a warp's consecutive f read one line per tap.
+        const int32_t* k = coeffs_f + f;
+        // Along F the image advances by rows (vertical first) or pixels.
+        const uint64_t step = kVerticalFirst ? p.src_stride : p.src_bpp;
+        const uint8_t* px = src + (kVerticalFirst ? static_cast<uint64_t>(start) * p.src_stride +
+                                                        static_cast<uint64_t>(s) * p.src_bpp
+                                                  : static_cast<uint64_t>(s) * p.src_stride +
+                                                        static_cast<uint64_t>(start) * p.src_bpp);
+        int32_t a[C];
+#pragma unroll
+        for (int c = 0; c < C; ++c) a[c] = 1 << (kPrecisionBits - 1);
+        for (uint32_t tap = 0; tap < taps; ++tap, px += step) {
+            const int32_t w = __ldg(k + static_cast<uint64_t>(tap) * span.out_f);
+#pragma unroll
+            for (int c = 0; c < C; ++c) a[c] += static_cast<int32_t>(__ldg(px + c)) * w;
+        }
+        uint8_t* d = slab + slab_offset<C, kVerticalFirst>(s_local, f_local, rows, slab_pitch);
+#pragma unroll
+        for (int c = 0; c < C; ++c) d[c] = clip8(a[c]);
+    }
+}
+
+// v3's copy of image rows [r0, r0 + nr) x pixels [q0, q0 + nq) into C
+// planes of `plane` bytes, row r at r * pitch: lanes on consecutive pixels,
+// so a warp's loads of one channel cover 32 x bpp contiguous bytes.
+template <int C>
+__device__ __forceinline__ void stage_input(const NvlmFusedPreprocess& p, uint8_t* stage, uint32_t plane,
+                                            uint32_t pitch, uint32_t r0, uint32_t nr, uint32_t q0,
+                                            uint32_t nq) {
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(p.src);
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (uint32_t r = warp; r < nr; r += kFusedWarps) {
+        const uint8_t* row = src + static_cast<uint64_t>(r0 + r) * p.src_stride + static_cast<uint64_t>(q0) * p.src_bpp;
+        for (uint32_t q = lane; q < nq; q += 32) {
+            const uint8_t* px = row + static_cast<uint64_t>(q) * p.src_bpp;
+#pragma unroll
+            for (int c = 0; c < C; ++c) stage[c * plane + r * pitch + q] = __ldg(px + c);
+        }
+    }
+}
+
+// v3's first pass, from the staged input whose F window starts at input
+// index fa: each warp takes outputs f, its lanes consecutive samples s.
+template <int C, bool kVerticalFirst>
+__device__ __forceinline__ void first_pass_staged(const NvlmFusedTarget& t, const PatchSpan& span,
+                                                  uint32_t fa, const uint8_t* stage, uint32_t plane,
+                                                  uint8_t* slab, uint32_t rows, uint32_t slab_pitch) {
+    const uint32_t* first_f = reinterpret_cast<const uint32_t*>(t.first_f);
+    const uint32_t* count_f = reinterpret_cast<const uint32_t*>(t.count_f);
+    const int32_t* coeffs_f = reinterpret_cast<const int32_t*>(t.coeffs_f);
+    const uint32_t pitch = t.stage_pitch;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (uint32_t f_local = warp; f_local < span.nf; f_local += kFusedWarps) {
+        const uint32_t f = span.f0 + f_local;
+        const uint32_t start = __ldg(first_f + f) - fa;
+        const uint32_t taps = __ldg(count_f + f);
+        const int32_t* k = coeffs_f + f;
+        for (uint32_t s_local = lane; s_local < span.n; s_local += 32) {
+            // Along F the staged input advances by a row (vertical first)
+            // or a byte.
+            const uint8_t* px = stage + (kVerticalFirst ? start * pitch + s_local : s_local * pitch + start);
+            int32_t a[C];
+#pragma unroll
+            for (int c = 0; c < C; ++c) a[c] = 1 << (kPrecisionBits - 1);
+            for (uint32_t tap = 0; tap < taps; ++tap, px += kVerticalFirst ? pitch : 1) {
+                const int32_t w = __ldg(k + static_cast<uint64_t>(tap) * span.out_f);
+#pragma unroll
+                for (int c = 0; c < C; ++c) a[c] += static_cast<int32_t>(px[c * plane]) * w;
+            }
+            uint8_t* d = slab + slab_offset<C, kVerticalFirst>(s_local, f_local, rows, slab_pitch);
+#pragma unroll
+            for (int c = 0; c < C; ++c) d[c] = clip8(a[c]);
+        }
+    }
+}
+
+template <int C, bool kVerticalFirst, bool kStaged, typename E>
+__device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const NvlmFusedTarget& t,
+                                            uint32_t patch, uint8_t* smem) {
+    const uint32_t patches_across = (t.out_width + kPatch - 1) / kPatch;
+    const uint32_t x0 = (patch % patches_across) * kPatch;
+    const uint32_t y0 = (patch / patches_across) * kPatch;
+    PatchSpan span;
+    span.f0 = kVerticalFirst ? y0 : x0;
+    const uint32_t s0 = kVerticalFirst ? x0 : y0;
+    span.out_f = kVerticalFirst ? t.out_height : t.out_width;
+    span.nf = min(kPatch, span.out_f - span.f0);
+    const uint32_t ns = min(kPatch, (kVerticalFirst ? t.out_width : t.out_height) - s0);
+
     const uint32_t* first_s = reinterpret_cast<const uint32_t*>(t.first_s);
     const uint32_t* count_s = reinterpret_cast<const uint32_t*>(t.count_s);
     const int32_t* coeffs_s = reinterpret_cast<const int32_t*>(t.coeffs_s);
-    const uint8_t* src = reinterpret_cast<const uint8_t*>(p.src);
 
     // The input samples along S the patch reads: first/end are monotone in
     // the output index, so the patch's first and last outputs bound them.
+    // The same holds along F for v3's staged window [fa, fb).
     const uint32_t w0 = __ldg(first_s + s0);
     const uint32_t w1 = __ldg(first_s + s0 + ns - 1) + __ldg(count_s + s0 + ns - 1);
-    const uint32_t rows = p.slab_bytes / (kPatch * C);
+    const uint32_t rows = kStaged ? t.chunk_samples : p.smem_bytes / (kPatch * C);
+    const uint32_t slab_pitch = kStaged ? kPatch * C + 4 : kPatch * C;
+    [[maybe_unused]] uint32_t fa = 0, fb = 0;
+    if constexpr (kStaged) {
+        const uint32_t* first_f = reinterpret_cast<const uint32_t*>(t.first_f);
+        const uint32_t* count_f = reinterpret_cast<const uint32_t*>(t.count_f);
+        const uint32_t last = span.f0 + span.nf - 1;
+        fa = __ldg(first_f + span.f0);
+        fb = __ldg(first_f + last) + __ldg(count_f + last);
+    }
+    uint8_t* slab = smem;
+    uint8_t* stage = smem + t.stage_offset;
+    const uint32_t plane = t.stage_rows * t.stage_pitch;
 
     // This thread's outputs: pixels x .. x+3 of row y of the resized image.
     const uint32_t gx = threadIdx.x % kGroupsAcross;
@@ -176,35 +299,19 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
         for (int c = 0; c < C; ++c) acc[j][c] = 1 << (kPrecisionBits - 1);
 
     for (uint32_t c0 = w0; c0 < w1; c0 += rows) {  // block-uniform bounds
-        const uint32_t n = min(rows, w1 - c0);
-        // First pass: slab (s, f) for s in [c0, c0 + n), f in [f0, f0 + nf).
-        for (uint32_t i = threadIdx.x; i < n * kPatch; i += kFusedThreads) {
-            const uint32_t f_local = kVerticalFirst ? i / n : i % kPatch;
-            const uint32_t s_local = kVerticalFirst ? i % n : i / kPatch;
-            if (f_local >= nf) continue;
-            const uint32_t f = f0 + f_local;
-            const uint32_t s = c0 + s_local;
-            const uint32_t start = __ldg(first_f + f);
-            const uint32_t taps = __ldg(count_f + f);
-            // coeffs_f is tap-major: a warp's consecutive f read one line per tap.
-            const int32_t* k = coeffs_f + f;
-            // Along F the image advances by rows (vertical first) or pixels.
-            const uint64_t step = kVerticalFirst ? p.src_stride : p.src_bpp;
-            const uint8_t* px = src + (kVerticalFirst ? static_cast<uint64_t>(start) * p.src_stride +
-                                                            static_cast<uint64_t>(s) * p.src_bpp
-                                                      : static_cast<uint64_t>(s) * p.src_stride +
-                                                            static_cast<uint64_t>(start) * p.src_bpp);
-            int32_t a[C];
-#pragma unroll
-            for (int c = 0; c < C; ++c) a[c] = 1 << (kPrecisionBits - 1);
-            for (uint32_t tap = 0; tap < taps; ++tap, px += step) {
-                const int32_t w = __ldg(k + static_cast<uint64_t>(tap) * out_f);
-#pragma unroll
-                for (int c = 0; c < C; ++c) a[c] += static_cast<int32_t>(__ldg(px + c)) * w;
+        span.c0 = c0;
+        span.n = min(rows, w1 - c0);
+        const uint32_t n = span.n;
+        if constexpr (kStaged) {
+            if (kVerticalFirst) {
+                stage_input<C>(p, stage, plane, t.stage_pitch, fa, fb - fa, c0, n);
+            } else {
+                stage_input<C>(p, stage, plane, t.stage_pitch, c0, n, fa, fb - fa);
             }
-            uint8_t* d = slab + slab_index<kVerticalFirst>(s_local, f_local, rows) * C;
-#pragma unroll
-            for (int c = 0; c < C; ++c) d[c] = clip8(a[c]);
+            __syncthreads();
+            first_pass_staged<C, kVerticalFirst>(t, span, fa, stage, plane, slab, rows, slab_pitch);
+        } else {
+            first_pass_global<C, kVerticalFirst>(p, t, span, slab, rows, slab_pitch);
         }
         __syncthreads();
         // Second pass: each output adds the taps of its window in this chunk.
@@ -222,7 +329,7 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
                     const int32_t* k = coeffs_s + static_cast<uint64_t>(s) * t.taps_s;
                     for (uint32_t r = lo; r < hi; ++r) {
                         const int32_t w = __ldg(k + (r - fs));
-                        const uint8_t* px = slab + slab_index<true>(r - c0, f_local, rows) * C;
+                        const uint8_t* px = slab + slab_offset<C, true>(r - c0, f_local, rows, slab_pitch);
 #pragma unroll
                         for (int c = 0; c < C; ++c) acc[j][c] += static_cast<int32_t>(px[c]) * w;
                     }
@@ -236,10 +343,10 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
                 for (uint32_t r = lo; r < hi; ++r) {
                     const int32_t w = __ldg(k + (r - fs));
                     // The group's 4 x C bytes are contiguous and 4-byte aligned
-                    // (rows are 32 x C bytes, the group starts at 4 x C x gx):
-                    // C word loads instead of 4 x C byte loads.
-                    const uint32_t* words =
-                        reinterpret_cast<const uint32_t*>(slab + slab_index<false>(r - c0, x - x0, rows) * C);
+                    // (the pitch is a multiple of 4, the group starts at
+                    // 4 x C x gx): C word loads instead of 4 x C byte loads.
+                    const uint32_t* words = reinterpret_cast<const uint32_t*>(
+                        slab + slab_offset<C, false>(r - c0, x - x0, rows, slab_pitch));
                     uint32_t packed[C];
 #pragma unroll
                     for (int q = 0; q < C; ++q) packed[q] = words[q];
@@ -254,7 +361,7 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
                 }
             }
         }
-        __syncthreads();  // the next chunk overwrites the slab
+        __syncthreads();  // the next chunk overwrites the slab and the staged input
     }
 
     if (!row_valid) return;
@@ -263,7 +370,7 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
     const E* table = reinterpret_cast<const E*>(p.table);
     E* out = reinterpret_cast<E*>(p.out);
     const uint64_t ts = p.tile_size;
-    const uint64_t plane = ts * ts;
+    const uint64_t plane_elems = ts * ts;
     if (ts % kGroup == 0 && x + kGroup <= t.out_width) {
         const uint64_t tile = t.first_output + (y / ts) * t.tiles_across + x / ts;
         const uint64_t within = (y % ts) * ts + x % ts;
@@ -272,7 +379,7 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
             E v[kGroup];
 #pragma unroll
             for (uint32_t j = 0; j < kGroup; ++j) v[j] = __ldg(table + c * 256 + clip8(acc[j][C == 3 ? c : 0]));
-            store4(out + (tile * 3 + c) * plane + within, v);
+            store4(out + (tile * 3 + c) * plane_elems + within, v);
         }
     } else {
 #pragma unroll
@@ -282,37 +389,50 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
             const uint64_t within = (y % ts) * ts + (x + j) % ts;
 #pragma unroll
             for (int c = 0; c < 3; ++c)
-                out[(tile * 3 + c) * plane + within] = __ldg(table + c * 256 + clip8(acc[j][C == 3 ? c : 0]));
+                out[(tile * 3 + c) * plane_elems + within] = __ldg(table + c * 256 + clip8(acc[j][C == 3 ? c : 0]));
         }
     }
 }
 
-template <int C>
+template <int C, bool kStaged>
 __device__ __forceinline__ void fused_dispatch(const NvlmFusedPreprocess& p, const NvlmFusedTarget& t,
-                                               uint32_t patch, uint8_t* slab) {
+                                               uint32_t patch, uint8_t* smem) {
     if (t.vertical_first) {
-        if (p.elem_bytes == 4) fused_patch<C, true, uint32_t>(p, t, patch, slab);
-        else fused_patch<C, true, uint16_t>(p, t, patch, slab);
+        if (p.elem_bytes == 4) fused_patch<C, true, kStaged, uint32_t>(p, t, patch, smem);
+        else fused_patch<C, true, kStaged, uint16_t>(p, t, patch, smem);
     } else {
-        if (p.elem_bytes == 4) fused_patch<C, false, uint32_t>(p, t, patch, slab);
-        else fused_patch<C, false, uint16_t>(p, t, patch, slab);
+        if (p.elem_bytes == 4) fused_patch<C, false, kStaged, uint32_t>(p, t, patch, smem);
+        else fused_patch<C, false, kStaged, uint16_t>(p, t, patch, smem);
     }
 }
 
-}  // namespace
-
 // One block per patch of either target; blocks of the second target follow
-// the first's. 256 threads, `slab_bytes` of dynamic shared memory.
-extern "C" __global__ void __launch_bounds__(kFusedThreads, 2) preprocess_fused(const NvlmFusedPreprocess p) {
-    uint8_t* slab = nvlm::dynamic_smem();
+// the first's. v3 stages a target's input when the host gave it a chunk.
+template <bool kStagedKernel>
+__device__ __forceinline__ void fused_block(const NvlmFusedPreprocess& p) {
+    uint8_t* smem = nvlm::dynamic_smem();
     // Field by field rather than p.target[i], which would copy the
     // parameter array to local memory.
     const bool second = p.num_targets == 2 && blockIdx.x >= p.target[1].first_block;
     const NvlmFusedTarget t = second ? p.target[1] : p.target[0];
     const uint32_t patch = blockIdx.x - t.first_block;
+    const bool staged = kStagedKernel && t.chunk_samples != 0;
     if (p.channels == 3) {
-        fused_dispatch<3>(p, t, patch, slab);
+        if (staged) fused_dispatch<3, true>(p, t, patch, smem);
+        else fused_dispatch<3, false>(p, t, patch, smem);
     } else {
-        fused_dispatch<1>(p, t, patch, slab);
+        if (staged) fused_dispatch<1, true>(p, t, patch, smem);
+        else fused_dispatch<1, false>(p, t, patch, smem);
     }
+}
+
+}  // namespace
+
+// 256 threads, `smem_bytes` of dynamic shared memory, one block per patch.
+extern "C" __global__ void __launch_bounds__(kFusedThreads, 2) preprocess_fused(const NvlmFusedPreprocess p) {
+    fused_block<false>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(kFusedThreads, 2) preprocess_staged(const NvlmFusedPreprocess p) {
+    fused_block<true>(p);
 }

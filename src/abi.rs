@@ -118,10 +118,14 @@ pub struct NvlmFusedTarget {
     pub first_block: u32,
     pub tiles_across: u32,
     pub first_output: u32,
+    pub chunk_samples: u32,
+    pub stage_rows: u32,
+    pub stage_pitch: u32,
+    pub stage_offset: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of NvlmFusedTarget"][::core::mem::size_of::<NvlmFusedTarget>() - 80usize];
+    ["Size of NvlmFusedTarget"][::core::mem::size_of::<NvlmFusedTarget>() - 96usize];
     ["Alignment of NvlmFusedTarget"][::core::mem::align_of::<NvlmFusedTarget>() - 8usize];
     ["Offset of field: NvlmFusedTarget::first_f"]
         [::core::mem::offset_of!(NvlmFusedTarget, first_f) - 0usize];
@@ -151,6 +155,14 @@ const _: () = {
         [::core::mem::offset_of!(NvlmFusedTarget, tiles_across) - 72usize];
     ["Offset of field: NvlmFusedTarget::first_output"]
         [::core::mem::offset_of!(NvlmFusedTarget, first_output) - 76usize];
+    ["Offset of field: NvlmFusedTarget::chunk_samples"]
+        [::core::mem::offset_of!(NvlmFusedTarget, chunk_samples) - 80usize];
+    ["Offset of field: NvlmFusedTarget::stage_rows"]
+        [::core::mem::offset_of!(NvlmFusedTarget, stage_rows) - 84usize];
+    ["Offset of field: NvlmFusedTarget::stage_pitch"]
+        [::core::mem::offset_of!(NvlmFusedTarget, stage_pitch) - 88usize];
+    ["Offset of field: NvlmFusedTarget::stage_offset"]
+        [::core::mem::offset_of!(NvlmFusedTarget, stage_offset) - 92usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -165,34 +177,34 @@ pub struct NvlmFusedPreprocess {
     pub elem_bytes: u32,
     pub tile_size: u32,
     pub num_targets: u32,
-    pub slab_bytes: u32,
+    pub smem_bytes: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of NvlmFusedPreprocess"][::core::mem::size_of::<NvlmFusedPreprocess>() - 216usize];
+    ["Size of NvlmFusedPreprocess"][::core::mem::size_of::<NvlmFusedPreprocess>() - 248usize];
     ["Alignment of NvlmFusedPreprocess"][::core::mem::align_of::<NvlmFusedPreprocess>() - 8usize];
     ["Offset of field: NvlmFusedPreprocess::target"]
         [::core::mem::offset_of!(NvlmFusedPreprocess, target) - 0usize];
     ["Offset of field: NvlmFusedPreprocess::src"]
-        [::core::mem::offset_of!(NvlmFusedPreprocess, src) - 160usize];
+        [::core::mem::offset_of!(NvlmFusedPreprocess, src) - 192usize];
     ["Offset of field: NvlmFusedPreprocess::src_stride"]
-        [::core::mem::offset_of!(NvlmFusedPreprocess, src_stride) - 168usize];
+        [::core::mem::offset_of!(NvlmFusedPreprocess, src_stride) - 200usize];
     ["Offset of field: NvlmFusedPreprocess::out"]
-        [::core::mem::offset_of!(NvlmFusedPreprocess, out) - 176usize];
+        [::core::mem::offset_of!(NvlmFusedPreprocess, out) - 208usize];
     ["Offset of field: NvlmFusedPreprocess::table"]
-        [::core::mem::offset_of!(NvlmFusedPreprocess, table) - 184usize];
+        [::core::mem::offset_of!(NvlmFusedPreprocess, table) - 216usize];
     ["Offset of field: NvlmFusedPreprocess::src_bpp"]
-        [::core::mem::offset_of!(NvlmFusedPreprocess, src_bpp) - 192usize];
+        [::core::mem::offset_of!(NvlmFusedPreprocess, src_bpp) - 224usize];
     ["Offset of field: NvlmFusedPreprocess::channels"]
-        [::core::mem::offset_of!(NvlmFusedPreprocess, channels) - 196usize];
+        [::core::mem::offset_of!(NvlmFusedPreprocess, channels) - 228usize];
     ["Offset of field: NvlmFusedPreprocess::elem_bytes"]
-        [::core::mem::offset_of!(NvlmFusedPreprocess, elem_bytes) - 200usize];
+        [::core::mem::offset_of!(NvlmFusedPreprocess, elem_bytes) - 232usize];
     ["Offset of field: NvlmFusedPreprocess::tile_size"]
-        [::core::mem::offset_of!(NvlmFusedPreprocess, tile_size) - 204usize];
+        [::core::mem::offset_of!(NvlmFusedPreprocess, tile_size) - 236usize];
     ["Offset of field: NvlmFusedPreprocess::num_targets"]
-        [::core::mem::offset_of!(NvlmFusedPreprocess, num_targets) - 208usize];
-    ["Offset of field: NvlmFusedPreprocess::slab_bytes"]
-        [::core::mem::offset_of!(NvlmFusedPreprocess, slab_bytes) - 212usize];
+        [::core::mem::offset_of!(NvlmFusedPreprocess, num_targets) - 240usize];
+    ["Offset of field: NvlmFusedPreprocess::smem_bytes"]
+        [::core::mem::offset_of!(NvlmFusedPreprocess, smem_bytes) - 244usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -2,13 +2,13 @@
 //!
 //! The host computes the plan and Pillow's coefficient tables exactly as the
 //! CPU path does; the kernels run the same integer passes, so the output is
-//! meant to equal [`Preprocessor::run`] byte for byte. Two kernel versions
-//! are kept, so one GPU run can compare them ([`PreprocessKernel`]).
+//! meant to equal [`Preprocessor::run`] byte for byte. Every kernel version
+//! is kept, so one GPU run can compare them ([`PreprocessKernel`]).
 
 use crate::abi::{
     NvlmFusedPreprocess, NvlmFusedTarget, NvlmIntermediate, NvlmResamplePass, NvlmTileWrite,
 };
-use crate::cuda::{Gpu, KernelModule, driver_error};
+use crate::cuda::{Gpu, KernelModule, allow_dynamic_smem, driver_error};
 use crate::dtype::TensorElement;
 use crate::error::{Error, Result};
 use crate::preprocess::coeffs::AxisCoefficients;
@@ -29,19 +29,29 @@ pub enum PreprocessKernel {
     /// tiles; per-target table uploads and a synchronize per target.
     TwoPassV1,
     /// v2: one launch per image for both targets and both passes, the
-    /// intermediate staged in shared memory, all tables in one copy.
+    /// intermediate staged in shared memory, all tables in one copy. The
+    /// default until a GPU run has measured v3 against it.
     #[default]
     FusedV2,
+    /// v3: v2 whose first pass reads the image from shared memory, where
+    /// each chunk's input region is copied first (a target whose window is
+    /// too wide to stage in 64 KiB, scales above ~400, runs v2's first pass).
+    StagedV3,
 }
 
 impl PreprocessKernel {
-    pub const ALL: [PreprocessKernel; 2] = [PreprocessKernel::TwoPassV1, PreprocessKernel::FusedV2];
+    pub const ALL: [PreprocessKernel; 3] = [
+        PreprocessKernel::TwoPassV1,
+        PreprocessKernel::FusedV2,
+        PreprocessKernel::StagedV3,
+    ];
 
     /// A short name, used in benchmark ids.
     pub fn name(self) -> &'static str {
         match self {
             PreprocessKernel::TwoPassV1 => "v1",
             PreprocessKernel::FusedV2 => "v2",
+            PreprocessKernel::StagedV3 => "v3",
         }
     }
 }
@@ -254,7 +264,9 @@ impl CudaPreprocessor {
     ) -> Result<()> {
         match self.kernel {
             PreprocessKernel::TwoPassV1 => self.run_v1(source, plan, out),
-            PreprocessKernel::FusedV2 => self.run_v2(source, plan, out),
+            PreprocessKernel::FusedV2 | PreprocessKernel::StagedV3 => {
+                self.run_fused(source, plan, out)
+            }
         }
     }
 
@@ -267,7 +279,8 @@ impl CudaPreprocessor {
         )
     }
 
-    fn run_v2<T: TensorElement + DeviceRepr>(
+    /// v2 or v3: one launch.
+    fn run_fused<T: TensorElement + DeviceRepr>(
         &self,
         source: Source,
         plan: &TilePlan,
@@ -275,6 +288,7 @@ impl CudaPreprocessor {
     ) -> Result<()> {
         let stream = self.gpu.stream();
         let launch = FusedLaunch::new::<T>(
+            self.kernel,
             &self.preprocessor,
             plan,
             (source.width, source.height),
@@ -290,16 +304,15 @@ impl CudaPreprocessor {
         let (blob_addr, _blob_read) = blob.device_ptr(stream);
         let (out_addr, _out_write) = out.device_ptr_mut(stream);
         let params = launch.relocated(blob_addr, source.addr, out_addr);
-        let f = self
-            .gpu
-            .function(KernelModule::Preprocess, "preprocess_fused")?;
+        let f = self.gpu.function(KernelModule::Preprocess, launch.entry)?;
         let config = launch.config();
+        allow_dynamic_smem(&f, config.shared_mem_bytes)?;
         // SAFETY: the params describe live device buffers: the image (the
         // caller's), the tensor of plan.tensor_len() elements (checked), and
         // the tables, whose indices stay inside the image (AxisCoefficients'
         // contract). One stream orders the copies, the kernel and the frees.
         unsafe { stream.launch_builder(&f).arg(&params).launch(config) }
-            .map_err(driver_error("preprocess_fused"))?;
+            .map_err(driver_error(launch.entry))?;
         Ok(())
     }
 
@@ -564,30 +577,116 @@ impl Target {
     }
 }
 
-/// Side of a v2 patch in output pixels, and its threads (kernels/preprocess.cu).
+/// Side of a v2/v3 patch in output pixels, and its threads (kernels/preprocess.cu).
 const PATCH: u32 = 32;
 const FUSED_THREADS: u32 = 256;
 /// v2's shared memory per block: the staged intermediate of one chunk of a
 /// patch's window (256 samples of RGB, 768 of grey).
 const SLAB_BYTES: u32 = 24 * 1024;
+/// v3's shared memory per block, the slab and the staged input: two blocks
+/// (as many as the registers allow) fit an SM of sm_80 (164 KiB) or sm_90.
+const STAGED_SMEM_BYTES: u32 = 64 * 1024;
 
-/// The host side of one v2 launch: every table in one blob of 32-bit words,
-/// and the parameters with addresses as byte offsets into the blob (the
-/// image and output addresses zero) until [`FusedLaunch::relocated`].
+/// How v3 lays out one target's chunk in shared memory (the `chunk_samples`
+/// and `stage_*` fields of `NvlmFusedTarget`; all zero: v2's first pass).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct StagedLayout {
+    chunk_samples: u32,
+    stage_rows: u32,
+    stage_pitch: u32,
+    stage_offset: u32,
+}
+
+impl StagedLayout {
+    /// The largest chunk whose slab and staged input fit in `budget` bytes.
+    /// Horizontal first, the staged rows are the chunk's samples (the first
+    /// pass's lanes) and the pitch an odd number of words, so the lanes'
+    /// byte loads fall in 32 different banks; so is the slab's row pitch,
+    /// `32 C + 4` bytes, which the kernel computes the same way. Vertical
+    /// first, the staged rows are the patch's widest window along F and
+    /// the lanes read along a row.
+    fn plan(axes: &FusedAxes, channels: u32, budget: u32) -> StagedLayout {
+        let window_f = widest_window(&axes.first);
+        let window_s = widest_window(&axes.second);
+        let layout = |n: u32| {
+            if axes.vertical_first {
+                StagedLayout {
+                    chunk_samples: n,
+                    stage_rows: window_f,
+                    stage_pitch: n.next_multiple_of(4),
+                    stage_offset: (n * PATCH * channels).next_multiple_of(16),
+                }
+            } else {
+                let mut pitch = window_f.next_multiple_of(4);
+                if (pitch / 4).is_multiple_of(2) {
+                    pitch += 4;
+                }
+                StagedLayout {
+                    chunk_samples: n,
+                    stage_rows: n,
+                    stage_pitch: pitch,
+                    stage_offset: (n * (PATCH * channels + 4)).next_multiple_of(16),
+                }
+            }
+        };
+        // Per sample each order needs a slab row and a staged row of the
+        // window, give or take the padding: start there and shrink to fit.
+        let per_sample = u64::from(channels) * u64::from(PATCH + 4 + window_f);
+        let mut n = (u64::from(budget) / per_sample).min(u64::from(window_s)) as u32;
+        while n > 0 && layout(n).bytes(channels) > u64::from(budget) {
+            n -= 1;
+        }
+        if n == 0 {
+            return StagedLayout::default();
+        }
+        layout(n)
+    }
+
+    /// Shared memory the layout uses.
+    fn bytes(&self, channels: u32) -> u64 {
+        u64::from(self.stage_offset)
+            + u64::from(channels * self.stage_rows) * u64::from(self.stage_pitch)
+    }
+}
+
+/// The most input samples the outputs of one 32-output patch read along
+/// `axis` (first and end are monotone in the output).
+fn widest_window(axis: &AxisCoefficients) -> u32 {
+    (0..axis.out_size)
+        .step_by(PATCH as usize)
+        .map(|o0| {
+            let last = (o0 + PATCH).min(axis.out_size) as usize - 1;
+            axis.first[last] + axis.count[last] - axis.first[o0 as usize]
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The host side of one v2 or v3 launch: every table in one blob of 32-bit
+/// words, and the parameters with addresses as byte offsets into the blob
+/// (the image and output addresses zero) until [`FusedLaunch::relocated`].
 struct FusedLaunch {
+    entry: &'static str,
     blob: Vec<u32>,
     params: NvlmFusedPreprocess,
     blocks: u32,
 }
 
 impl FusedLaunch {
+    /// `kernel`: [`PreprocessKernel::FusedV2`] or [`PreprocessKernel::StagedV3`].
     fn new<T: TensorElement>(
+        kernel: PreprocessKernel,
         pre: &Preprocessor,
         plan: &TilePlan,
         (width, height): (u32, u32),
         stride: usize,
         format: PixelFormat,
     ) -> FusedLaunch {
+        let staged = match kernel {
+            PreprocessKernel::FusedV2 => false,
+            PreprocessKernel::StagedV3 => true,
+            PreprocessKernel::TwoPassV1 => unreachable!("v1 is not a fused launch"),
+        };
         let tables = normalization_tables::<T>(pre.normalization.mean, pre.normalization.std);
         let table_bytes: Vec<u8> = tables
             .iter()
@@ -602,7 +701,11 @@ impl FusedLaunch {
             channels: format.colour_channels() as u32,
             elem_bytes: T::DTYPE.size_bytes() as u32,
             tile_size: plan.tile_size,
-            slab_bytes: SLAB_BYTES,
+            smem_bytes: if staged {
+                STAGED_SMEM_BYTES
+            } else {
+                SLAB_BYTES
+            },
             ..Default::default()
         };
         let mut blocks = 0u32;
@@ -611,6 +714,11 @@ impl FusedLaunch {
         for (slot, target) in params.target.iter_mut().zip(&targets) {
             let (out_w, out_h) = target.size;
             let axes = FusedAxes::new(pre.pillow, (width, height), target.size);
+            let stage = if staged {
+                StagedLayout::plan(&axes, params.channels, STAGED_SMEM_BYTES)
+            } else {
+                StagedLayout::default()
+            };
             *slot = NvlmFusedTarget {
                 first_f: blob.push_words(&axes.first.first),
                 count_f: blob.push_words(&axes.first.count),
@@ -626,22 +734,31 @@ impl FusedLaunch {
                 first_block: blocks,
                 tiles_across: target.tiles_across,
                 first_output: target.first_output,
+                chunk_samples: stage.chunk_samples,
+                stage_rows: stage.stage_rows,
+                stage_pitch: stage.stage_pitch,
+                stage_offset: stage.stage_offset,
             };
             blocks += out_w.div_ceil(PATCH) * out_h.div_ceil(PATCH);
         }
         FusedLaunch {
+            entry: if staged {
+                "preprocess_staged"
+            } else {
+                "preprocess_fused"
+            },
             blob: blob.words,
             params,
             blocks,
         }
     }
 
-    /// One block of 256 threads per patch, the slab as dynamic shared memory.
+    /// One block of 256 threads per patch.
     fn config(&self) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (self.blocks, 1, 1),
             block_dim: (FUSED_THREADS, 1, 1),
-            shared_mem_bytes: SLAB_BYTES,
+            shared_mem_bytes: self.params.smem_bytes,
         }
     }
 
@@ -803,14 +920,15 @@ fn launch_config(w: u32, h: u32) -> LaunchConfig {
 
 #[cfg(test)]
 mod tests {
-    //! Without a GPU, the v2 launch is checked two ways against the CPU
-    //! reference: a line-for-line Rust model of `preprocess_fused` run on
-    //! the launch's blob and params (the tables, the pass order, the
+    //! Without a GPU, the v2 and v3 launches are checked against the CPU
+    //! reference: a line-for-line Rust model of v2's `preprocess_fused` run
+    //! on the launch's blob and params (the tables, the pass order, the
     //! identity tables, the patch and block layout, the chunking), and the
-    //! kernel's own source compiled for the CPU with the address sanitizer
-    //! (tests/host_emulation/preprocess_on_cpu.cpp: 256 threads per block,
-    //! __syncthreads as a barrier), which executes its indexing, and with
-    //! the thread sanitizer, which checks its barriers.
+    //! kernels' own source (v2 and v3) compiled for the CPU with the address
+    //! sanitizer (tests/host_emulation/preprocess_on_cpu.cpp: 256 threads
+    //! per block, __syncthreads as a barrier), which executes their
+    //! indexing and shared-memory layout, and with the thread sanitizer,
+    //! which checks their barriers.
     use super::*;
     use crate::abi::NvlmFusedTarget;
     use crate::host_emulation::{self, LaunchFile, Memory};
@@ -838,7 +956,7 @@ mod tests {
         let table: Vec<f32> = (0..768u64)
             .map(|i| f32::from_bits(word(p.table, i)))
             .collect();
-        let mut slab = vec![0u8; p.slab_bytes as usize];
+        let mut slab = vec![0u8; p.smem_bytes as usize];
         for block in 0..launch.blocks {
             let second = p.num_targets == 2 && block >= p.target[1].first_block;
             let t = if second { p.target[1] } else { p.target[0] };
@@ -853,7 +971,7 @@ mod tests {
             let count_s = |s: u32| word(t.count_s, s.into());
             let w0 = first_s(s0);
             let w1 = first_s(s0 + ns - 1) + count_s(s0 + ns - 1);
-            let rows = p.slab_bytes / (PATCH * p.channels);
+            let rows = p.smem_bytes / (PATCH * p.channels);
             let index = |s_local: u32, f_local: u32| {
                 (if vf {
                     f_local * rows + s_local
@@ -980,7 +1098,7 @@ mod tests {
             );
         }
         let file = LaunchFile {
-            kernel: "preprocess_fused",
+            kernel: launch.entry,
             config: launch.config(),
             // SAFETY: abi.h's structs have no padding.
             params: unsafe { host_emulation::param_bytes(&params) },
@@ -998,9 +1116,21 @@ mod tests {
         got.iter().zip(want).position(|(a, b)| a != b)
     }
 
+    /// What one case exercised: the passes of its targets, the most
+    /// chunks a v2 patch took in each pass order (horizontal first, then
+    /// vertical first), the same for v3's staged targets, and whether v3
+    /// left a target unstaged.
+    #[derive(Default)]
+    struct Coverage {
+        passes: Vec<Passes>,
+        v2_chunks: [u32; 2],
+        v3_chunks: [u32; 2],
+        v3_unstaged: bool,
+    }
+
     /// Checks one case with the model and, given `emulator`, with the
-    /// kernel source on the CPU in f32 and bf16. Returns the passes of its
-    /// targets and the most chunks a patch took in each pass order.
+    /// kernel sources on the CPU: v2 and v3 in f32, v3 in bf16 (the output
+    /// stores, the one place the types differ, are shared code).
     fn check(
         pre: Preprocessor,
         (w, h): (u32, u32),
@@ -1008,7 +1138,7 @@ mod tests {
         pad: usize,
         seed: u64,
         emulator: Option<&PathBuf>,
-    ) -> (Vec<Passes>, [u32; 2]) {
+    ) -> Coverage {
         let stride = w as usize * format.bytes_per_pixel() + pad;
         let mut x = seed | 1;
         let data: Vec<u8> = (0..stride * h as usize)
@@ -1022,43 +1152,74 @@ mod tests {
         let view = ImageView::new(&data, w, h, stride, format).unwrap();
         let what = format!("{w}x{h} {format:?} {:?} {:?}", pre.pillow, pre.config);
         let want = pre.run::<f32>(&view).unwrap();
-        let launch = FusedLaunch::new::<f32>(&pre, &want.plan, (w, h), stride, format);
+        let launch =
+            |kernel| FusedLaunch::new::<f32>(kernel, &pre, &want.plan, (w, h), stride, format);
+        let v2 = launch(PreprocessKernel::FusedV2);
+        let v3 = launch(PreprocessKernel::StagedV3);
         let mut got = vec![f32::NAN; want.data.len()];
-        let chunks = model(&launch, view.data(), &mut got);
+        let v2_chunks = model(&v2, view.data(), &mut got);
         if let Some(i) = first_difference(bytemuck::cast_slice(&got), &want.data) {
             panic!("{what}: model: first differing byte {i}");
         }
         if let Some(exe) = emulator {
-            let got = emulate(exe, &launch, view.data(), want.data.len() * 4);
-            if let Some(i) = first_difference(&got, &want.data) {
-                panic!("{what} f32: kernel source on the CPU: first differing byte {i}");
+            for launch in [&v2, &v3] {
+                let got = emulate(exe, launch, view.data(), want.data.len() * 4);
+                if let Some(i) = first_difference(&got, &want.data) {
+                    panic!(
+                        "{what} f32: {} on the CPU: first differing byte {i}",
+                        launch.entry
+                    );
+                }
             }
             let want = pre.run::<half::bf16>(&view).unwrap();
-            let launch = FusedLaunch::new::<half::bf16>(&pre, &want.plan, (w, h), stride, format);
-            let got = emulate(exe, &launch, view.data(), want.data.len() * 2);
+            let v3 = FusedLaunch::new::<half::bf16>(
+                PreprocessKernel::StagedV3,
+                &pre,
+                &want.plan,
+                (w, h),
+                stride,
+                format,
+            );
+            let got = emulate(exe, &v3, view.data(), want.data.len() * 2);
             if let Some(i) = first_difference(&got, &want.data) {
-                panic!("{what} bf16: kernel source on the CPU: first differing byte {i}");
+                panic!(
+                    "{what} bf16: {} on the CPU: first differing byte {i}",
+                    v3.entry
+                );
             }
         }
-        let passes = Target::of(&want.plan)
-            .iter()
-            .map(|t| pre.pillow.passes(w, h, t.size.0, t.size.1))
-            .collect();
-        (passes, chunks)
+        let mut coverage = Coverage {
+            v2_chunks,
+            ..Default::default()
+        };
+        for (target, params) in Target::of(&want.plan).iter().zip(&v3.params.target) {
+            let passes = pre.pillow.passes(w, h, target.size.0, target.size.1);
+            coverage.passes.push(passes);
+            if params.chunk_samples == 0 {
+                coverage.v3_unstaged = true;
+                continue;
+            }
+            let axes = FusedAxes::new(pre.pillow, (w, h), target.size);
+            let chunks = widest_window(&axes.second).div_ceil(params.chunk_samples);
+            let order = usize::from(axes.vertical_first);
+            coverage.v3_chunks[order] = coverage.v3_chunks[order].max(chunks);
+        }
+        coverage
     }
 
     /// Runs `check` on every (width, height, tile size, max tiles) case with
     /// both Pillow versions and rotating formats and row padding, then
     /// asserts that the cases made every pass order, the one-pass and copy
-    /// cases, and windows of several chunks in both pass orders.
-    fn check_cases(cases: &[(u32, u32, u32, u32)], emulator: Option<&PathBuf>) {
+    /// cases, and windows of several chunks in both pass orders, for v2
+    /// and for v3's staged targets.
+    fn check_cases(cases: &[(u32, u32, u32, u32)], emulator: Option<&PathBuf>) -> Coverage {
         let formats = [
             PixelFormat::Rgb8,
             PixelFormat::Rgba8,
             PixelFormat::L8,
             PixelFormat::La8,
         ];
-        let (mut n, mut seen, mut most_chunks) = (0u64, Vec::new(), [0; 2]);
+        let (mut n, mut all) = (0u64, Coverage::default());
         for &(w, h, tile_size, max_tiles) in cases {
             for pillow in [PillowVersion::V12, PillowVersion::V13] {
                 let pre = Preprocessor {
@@ -1072,9 +1233,11 @@ mod tests {
                 };
                 n += 1;
                 let format = formats[n as usize % 4];
-                let (passes, chunks) = check(pre, (w, h), format, n as usize % 3, n, emulator);
-                seen.extend(passes);
-                most_chunks = [0, 1].map(|o| most_chunks[o].max(chunks[o]));
+                let one = check(pre, (w, h), format, n as usize % 3, n, emulator);
+                all.passes.extend(one.passes);
+                all.v2_chunks = [0, 1].map(|o| all.v2_chunks[o].max(one.v2_chunks[o]));
+                all.v3_chunks = [0, 1].map(|o| all.v3_chunks[o].max(one.v3_chunks[o]));
+                all.v3_unstaged |= one.v3_unstaged;
             }
         }
         for passes in [
@@ -1084,12 +1247,15 @@ mod tests {
             Passes::HorizontalThenVertical,
             Passes::VerticalThenHorizontal,
         ] {
-            assert!(seen.contains(&passes), "no case ran {passes:?}");
+            assert!(all.passes.contains(&passes), "no case ran {passes:?}");
         }
-        assert!(
-            most_chunks.iter().all(|&c| c >= 3),
-            "some pass order never took several chunks: {most_chunks:?}"
-        );
+        for (version, chunks) in [("v2", all.v2_chunks), ("v3", all.v3_chunks)] {
+            assert!(
+                chunks.iter().all(|&c| c >= 3),
+                "{version}: some pass order never took several chunks: {chunks:?}"
+            );
+        }
+        all
     }
 
     #[test]
@@ -1113,20 +1279,23 @@ mod tests {
                 (300, 20000, 448, 6),
                 (1000, 5000, 32, 6),
                 (5000, 1000, 32, 6),
+                (60000, 4, 32, 6),
+                (4, 60000, 32, 6),
             ],
             None,
         );
     }
 
-    /// The same checks on `preprocess_fused`'s own source. Small tile sizes
-    /// keep the blocks few (each is 256 threads and a barrier per chunk on
-    /// the CPU) while making every pass order and several-chunk windows.
+    /// The same checks on the kernels' own source. Small tile sizes keep
+    /// the blocks few (each is 256 threads and a barrier per chunk on the
+    /// CPU) while making every pass order and several-chunk windows; the
+    /// 60000-pixel strip's thumbnail window is too wide for v3 to stage.
     #[test]
     fn fused_kernel_source_on_the_cpu_equals_the_cpu_reference() {
         let Some(exe) = host_emulation::emulator("preprocess_on_cpu", "address") else {
             return;
         };
-        check_cases(
+        let coverage = check_cases(
             &[
                 (640, 480, 64, 6),
                 (192, 128, 64, 6),
@@ -1138,9 +1307,11 @@ mod tests {
                 (500, 333, 61, 6),
                 (7500, 1500, 32, 6),
                 (1500, 7500, 32, 6), // V13 and RGB: vertical first, 6 chunks
+                (60000, 4, 32, 6),
             ],
             Some(&exe),
         );
+        assert!(coverage.v3_unstaged, "no target ran v3's unstaged path");
     }
 
     /// The slab's chunked fill and read across barriers, under the thread
@@ -1167,8 +1338,14 @@ mod tests {
     fn fused_tables_are_laid_out_on_16_byte_boundaries() {
         let pre = Preprocessor::default();
         let plan = pre.plan(4032, 3024).unwrap();
-        let launch =
-            FusedLaunch::new::<f32>(&pre, &plan, (4032, 3024), 4032 * 3, PixelFormat::Rgb8);
+        let launch = FusedLaunch::new::<f32>(
+            PreprocessKernel::FusedV2,
+            &pre,
+            &plan,
+            (4032, 3024),
+            4032 * 3,
+            PixelFormat::Rgb8,
+        );
         let p = launch.params;
         assert_eq!(p.num_targets, 2);
         assert_eq!(p.target[1].first_block, 42 * 28); // 1344x896 in 32x32 patches
@@ -1183,5 +1360,87 @@ mod tests {
             }
             assert_eq!(t.vertical_first, 0, "V12, landscape: horizontal first");
         }
+    }
+
+    /// v3's layout on the bench's sizes and on extreme strips: within the
+    /// budget, chunks no longer than the widest window, staged planes that
+    /// hold a chunk's input, the odd-word pitches the banks need, and the
+    /// chunk counts PERF.md's prediction assumed for 4032x3024.
+    #[test]
+    fn staged_layouts_fit_their_budget() {
+        let cases = [
+            (4032, 3024, 448),
+            (3024, 4032, 448),
+            (1920, 1080, 448),
+            (640, 480, 448),
+            (60000, 4, 32),
+            (4, 60000, 32),
+            (1 << 20, 256, 448),
+        ];
+        let mut unstaged = 0;
+        for (w, h, tile_size) in cases {
+            for pillow in [PillowVersion::V12, PillowVersion::V13] {
+                for format in [PixelFormat::Rgb8, PixelFormat::L8] {
+                    let pre = Preprocessor {
+                        config: DhrConfig {
+                            tile_size,
+                            ..DhrConfig::NVLM_D
+                        },
+                        pillow,
+                        ..Default::default()
+                    };
+                    let plan = pre.plan(w, h).unwrap();
+                    let stride = w as usize * format.bytes_per_pixel();
+                    let launch = FusedLaunch::new::<f32>(
+                        PreprocessKernel::StagedV3,
+                        &pre,
+                        &plan,
+                        (w, h),
+                        stride,
+                        format,
+                    );
+                    let c = format.colour_channels() as u32;
+                    assert_eq!(launch.config().shared_mem_bytes, STAGED_SMEM_BYTES);
+                    for (target, t) in Target::of(&plan).iter().zip(&launch.params.target) {
+                        let what = format!("{w}x{h} {pillow:?} {format:?} -> {:?}", target.size);
+                        let layout = StagedLayout {
+                            chunk_samples: t.chunk_samples,
+                            stage_rows: t.stage_rows,
+                            stage_pitch: t.stage_pitch,
+                            stage_offset: t.stage_offset,
+                        };
+                        if t.chunk_samples == 0 {
+                            assert_eq!(layout, StagedLayout::default(), "{what}");
+                            unstaged += 1;
+                            continue;
+                        }
+                        let axes = FusedAxes::new(pillow, (w, h), target.size);
+                        let (window_f, window_s) =
+                            (widest_window(&axes.first), widest_window(&axes.second));
+                        assert!(layout.bytes(c) <= u64::from(STAGED_SMEM_BYTES), "{what}");
+                        assert!(t.chunk_samples <= window_s, "{what}");
+                        let slab = if axes.vertical_first {
+                            assert_eq!(t.stage_rows, window_f, "{what}");
+                            assert!(t.stage_pitch >= t.chunk_samples, "{what}");
+                            t.chunk_samples * PATCH * c
+                        } else {
+                            assert_eq!(t.stage_rows, t.chunk_samples, "{what}");
+                            assert!(t.stage_pitch >= window_f, "{what}");
+                            assert_eq!(t.stage_pitch % 8, 4, "{what}: an odd number of words");
+                            t.chunk_samples * (PATCH * c + 4)
+                        };
+                        assert!(t.stage_offset >= slab && t.stage_offset % 16 == 0, "{what}");
+                        if (w, h, pillow, format)
+                            == (4032, 3024, PillowVersion::V12, PixelFormat::Rgb8)
+                        {
+                            let chunks = window_s.div_ceil(t.chunk_samples);
+                            let want = if target.size == (448, 448) { 4 } else { 1 };
+                            assert_eq!(chunks, want, "{what}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(unstaged > 0, "no case was too wide to stage");
     }
 }
