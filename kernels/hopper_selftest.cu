@@ -11,8 +11,9 @@
 
 using namespace nvlm;
 
-// (The host emulation defines only the sm_90a feature macro.)
-#if __CUDA_ARCH__ >= 900 || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Every self-test is sm_90a code (the feature macro is also the one the
+// host emulation defines).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // The one barrier a self-test's loads complete on, ready for every thread.
 __device__ __forceinline__ void init_load_barrier(uint64_t* loaded) {
     if (threadIdx.x == 0) {
@@ -22,6 +23,17 @@ __device__ __forceinline__ void init_load_barrier(uint64_t* loaded) {
     __syncthreads();
 }
 #endif
+
+// Dynamic shared memory rounded up to a 1024-byte boundary, as swizzled
+// tiles need (and more than TMA's and wgmma's 128 or 16 bytes otherwise);
+// every self-test's launch asks for 1024 bytes of slack. Dynamic rather
+// than static shared memory so that the host emulation, which maps only
+// the dynamic window, runs these kernels too.
+__device__ __forceinline__ uint16_t* aligned_smem() {
+    uint8_t* smem = dynamic_smem();
+    const uint32_t misalign = smem_addr(smem) % 1024;
+    return reinterpret_cast<uint16_t*>(smem + (misalign ? 1024 - misalign : 0));
+}
 
 // Writes a 64xN f32 accumulator tile (wgmma's layout, wgmma.cuh) to the
 // row-major matrix c.
@@ -46,8 +58,8 @@ __device__ __forceinline__ void store_accumulators(const float (&acc)[N / 2], fl
 extern "C" __global__ void __launch_bounds__(128)
     selftest_tma_round_trip(const __grid_constant__ CUtensorMap src_map,
                             const __grid_constant__ CUtensorMap dst_map, NvlmTmaSelftest p) {
-#if __CUDA_ARCH__ >= 900
-    extern __shared__ __align__(128) uint16_t box[];
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    uint16_t* box = aligned_smem();
     __shared__ __align__(8) uint64_t loaded;
     init_load_barrier(&loaded);
     const uint32_t elems = p.box_width * p.box_height;
@@ -78,12 +90,13 @@ extern "C" __global__ void __launch_bounds__(128)
 [[maybe_unused]] constexpr int kPipeStages = 2;
 [[maybe_unused]] constexpr int kPipeCols = 64;
 [[maybe_unused]] constexpr int kPipeTileRows = 32;
+[[maybe_unused]] constexpr int kPipeTileElems = kPipeTileRows * kPipeCols;
 constexpr int kPipeConsumers = 128;
 
 extern "C" __global__ void __launch_bounds__(kPipeConsumers + 32)
     selftest_mbarrier_pipeline(const __grid_constant__ CUtensorMap map, NvlmPipelineSelftest p) {
-#if __CUDA_ARCH__ >= 900
-    __shared__ __align__(128) uint16_t tiles[kPipeStages][kPipeTileRows * kPipeCols];
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    uint16_t* tiles = aligned_smem();  // kPipeStages tiles of kPipeTileElems
     __shared__ __align__(8) uint64_t full[kPipeStages];
     __shared__ __align__(8) uint64_t empty[kPipeStages];
     if (threadIdx.x == 0) {
@@ -103,7 +116,7 @@ extern "C" __global__ void __launch_bounds__(kPipeConsumers + 32)
                 // before phase 0, so round 0 does not wait.
                 mbarrier_wait(&empty[stage], (round & 1) ^ 1);
                 mbarrier_arrive_expect_tx(&full[stage], kPipeTileRows * kPipeCols * 2);
-                tma_load_2d(tiles[stage], &map, &full[stage], 0,
+                tma_load_2d(tiles + stage * kPipeTileElems, &map, &full[stage], 0,
                             static_cast<int32_t>(i * kPipeTileRows));
             }
         }
@@ -117,7 +130,7 @@ extern "C" __global__ void __launch_bounds__(kPipeConsumers + 32)
         mbarrier_wait(&full[stage], round & 1);
         for (int r = 0; r < kPipeTileRows; ++r) {
             const float v = __bfloat162float(
-                __ushort_as_bfloat16(tiles[stage][r * kPipeCols + col]));
+                __ushort_as_bfloat16(tiles[stage * kPipeTileElems + r * kPipeCols + col]));
             acc = squares ? fmaf(v, v, acc) : acc + v;
         }
         mbarrier_arrive(&empty[stage]);
@@ -143,8 +156,8 @@ __device__ __forceinline__ int core_matrix_offset(int row, int k) {
 
 extern "C" __global__ void __launch_bounds__(128) selftest_wgmma_tile(NvlmWgmmaSelftest p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    __shared__ __align__(128) uint16_t a_tile[kTileM * kTileK];
-    __shared__ __align__(128) uint16_t b_tile[kTileM * kTileK];
+    uint16_t* a_tile = aligned_smem();
+    uint16_t* b_tile = a_tile + kTileM * kTileK;
     const uint16_t* a = reinterpret_cast<const uint16_t*>(p.a);
     const uint16_t* b = reinterpret_cast<const uint16_t*>(p.b);
     for (int i = threadIdx.x; i < kTileM * kTileK; i += blockDim.x) {
@@ -187,13 +200,6 @@ extern "C" __global__ void __launch_bounds__(128) selftest_wgmma_tile(NvlmWgmmaS
 //   4 k16 steps, two atoms along N.
 [[maybe_unused]] constexpr uint32_t kAtomBytes = 64 * 64 * 2;  // 64 rows of 128 bytes
 
-// Dynamic shared memory rounded up to the 1024-byte alignment swizzled
-// tiles need (the launch asks for 1024 bytes of slack).
-__device__ __forceinline__ uint16_t* swizzle_aligned(uint8_t* smem) {
-    const uint32_t misalign = smem_addr(smem) % 1024;
-    return reinterpret_cast<uint16_t*>(smem + (misalign ? 1024 - misalign : 0));
-}
-
 // One 4-D TMA load with the 128-byte swizzle: a box of 64 d-columns by 128
 // token rows of one (head, batch), as the attention kernel loads Q, K and V
 // tiles. Its shared-memory bytes are copied out as they landed, so the host
@@ -204,7 +210,7 @@ __device__ __forceinline__ uint16_t* swizzle_aligned(uint8_t* smem) {
 extern "C" __global__ void __launch_bounds__(128)
     selftest_tma_4d(const __grid_constant__ CUtensorMap map, NvlmTma4dSelftest p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    uint16_t* box = swizzle_aligned(dynamic_smem());
+    uint16_t* box = aligned_smem();
     __shared__ __align__(8) uint64_t loaded;
     init_load_barrier(&loaded);
     if (threadIdx.x == 0) {
@@ -224,7 +230,7 @@ extern "C" __global__ void __launch_bounds__(128)
     selftest_wgmma_swizzled(const __grid_constant__ CUtensorMap a_map,
                             const __grid_constant__ CUtensorMap b_map, NvlmWgmmaSwizzledSelftest p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    uint16_t* atoms = swizzle_aligned(dynamic_smem());  // a0 a1 b0 b1, 8 KB each
+    uint16_t* atoms = aligned_smem();  // a0 a1 b0 b1, 8 KB each
     __shared__ __align__(8) uint64_t loaded;
     init_load_barrier(&loaded);
     if (threadIdx.x == 0) {
@@ -263,7 +269,7 @@ extern "C" __global__ void __launch_bounds__(128)
 extern "C" __global__ void __launch_bounds__(128)
     selftest_wgmma_rs(const __grid_constant__ CUtensorMap v_map, NvlmWgmmaRsSelftest p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    uint16_t* v_atoms = swizzle_aligned(dynamic_smem());  // head_dim 0..63, 64..127
+    uint16_t* v_atoms = aligned_smem();  // head_dim 0..63, 64..127
     __shared__ __align__(8) uint64_t loaded;
     init_load_barrier(&loaded);
     if (threadIdx.x == 0) {

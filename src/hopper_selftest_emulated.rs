@@ -3,14 +3,18 @@
 //! (tests/common/hopper_selftests.rs): the kernels and those expectations
 //! must agree with the emulation's reading of the PTX ISA here, so that a
 //! failure of tests/gpu_hopper_primitives.rs on a GPU is the hardware
-//! reading a primitive differently, not a wrong test. Only the self-tests
-//! that use dynamic shared memory run here (4-D TMA, swizzled and
-//! register-A wgmma); the others check what only the hardware can.
+//! reading a primitive differently, not a wrong test. Every self-test runs
+//! here: the TMA round trip (zero fill, clipped store), the 4-D TMA load,
+//! the mbarrier pipeline, and wgmma from plain, swizzled and register
+//! operands.
 
 #[path = "../tests/common/hopper_selftests.rs"]
 mod hopper_selftests;
 
-use crate::abi::{NvlmTma4dSelftest, NvlmWgmmaRsSelftest, NvlmWgmmaSwizzledSelftest};
+use crate::abi::{
+    NvlmPipelineSelftest, NvlmTma4dSelftest, NvlmTmaSelftest, NvlmWgmmaRsSelftest,
+    NvlmWgmmaSelftest, NvlmWgmmaSwizzledSelftest,
+};
 use crate::attention::hopper_input_tensor;
 use crate::attention::tests::Rng;
 use crate::hopper::{Tiled2d, TmaElement, TmaSwizzle};
@@ -24,12 +28,12 @@ fn emulator() -> Option<PathBuf> {
     host_emulation::emulator("hopper_selftest_on_cpu", "address")
 }
 
-/// One block of 128 threads with `smem` bytes of dynamic shared memory.
-fn one_block(smem: usize) -> LaunchConfig {
+/// One block of `threads` threads with `smem` bytes of dynamic shared memory.
+fn one_block(threads: u32, smem: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (1, 1, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: smem as u32,
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem,
     }
 }
 
@@ -75,7 +79,7 @@ fn tma_4d_self_test_gives_the_expected_boxes() {
                 let params = NvlmTma4dSelftest { out, coords };
                 let file = LaunchFile {
                     kernel: "selftest_tma_4d",
-                    config: one_block(hopper_selftests::BOX_BYTES + 1024),
+                    config: one_block(128, hopper_selftests::TMA_4D_SMEM),
                     // SAFETY: abi.h's structs have no padding.
                     params: unsafe { host_emulation::param_bytes(&params) },
                     pointers: &[offset_of!(NvlmTma4dSelftest, out)],
@@ -106,7 +110,7 @@ fn wgmma_swizzled_self_test_gives_the_product() {
     let params = NvlmWgmmaSwizzledSelftest { c: at_c };
     let file = LaunchFile {
         kernel: "selftest_wgmma_swizzled",
-        config: one_block(4 * 8192 + 1024),
+        config: one_block(128, hopper_selftests::WGMMA_SWIZZLED_SMEM),
         // SAFETY: abi.h's structs have no padding.
         params: unsafe { host_emulation::param_bytes(&params) },
         pointers: &[offset_of!(NvlmWgmmaSwizzledSelftest, c)],
@@ -137,7 +141,7 @@ fn wgmma_register_a_self_test_gives_the_product() {
     let params = NvlmWgmmaRsSelftest { p: at_p, c: at_c };
     let file = LaunchFile {
         kernel: "selftest_wgmma_rs",
-        config: one_block(2 * 8192 + 1024),
+        config: one_block(128, hopper_selftests::WGMMA_RS_SMEM),
         // SAFETY: abi.h's structs have no padding.
         params: unsafe { host_emulation::param_bytes(&params) },
         pointers: &[
@@ -150,6 +154,159 @@ fn wgmma_register_a_self_test_gives_the_product() {
     .bytes();
     let c: Vec<f32> = Memory::get(&host_emulation::run(&exe, &file), at_c, 64 * 128);
     let rel = hopper_selftests::register_a_product_error(&p, &v, &c);
+    assert!(
+        rel < hopper_selftests::PRODUCT_TOLERANCE,
+        "relative error {rel:e}"
+    );
+}
+
+#[test]
+fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
+    let Some(exe) = emulator() else {
+        return;
+    };
+    let (src_w, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
+    let (dst_w, dst_h, dst_pitch) = hopper_selftests::ROUND_TRIP_DST;
+    let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
+    let poison = hopper_selftests::POISON;
+    let map = |address: u64, w: u32, h: u32, pitch: u32| {
+        EmulatedTensorMap::of(&Tiled2d::matrix(
+            address,
+            TmaElement::Bf16,
+            (w.into(), h.into(), u64::from(pitch) * 2),
+            (box_w, box_h),
+            TmaSwizzle::None,
+        ))
+    };
+    // Inside, past every edge of the source, and stores clipped at the
+    // destination's right and bottom edges.
+    for (seed, load, store) in [
+        (5, (0, 0), (0, 0)),
+        (6, (-32, -16), (71, 39)),
+        (7, (99, 69), (8, 20)),
+        (8, (50, -3), (30, 0)),
+    ] {
+        let src = random_bf16(seed, (src_pitch * src_h) as usize);
+        let mut memory = Memory::default();
+        let at_src = memory.put(&src);
+        let at_dst = memory.put(&vec![poison; (dst_pitch * dst_h) as usize]);
+        let at_box = memory.put(&vec![poison; (box_w * box_h) as usize]);
+        let params = NvlmTmaSelftest {
+            box_out: at_box,
+            load_x: load.0,
+            load_y: load.1,
+            store_x: store.0,
+            store_y: store.1,
+            box_width: box_w,
+            box_height: box_h,
+        };
+        let file = LaunchFile {
+            kernel: "selftest_tma_round_trip",
+            config: one_block(128, hopper_selftests::ROUND_TRIP_SMEM),
+            // SAFETY: abi.h's structs have no padding.
+            params: unsafe { host_emulation::param_bytes(&params) },
+            pointers: &[offset_of!(NvlmTmaSelftest, box_out)],
+            maps: &[
+                map(at_src, src_w, src_h, src_pitch),
+                map(at_dst, dst_w, dst_h, dst_pitch),
+            ],
+            memory: &memory,
+        }
+        .bytes();
+        let after = host_emulation::run(&exe, &file);
+        let got_box: Vec<u16> = Memory::get(&after, at_box, (box_w * box_h) as usize);
+        let got_dst: Vec<u16> = Memory::get(&after, at_dst, (dst_pitch * dst_h) as usize);
+        let (want_box, want_dst) = hopper_selftests::round_trip_expected(&src, load, store);
+        let what = format!("load {load:?} store {store:?}");
+        assert_eq!(
+            hopper_selftests::first_difference(&got_box, &want_box),
+            None,
+            "{what}: box"
+        );
+        assert_eq!(
+            hopper_selftests::first_difference(&got_dst, &want_dst),
+            None,
+            "{what}: destination"
+        );
+    }
+}
+
+#[test]
+fn mbarrier_pipeline_self_test_streams_every_tile_once() {
+    let Some(exe) = emulator() else {
+        return;
+    };
+    // One tile, a partial one, exact stages, and many rounds of the ring.
+    for rows in [1u32, 31, 32, 33, 64, 65, 300] {
+        let matrix = random_bf16(u64::from(rows), rows as usize * 64);
+        let mut memory = Memory::default();
+        let at_matrix = memory.put(&matrix);
+        let at_out = memory.put(&[f32::NAN; 128]);
+        let params = NvlmPipelineSelftest {
+            out: at_out,
+            rows,
+            reserved: 0,
+        };
+        let file = LaunchFile {
+            kernel: "selftest_mbarrier_pipeline",
+            config: one_block(
+                hopper_selftests::PIPELINE_THREADS,
+                hopper_selftests::PIPELINE_SMEM,
+            ),
+            // SAFETY: abi.h's structs have no padding.
+            params: unsafe { host_emulation::param_bytes(&params) },
+            pointers: &[offset_of!(NvlmPipelineSelftest, out)],
+            maps: &[EmulatedTensorMap::of(&Tiled2d::matrix(
+                at_matrix,
+                TmaElement::Bf16,
+                (64, rows.into(), 128),
+                (64, hopper_selftests::PIPELINE_TILE_ROWS),
+                TmaSwizzle::None,
+            ))],
+            memory: &memory,
+        }
+        .bytes();
+        let got: Vec<f32> = Memory::get(&host_emulation::run(&exe, &file), at_out, 128);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let want = hopper_selftests::column_sums(&matrix, rows as usize);
+        assert_eq!(
+            hopper_selftests::first_difference(&bits(&got), &bits(&want)),
+            None,
+            "rows {rows}"
+        );
+    }
+}
+
+#[test]
+fn wgmma_tile_self_test_gives_the_product() {
+    let Some(exe) = emulator() else {
+        return;
+    };
+    let (a, b) = (random_bf16(9, 64 * 64), random_bf16(10, 64 * 64));
+    let mut memory = Memory::default();
+    let (at_a, at_b) = (memory.put(&a), memory.put(&b));
+    let at_c = memory.put(&vec![f32::NAN; 64 * 64]);
+    let params = NvlmWgmmaSelftest {
+        a: at_a,
+        b: at_b,
+        c: at_c,
+    };
+    let file = LaunchFile {
+        kernel: "selftest_wgmma_tile",
+        config: one_block(128, hopper_selftests::WGMMA_TILE_SMEM),
+        // SAFETY: abi.h's structs have no padding.
+        params: unsafe { host_emulation::param_bytes(&params) },
+        pointers: &[
+            offset_of!(NvlmWgmmaSelftest, a),
+            offset_of!(NvlmWgmmaSelftest, b),
+            offset_of!(NvlmWgmmaSelftest, c),
+        ],
+        maps: &[],
+        memory: &memory,
+    }
+    .bytes();
+    let c: Vec<f32> = Memory::get(&host_emulation::run(&exe, &file), at_c, 64 * 64);
+    let rel = hopper_selftests::tile_product_error(&a, &b, &c);
     assert!(
         rel < hopper_selftests::PRODUCT_TOLERANCE,
         "relative error {rel:e}"

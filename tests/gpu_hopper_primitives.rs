@@ -47,12 +47,12 @@ fn tma_load_fills_outside_with_zeros_and_store_clips() {
     };
     let mut rng = Rng::from_env_or_time("tma_round_trip");
     let stream = gpu.stream();
-    let (src_w, src_h, src_pitch) = (100u32, 70u32, 104u32);
-    let (dst_w, dst_h, dst_pitch) = (72u32, 40u32, 80u32);
-    let (box_w, box_h) = (64u32, 32u32);
+    let (src_w, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
+    let (dst_w, dst_h, dst_pitch) = hopper_selftests::ROUND_TRIP_DST;
+    let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
     for _ in 0..8 {
         let src_host = random_bf16(&mut rng, (src_pitch * src_h) as usize);
-        let poison = 0xFFFFu16;
+        let poison = hopper_selftests::POISON;
         let src = stream.clone_htod(&src_host).unwrap();
         let dst = stream
             .clone_htod(&vec![poison; (dst_pitch * dst_h) as usize])
@@ -60,8 +60,8 @@ fn tma_load_fills_outside_with_zeros_and_store_clips() {
         let box_out = stream
             .clone_htod(&vec![poison; (box_w * box_h) as usize])
             .unwrap();
-        let (load_x, load_y) = (signed_in(&mut rng, -32, 99), signed_in(&mut rng, -16, 69));
-        let (store_x, store_y) = (signed_in(&mut rng, 0, 71), signed_in(&mut rng, 0, 39));
+        let load = (signed_in(&mut rng, -32, 99), signed_in(&mut rng, -16, 69));
+        let store = (signed_in(&mut rng, 0, 71), signed_in(&mut rng, 0, 39));
 
         let map = |addr: u64, w: u32, h: u32, pitch: u32| {
             Tiled2d::matrix(
@@ -79,15 +79,20 @@ fn tma_load_fills_outside_with_zeros_and_store_clips() {
         let (box_addr, _g3) = box_out.device_ptr(stream);
         let params = NvlmTmaSelftest {
             box_out: box_addr,
-            load_x,
-            load_y,
-            store_x,
-            store_y,
+            load_x: load.0,
+            load_y: load.1,
+            store_x: store.0,
+            store_y: store.1,
             box_width: box_w,
             box_height: box_h,
         };
         drop((_g1, _g2, _g3));
-        let (f, cfg) = one_block(&gpu, "selftest_tma_round_trip", 128, box_w * box_h * 2);
+        let (f, cfg) = one_block(
+            &gpu,
+            "selftest_tma_round_trip",
+            128,
+            hopper_selftests::ROUND_TRIP_SMEM,
+        );
         // SAFETY: the maps describe the live `src`/`dst` buffers; box_out
         // holds box_w * box_h elements.
         unsafe {
@@ -101,35 +106,13 @@ fn tma_load_fills_outside_with_zeros_and_store_clips() {
         .unwrap();
         let got_box = stream.clone_dtoh(&box_out).unwrap();
         let got_dst = stream.clone_dtoh(&dst).unwrap();
-
-        let what = format!("load ({load_x}, {load_y}) store ({store_x}, {store_y})");
-        for by in 0..box_h as i32 {
-            for bx in 0..box_w as i32 {
-                let (x, y) = (load_x + bx, load_y + by);
-                let inside = (0..src_w as i32).contains(&x) && (0..src_h as i32).contains(&y);
-                let want = if inside {
-                    src_host[(y as u32 * src_pitch + x as u32) as usize]
-                } else {
-                    0
-                };
-                let got = got_box[(by as u32 * box_w + bx as u32) as usize];
-                assert_eq!(got, want, "{what}: box ({bx}, {by})");
-            }
+        let (want_box, want_dst) = hopper_selftests::round_trip_expected(&src_host, load, store);
+        let what = format!("load {load:?} store {store:?}");
+        if let Some((i, got, want)) = hopper_selftests::first_difference(&got_box, &want_box) {
+            panic!("{what}: box element {i}: got {got:#06x}, want {want:#06x}");
         }
-        for y in 0..dst_h as i32 {
-            for x in 0..dst_pitch as i32 {
-                let (bx, by) = (x - store_x, y - store_y);
-                let stored = x < dst_w as i32
-                    && (0..box_w as i32).contains(&bx)
-                    && (0..box_h as i32).contains(&by);
-                let want = if stored {
-                    got_box[(by as u32 * box_w + bx as u32) as usize]
-                } else {
-                    poison
-                };
-                let got = got_dst[(y as u32 * dst_pitch + x as u32) as usize];
-                assert_eq!(got, want, "{what}: dst ({x}, {y})");
-            }
+        if let Some((i, got, want)) = hopper_selftests::first_difference(&got_dst, &want_dst) {
+            panic!("{what}: destination element {i}: got {got:#06x}, want {want:#06x}");
         }
     }
 }
@@ -176,9 +159,8 @@ fn tma_4d_boxes_of_the_attention_maps_land_swizzled_with_zero_fill() {
                     coords,
                 };
                 drop(g);
-                // The box plus 1024 bytes of slack for the swizzle alignment.
-                let smem = hopper_selftests::BOX_BYTES as u32 + 1024;
-                let (f, cfg) = one_block(&gpu, "selftest_tma_4d", 128, smem);
+                let (f, cfg) =
+                    one_block(&gpu, "selftest_tma_4d", 128, hopper_selftests::TMA_4D_SMEM);
                 // SAFETY: the map describes the live `elements`; out holds
                 // one box.
                 unsafe { stream.launch_builder(&f).arg(&map).arg(&params).launch(cfg) }.unwrap();
@@ -218,7 +200,7 @@ fn mbarrier_pipeline_streams_every_tile_once() {
                 addr,
                 TmaElement::Bf16,
                 (64, rows.into(), 128),
-                (64, 32),
+                (64, hopper_selftests::PIPELINE_TILE_ROWS),
                 TmaSwizzle::None,
             ),
         )
@@ -231,26 +213,25 @@ fn mbarrier_pipeline_streams_every_tile_once() {
             reserved: 0,
         };
         drop(g);
-        let (f, cfg) = one_block(&gpu, "selftest_mbarrier_pipeline", 160, 0);
+        let (f, cfg) = one_block(
+            &gpu,
+            "selftest_mbarrier_pipeline",
+            hopper_selftests::PIPELINE_THREADS,
+            hopper_selftests::PIPELINE_SMEM,
+        );
         // SAFETY: the map describes the live `matrix`; out holds 128 f32.
         unsafe { stream.launch_builder(&f).arg(&map).arg(&params).launch(cfg) }.unwrap();
         let got = stream.clone_dtoh(&out).unwrap();
-        for c in 0..64 {
-            let (mut sum, mut squares) = (0f32, 0f32);
-            for r in 0..rows as usize {
-                let v = bf16::from_bits(host[r * 64 + c]).to_f32();
-                sum += v;
-                squares = v.mul_add(v, squares);
-            }
-            assert_eq!(
-                got[c].to_bits(),
-                sum.to_bits(),
-                "rows {rows}: sum of column {c}"
-            );
-            assert_eq!(
-                got[64 + c].to_bits(),
-                squares.to_bits(),
-                "rows {rows}: squares of column {c}"
+        let want = hopper_selftests::column_sums(&host, rows as usize);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        if let Some((i, got, want)) = hopper_selftests::first_difference(&bits(&got), &bits(&want))
+        {
+            let what = if i < 64 { "sum" } else { "sum of squares" };
+            panic!(
+                "rows {rows}: {what} of column {}: got {}, want {}",
+                i % 64,
+                f32::from_bits(got),
+                f32::from_bits(want)
             );
         }
     }
@@ -280,16 +261,16 @@ fn wgmma_tile_matches_the_cpu_product() {
             c: pc,
         };
         drop((ga, gb, gc));
-        let (f, cfg) = one_block(&gpu, "selftest_wgmma_tile", 128, 0);
+        let (f, cfg) = one_block(
+            &gpu,
+            "selftest_wgmma_tile",
+            128,
+            hopper_selftests::WGMMA_TILE_SMEM,
+        );
         // SAFETY: a, b hold 64x64 bf16 and c 64x64 f32.
         unsafe { stream.launch_builder(&f).arg(&params).launch(cfg) }.unwrap();
         let got = stream.clone_dtoh(&c).unwrap();
-        let rel = hopper_selftests::relative_error(
-            &got,
-            (64, 64, 64),
-            |i, t| hopper_selftests::bf16_at(&a_host, i * 64 + t),
-            |t, j| hopper_selftests::bf16_at(&b_host, j * 64 + t),
-        );
+        let rel = hopper_selftests::tile_product_error(&a_host, &b_host, &got);
         assert!(
             rel < hopper_selftests::PRODUCT_TOLERANCE,
             "relative error {rel:e}"
@@ -336,7 +317,12 @@ fn wgmma_reads_swizzled_k_major_tiles_loaded_by_tma() {
     );
     let params = nvlm_vision::abi::NvlmWgmmaSwizzledSelftest { c: pc };
     drop((ga, gb, gc));
-    let (f, cfg) = one_block(&gpu, "selftest_wgmma_swizzled", 128, 4 * 8192 + 1024);
+    let (f, cfg) = one_block(
+        &gpu,
+        "selftest_wgmma_swizzled",
+        128,
+        hopper_selftests::WGMMA_SWIZZLED_SMEM,
+    );
     // SAFETY: the maps describe the live a and b (64x128 bf16); c holds
     // 64x64 f32.
     unsafe {
@@ -376,7 +362,12 @@ fn wgmma_takes_a_from_registers_and_mn_major_b() {
     let v_map = swizzled_map(&gpu, pv, 64, 128);
     let params = nvlm_vision::abi::NvlmWgmmaRsSelftest { p: pp, c: pc };
     drop((gp, gv, gc));
-    let (f, cfg) = one_block(&gpu, "selftest_wgmma_rs", 128, 2 * 8192 + 1024);
+    let (f, cfg) = one_block(
+        &gpu,
+        "selftest_wgmma_rs",
+        128,
+        hopper_selftests::WGMMA_RS_SMEM,
+    );
     // SAFETY: the map describes the live v (64x128 bf16); p holds 64x64
     // bf16 and c 64x128 f32.
     unsafe {

@@ -8,6 +8,90 @@ use half::bf16;
 use nvlm_vision::attention::AttentionLayout;
 use nvlm_vision::hopper::TmaSwizzle;
 
+/// Slack each self-test asks for beyond its tiles: the kernels round the
+/// dynamic shared memory up to a 1024-byte boundary.
+pub const SMEM_SLACK: u32 = 1024;
+/// Dynamic shared memory of each self-test kernel.
+pub const PIPELINE_SMEM: u32 = PIPELINE_STAGES * PIPELINE_TILE_ROWS * 64 * 2 + SMEM_SLACK;
+pub const WGMMA_TILE_SMEM: u32 = 2 * 64 * 64 * 2 + SMEM_SLACK;
+pub const TMA_4D_SMEM: u32 = BOX_BYTES as u32 + SMEM_SLACK;
+pub const WGMMA_SWIZZLED_SMEM: u32 = 4 * 8192 + SMEM_SLACK;
+pub const WGMMA_RS_SMEM: u32 = 2 * 8192 + SMEM_SLACK;
+
+/// `selftest_mbarrier_pipeline`'s ring: stages, rows per tile, and threads
+/// (a consumer warpgroup and the producer warp).
+pub const PIPELINE_STAGES: u32 = 2;
+pub const PIPELINE_TILE_ROWS: u32 = 32;
+pub const PIPELINE_THREADS: u32 = 160;
+
+/// `selftest_tma_round_trip`'s geometry: the source and destination
+/// matrices (width, height, row pitch in elements) and the box; the
+/// element no store may touch.
+pub const ROUND_TRIP_SRC: (u32, u32, u32) = (100, 70, 104);
+pub const ROUND_TRIP_DST: (u32, u32, u32) = (72, 40, 80);
+pub const ROUND_TRIP_BOX: (u32, u32) = (64, 32);
+pub const ROUND_TRIP_SMEM: u32 = ROUND_TRIP_BOX.0 * ROUND_TRIP_BOX.1 * 2 + SMEM_SLACK;
+pub const POISON: u16 = 0xFFFF;
+
+/// What `selftest_tma_round_trip` must leave: the box loaded at `load`
+/// (zeros outside the source), and the destination (filled with `POISON`
+/// before) with that box stored at `store`, clipped to its width and
+/// height (the pitch's padding columns untouched).
+pub fn round_trip_expected(
+    src: &[u16],
+    load: (i32, i32),
+    store: (i32, i32),
+) -> (Vec<u16>, Vec<u16>) {
+    let (src_w, src_h, src_pitch) = ROUND_TRIP_SRC;
+    let (dst_w, dst_h, dst_pitch) = ROUND_TRIP_DST;
+    let (box_w, box_h) = ROUND_TRIP_BOX;
+    let mut boxed = vec![0u16; (box_w * box_h) as usize];
+    for by in 0..box_h as i32 {
+        for bx in 0..box_w as i32 {
+            let (x, y) = (load.0 + bx, load.1 + by);
+            if (0..src_w as i32).contains(&x) && (0..src_h as i32).contains(&y) {
+                boxed[(by as u32 * box_w + bx as u32) as usize] =
+                    src[(y as u32 * src_pitch + x as u32) as usize];
+            }
+        }
+    }
+    let mut dst = vec![POISON; (dst_pitch * dst_h) as usize];
+    for y in 0..dst_h as i32 {
+        for x in 0..dst_w as i32 {
+            let (bx, by) = (x - store.0, y - store.1);
+            if (0..box_w as i32).contains(&bx) && (0..box_h as i32).contains(&by) {
+                dst[(y as u32 * dst_pitch + x as u32) as usize] =
+                    boxed[(by as u32 * box_w + bx as u32) as usize];
+            }
+        }
+    }
+    (boxed, dst)
+}
+
+/// The index and values of the first element where `got` and `want`
+/// differ.
+pub fn first_difference<T: PartialEq + Copy>(got: &[T], want: &[T]) -> Option<(usize, T, T)> {
+    assert_eq!(got.len(), want.len());
+    (0..want.len())
+        .find(|&i| got[i] != want[i])
+        .map(|i| (i, got[i], want[i]))
+}
+
+/// What `selftest_mbarrier_pipeline` must write for a [rows, 64] bf16
+/// matrix: each column's sum, then each column's sum of squares (fused
+/// multiply-adds), accumulated in row order as the kernel does.
+pub fn column_sums(matrix: &[u16], rows: usize) -> Vec<f32> {
+    let mut out = vec![0f32; 128];
+    for c in 0..64 {
+        for r in 0..rows {
+            let v = bf16::from_bits(matrix[r * 64 + c]).to_f32();
+            out[c] += v;
+            out[64 + c] = v.mul_add(v, out[64 + c]);
+        }
+    }
+    out
+}
+
 /// `selftest_tma_4d`: token rows and d-columns of one box, and its bytes
 /// in shared memory.
 pub const BOX_ROWS: usize = 128;
@@ -82,6 +166,17 @@ pub fn relative_error(
 /// Element `i` of a bf16 matrix held as bits.
 pub fn bf16_at(m: &[u16], i: usize) -> f64 {
     f64::from(bf16::from_bits(m[i]).to_f32())
+}
+
+/// `selftest_wgmma_tile`: C (64×64) = A (64×64) · B (64×64)ᵀ, both
+/// row-major; its relative error.
+pub fn tile_product_error(a: &[u16], b: &[u16], c: &[f32]) -> f64 {
+    relative_error(
+        c,
+        (64, 64, 64),
+        |i, t| bf16_at(a, i * 64 + t),
+        |t, j| bf16_at(b, j * 64 + t),
+    )
 }
 
 /// `selftest_wgmma_swizzled`: C (64×64) = A (64×128) · B (64×128)ᵀ, both

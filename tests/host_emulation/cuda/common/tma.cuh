@@ -1,30 +1,22 @@
-// Host emulation of kernels/common/tma.cuh's loads: the box is copied at
-// once by the issuing thread, elements outside the tensor read as zeros,
-// the box lands in shared memory in the map's swizzle, and the barrier
-// receives the whole box's bytes (zero-filled elements count, as on the
-// GPU).
+// Host emulation of kernels/common/tma.cuh. A load is copied at once by
+// the issuing thread: elements outside the tensor read as zeros, the box
+// lands in shared memory in the map's swizzle, and the barrier receives
+// the whole box's bytes (zero-filled elements count, as on the GPU). A
+// store reads shared memory when its thread waits for it (the latest the
+// ISA allows, so a kernel that rewrites the box before waiting stores the
+// new bytes) and writes only the elements inside the tensor.
 #pragma once
 #include <cuda.h>
 #include "common/mbarrier.cuh"
 
 namespace emu {
 
-inline void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, const int32_t* coords,
-                     uint32_t rank) {
-    if (map->rank != rank) fail("a %u-D TMA load with a rank-%u tensor map", rank, map->rank);
-    const uint32_t elem = map->element_bytes, swz = map->swizzle_bytes;
-    const uint32_t dst_addr = shared_address(dst);
-    if (dst_addr % 128 != 0) fail("TMA destination %#x is not 128-byte aligned", dst_addr);
-    if (swz != 0) {
-        // The swizzle pattern repeats every 8 rows of the span; the readers
-        // (wgmma descriptors with base offset 0) assume it starts there.
-        if (dst_addr % (8 * swz) != 0)
-            fail("TMA destination %#x is not aligned to the %u-byte swizzle's %u-byte pattern",
-                 dst_addr, swz, 8 * swz);
-        if (map->box[0] * elem != swz)
-            fail("box rows of %u bytes with a %u-byte swizzle are not emulated", map->box[0] * elem,
-                 swz);
-    }
+// Calls `element(i, inside, offset)` for element i of the box at `coords`
+// (innermost first): whether it lies in the tensor, and if so its byte
+// offset from the map's address.
+template <typename F>
+inline void for_each_box_element(const CUtensorMap* map, const int32_t* coords, uint32_t rank,
+                                 F element) {
     uint64_t box_elements = 1;
     for (uint32_t d = 0; d < rank; ++d) box_elements *= map->box[d];
     for (uint64_t i = 0; i < box_elements; ++i) {
@@ -36,14 +28,68 @@ inline void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, const int
             if (c < 0 || static_cast<uint64_t>(c) >= map->dims[d]) inside = false;
             else offset += static_cast<uint64_t>(c) * map->strides_bytes[d];
         }
-        uint32_t at = dst_addr + static_cast<uint32_t>(i * elem);
-        if (swz != 0) at = swizzle(at, swz);
-        uint8_t* out = shared_bytes(at, elem);
+        element(i, inside, offset);
+    }
+}
+
+// The shared address of element i of a box at `box_addr`, checked as TMA
+// requires (a 128-byte aligned box; a swizzled one aligned to its pattern).
+inline uint32_t box_element_address(const CUtensorMap* map, uint32_t box_addr, uint64_t i) {
+    const uint32_t swz = map->swizzle_bytes;
+    if (box_addr % 128 != 0) fail("TMA box at shared %#x is not 128-byte aligned", box_addr);
+    if (swz != 0) {
+        // The swizzle pattern repeats every 8 rows of the span; the readers
+        // (wgmma descriptors with base offset 0) assume it starts there.
+        if (box_addr % (8 * swz) != 0)
+            fail("TMA box at shared %#x is not aligned to the %u-byte swizzle's %u-byte pattern",
+                 box_addr, swz, 8 * swz);
+        if (map->box[0] * map->element_bytes != swz)
+            fail("box rows of %u bytes with a %u-byte swizzle are not emulated",
+                 map->box[0] * map->element_bytes, swz);
+    }
+    const uint32_t at = box_addr + static_cast<uint32_t>(i * map->element_bytes);
+    return swz != 0 ? swizzle(at, swz) : at;
+}
+
+inline void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, const int32_t* coords,
+                     uint32_t rank) {
+    if (map->rank != rank) fail("a %u-D TMA load with a rank-%u tensor map", rank, map->rank);
+    const uint32_t elem = map->element_bytes, dst_addr = shared_address(dst);
+    uint64_t bytes = 0;
+    for_each_box_element(map, coords, rank, [&](uint64_t i, bool inside, uint64_t offset) {
+        uint8_t* out = shared_bytes(box_element_address(map, dst_addr, i), elem);
         if (inside) std::memcpy(out, global_bytes(map->address + offset, elem), elem);
         else std::memset(out, 0, elem);
-    }
-    mbarrier_complete_tx(bar, static_cast<uint32_t>(box_elements * elem));
+        bytes += elem;
+    });
+    mbarrier_complete_tx(bar, static_cast<uint32_t>(bytes));
 }
+
+struct TmaStore {
+    const CUtensorMap* map;
+    uint32_t src_addr;
+    int32_t coords[2];
+};
+// This thread's stores not yet committed, and committed but not waited for.
+inline thread_local std::vector<TmaStore> stores_issued, stores_committed;
+
+inline void tma_store_run(const TmaStore& s) {
+    const uint32_t elem = s.map->element_bytes;
+    for_each_box_element(s.map, s.coords, 2, [&](uint64_t i, bool inside, uint64_t offset) {
+        if (!inside) return;
+        const uint8_t* from = shared_bytes(box_element_address(s.map, s.src_addr, i), elem);
+        // global_bytes checks the bounds; the launch's buffers are writable.
+        std::memcpy(const_cast<uint8_t*>(global_bytes(s.map->address + offset, elem)), from, elem);
+    });
+}
+
+inline void check_no_store_pending() {
+    if (!stores_issued.empty() || !stores_committed.empty())
+        fail("the block ended with %zu TMA stores never committed and %zu never waited for",
+             stores_issued.size(), stores_committed.size());
+}
+inline const bool tma_store_check_registered =
+    (end_of_block_checks().push_back(check_no_store_pending), true);
 
 }  // namespace emu
 
@@ -58,6 +104,22 @@ inline void tma_load_4d(void* dst, const CUtensorMap* map, uint64_t* bar, int32_
                         int32_t z, int32_t w) {
     const int32_t coords[4] = {x, y, z, w};
     emu::tma_load(dst, map, bar, coords, 4);
+}
+
+inline void tma_store_2d(const CUtensorMap* map, const void* src, int32_t x, int32_t y) {
+    if (map->rank != 2) emu::fail("a 2-D TMA store with a rank-%u tensor map", map->rank);
+    emu::stores_issued.push_back({map, emu::shared_address(src), {x, y}});
+}
+
+inline void tma_store_commit() {
+    emu::stores_committed.insert(emu::stores_committed.end(), emu::stores_issued.begin(),
+                                 emu::stores_issued.end());
+    emu::stores_issued.clear();
+}
+
+inline void tma_store_wait_all() {
+    for (const emu::TmaStore& s : emu::stores_committed) emu::tma_store_run(s);
+    emu::stores_committed.clear();
 }
 
 }  // namespace nvlm
