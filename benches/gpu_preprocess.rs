@@ -8,7 +8,9 @@
 //! host memory, copy included; `nvlm-v1-pinned-batch` etc. take host
 //! images 8 at a time through
 //! `run_batch_into` (pinned staging, copies overlapping kernels), time per
-//! image; `h2d-copy-pageable` and `h2d-copy-pinned` copy the image's bytes
+//! image; `nvlm-v1-pinned-input` etc. the same from caller-filled
+//! `PinnedImage`s through `run_pinned_batch_into` (no CPU copy);
+//! `h2d-copy-pageable` and `h2d-copy-pinned` copy the image's bytes
 //! alone, the PCIe time the host-input ids are to be compared with. Times are CUDA-event times of calls queued back to back, rotating
 //! among input and output sets larger than L2; for the host-input ids they
 //! include the copies and any time the stream waits on the host. Skips
@@ -19,7 +21,8 @@ mod common;
 use common::{device_time, gpu_or_skip, noise};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nvlm_vision::preprocess::{
-    CudaPreprocessor, DeviceImage, ImageView, PixelFormat, PreprocessKernel, Preprocessor,
+    CudaPreprocessor, DeviceImage, ImageView, PinnedImage, PixelFormat, PreprocessKernel,
+    Preprocessor,
 };
 
 const SIZES: [(u32, u32); 3] = [(4032, 3024), (1920, 1080), (640, 480)];
@@ -50,6 +53,15 @@ fn preprocess(c: &mut Criterion) {
             .iter()
             .map(|v| DeviceImage::upload(&gpu, v).unwrap())
             .collect();
+        let pinned_images: Vec<PinnedImage> = hosts
+            .iter()
+            .map(|bytes| {
+                let mut p = PinnedImage::new(&gpu, w, h, PixelFormat::Rgb8).unwrap();
+                p.bytes_mut().unwrap().copy_from_slice(bytes);
+                p
+            })
+            .collect();
+        let pinned_refs: Vec<&PinnedImage> = pinned_images.iter().collect();
         let mut outs: Vec<_> = (0..sets)
             .map(|_| stream.alloc_zeros::<f32>(plan.tensor_len()).unwrap())
             .collect();
@@ -90,6 +102,27 @@ fn preprocess(c: &mut Criterion) {
                                     as usize;
                                 cuda.run_batch_into(
                                     &views[first..first + n],
+                                    &mut outs[first..first + n],
+                                )
+                                .expect("preprocess");
+                                done += n as u64;
+                            }
+                        })
+                    })
+                },
+            );
+            group.bench_function(
+                BenchmarkId::new(format!("{name}-pinned-input"), &case),
+                |b| {
+                    b.iter_custom(|iters| {
+                        let mut done = 0u64;
+                        device_time(&gpu, 1, |_| {
+                            while done < iters {
+                                let first = done as usize % sets;
+                                let n = (BATCH as u64).min(iters - done).min((sets - first) as u64)
+                                    as usize;
+                                cuda.run_pinned_batch_into(
+                                    &pinned_refs[first..first + n],
                                     &mut outs[first..first + n],
                                 )
                                 .expect("preprocess");

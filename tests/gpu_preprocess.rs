@@ -14,8 +14,8 @@ use nvlm_vision::Error;
 use nvlm_vision::cuda::Gpu;
 use nvlm_vision::dtype::TensorElement;
 use nvlm_vision::preprocess::{
-    CudaPreprocessor, DhrConfig, ImageView, PillowVersion, PixelFormat, PreprocessKernel,
-    Preprocessor,
+    CudaPreprocessor, DhrConfig, ImageView, PillowVersion, PinnedImage, PixelFormat,
+    PreprocessKernel, Preprocessor,
 };
 use std::sync::Arc;
 
@@ -284,6 +284,87 @@ fn batches_equal_the_cpu_reference() {
     }
 }
 
+/// Caller-filled pinned images, every kernel: each round's outputs equal
+/// the CPU path on the bytes the images held when the round was queued,
+/// though image 0 is rewritten (through `bytes_mut`, which waits for its
+/// copy) right after the first round is queued.
+#[test]
+fn pinned_batches_equal_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("pinned_batches_equal_the_cpu_reference") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("gpu pinned batches");
+    let formats = [
+        PixelFormat::Rgb8,
+        PixelFormat::Rgba8,
+        PixelFormat::L8,
+        PixelFormat::La8,
+    ];
+    let sizes = [(640, 480), (33, 2000), (1920, 1080), (7, 5), (1200, 901)];
+    let mut images: Vec<PinnedImage> = sizes
+        .iter()
+        .enumerate()
+        .map(|(n, &(w, h))| PinnedImage::new(&gpu, w, h, formats[n % 4]).unwrap())
+        .collect();
+    let pre = Preprocessor::default();
+    for kernel in PreprocessKernel::ALL {
+        let cuda = CudaPreprocessor::new(pre, gpu.clone()).with_kernel(kernel);
+        for image in &mut images {
+            let bytes = image.bytes_mut().unwrap();
+            let fresh = rng.bytes(bytes.len());
+            bytes.copy_from_slice(&fresh);
+        }
+        let mut queued: Vec<Vec<u8>> = images
+            .iter()
+            .map(|i| i.view().unwrap().data().to_vec())
+            .collect();
+        for round in 0..2 {
+            let mut outs: Vec<_> = images
+                .iter()
+                .map(|i| {
+                    let len = pre.plan(i.width(), i.height()).unwrap().tensor_len();
+                    gpu.stream().clone_htod(&vec![f32::NAN; len]).unwrap()
+                })
+                .collect();
+            let refs: Vec<&PinnedImage> = images.iter().collect();
+            let plans = cuda.run_pinned_batch_into(&refs, &mut outs).unwrap();
+            let queued_now = queued.clone();
+            if round == 0 {
+                let bytes = images[0].bytes_mut().unwrap();
+                let fresh = rng.bytes(bytes.len());
+                bytes.copy_from_slice(&fresh);
+                queued[0] = fresh;
+            }
+            for (n, (plan, out)) in plans.iter().zip(&outs).enumerate() {
+                let image = &images[n];
+                let view = ImageView::packed(
+                    &queued_now[n],
+                    image.width(),
+                    image.height(),
+                    image.format(),
+                )
+                .unwrap();
+                let want = pre.run::<f32>(&view).unwrap();
+                assert_eq!(*plan, want.plan);
+                let got: Vec<f32> = gpu.stream().clone_dtoh(out).unwrap();
+                let what = format!(
+                    "{}x{} {:?} {kernel:?} round {round}",
+                    image.width(),
+                    image.height(),
+                    image.format()
+                );
+                if let Some(i) = got
+                    .iter()
+                    .zip(&want.data)
+                    .position(|(a, b)| a.to_bits() != b.to_bits())
+                {
+                    panic!("{what}: first differing element {i} of {}", got.len());
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn batch_with_mismatched_outputs_is_an_error_before_any_copy() {
     let Some(gpu) = gpu_or_skip("batch_with_mismatched_outputs_is_an_error_before_any_copy") else {
@@ -305,6 +386,21 @@ fn batch_with_mismatched_outputs_is_an_error_before_any_copy() {
     assert!(matches!(
         cuda.run_batch_into(&[view, view], &mut short).unwrap_err(),
         Error::BufferTooShort { .. }
+    ));
+    let pinned = PinnedImage::new(&gpu, 30, 20, PixelFormat::Rgb8).unwrap();
+    assert!(matches!(
+        cuda.run_pinned_batch_into(&[&pinned, &pinned], &mut one)
+            .unwrap_err(),
+        Error::InvalidShape(_)
+    ));
+    assert!(matches!(
+        cuda.run_pinned_batch_into(&[&pinned, &pinned], &mut short)
+            .unwrap_err(),
+        Error::BufferTooShort { .. }
+    ));
+    assert!(matches!(
+        PinnedImage::new(&gpu, 0, 20, PixelFormat::Rgb8),
+        Err(Error::InvalidImageSize { .. })
     ));
 }
 

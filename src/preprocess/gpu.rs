@@ -13,7 +13,7 @@ use crate::dtype::TensorElement;
 use crate::error::{Error, Result};
 use crate::preprocess::coeffs::AxisCoefficients;
 use crate::preprocess::cpu::{Passes, PillowVersion, normalization_tables};
-use crate::preprocess::{ImageView, PixelFormat, Preprocessor, TilePlan};
+use crate::preprocess::{ImageView, PixelFormat, Preprocessor, TilePlan, check_image_size};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
     CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
@@ -94,6 +94,73 @@ impl DeviceImage {
     }
 }
 
+/// A tightly packed image in page-locked host memory, for a decoder to
+/// write into directly: [`CudaPreprocessor::run_pinned_batch_into`] copies
+/// it to the device by DMA, with no CPU copy. The memory is cached (not
+/// write-combined), so a decoder may read back what it wrote.
+pub struct PinnedImage {
+    bytes: PinnedHostSlice<u8>,
+    width: u32,
+    height: u32,
+    format: PixelFormat,
+}
+
+impl PinnedImage {
+    /// A zeroed `width` × `height` image of `format`, its rows
+    /// `width × bytes_per_pixel` bytes apart.
+    pub fn new(gpu: &Gpu, width: u32, height: u32, format: PixelFormat) -> Result<PinnedImage> {
+        check_image_size(width, height)?;
+        // At most 2^28 pixels of 4 bytes: no overflow.
+        let len = width as usize * height as usize * format.bytes_per_pixel();
+        // SAFETY: the allocation is zeroed below, before anything reads it.
+        let mut bytes = unsafe { gpu.context().alloc_pinned_with_flags::<u8>(len, 0) }
+            .map_err(driver_error("alloc pinned image"))?;
+        let ptr = bytes.as_mut_ptr().map_err(driver_error("pinned image"))?;
+        // SAFETY: `ptr` points to `len` bytes this function owns.
+        unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        Ok(PinnedImage {
+            bytes,
+            width,
+            height,
+            format,
+        })
+    }
+
+    /// The pixel bytes, row after row, once any copy out of them still
+    /// queued has finished.
+    pub fn bytes_mut(&mut self) -> Result<&mut [u8]> {
+        self.bytes
+            .as_mut_slice()
+            .map_err(driver_error("wait for the pinned image's copy"))
+    }
+
+    /// The image as a view (for the CPU path, say), once any copy out of
+    /// it still queued has finished.
+    pub fn view(&self) -> Result<ImageView<'_>> {
+        let bytes = self
+            .bytes
+            .as_slice()
+            .map_err(driver_error("wait for the pinned image's copy"))?;
+        ImageView::packed(bytes, self.width, self.height, self.format)
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    pub fn format(&self) -> PixelFormat {
+        self.format
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.width as usize * self.format.bytes_per_pixel()
+    }
+}
+
 /// [`Preprocessor`]'s work on a GPU.
 pub struct CudaPreprocessor {
     pub preprocessor: Preprocessor,
@@ -158,6 +225,29 @@ impl CudaPreprocessor {
         images: &[ImageView<'_>],
         outs: &mut [CudaSlice<T>],
     ) -> Result<Vec<TilePlan>> {
+        let images: Vec<HostImage<'_>> = images.iter().map(HostImage::Pageable).collect();
+        self.run_staged_batch(&images, outs)
+    }
+
+    /// As [`CudaPreprocessor::run_batch_into`] for images the caller wrote
+    /// into page-locked memory: each is copied to the device by DMA with no
+    /// CPU copy, overlapping the previous image's kernel. An image may be
+    /// rewritten as soon as [`PinnedImage::bytes_mut`] returns, which waits
+    /// for its copy.
+    pub fn run_pinned_batch_into<T: TensorElement + DeviceRepr>(
+        &self,
+        images: &[&PinnedImage],
+        outs: &mut [CudaSlice<T>],
+    ) -> Result<Vec<TilePlan>> {
+        let images: Vec<HostImage<'_>> = images.iter().map(|i| HostImage::Pinned(i)).collect();
+        self.run_staged_batch(&images, outs)
+    }
+
+    fn run_staged_batch<T: TensorElement + DeviceRepr>(
+        &self,
+        images: &[HostImage<'_>],
+        outs: &mut [CudaSlice<T>],
+    ) -> Result<Vec<TilePlan>> {
         if images.len() != outs.len() {
             return Err(Error::InvalidShape(format!(
                 "{} images but {} output tensors",
@@ -169,8 +259,9 @@ impl CudaPreprocessor {
             .iter()
             .zip(outs.iter())
             .map(|(image, out)| {
-                let plan = self.preprocessor.plan(image.width(), image.height())?;
-                self.check(image.width(), image.height(), &plan, out)?;
+                let (width, height) = image.size();
+                let plan = self.preprocessor.plan(width, height)?;
+                self.check(width, height, &plan, out)?;
                 Ok(plan)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -183,33 +274,52 @@ impl CudaPreprocessor {
         for (i, ((image, plan), out)) in images.iter().zip(&plans).zip(outs.iter_mut()).enumerate()
         {
             let slot = &mut slots[i % 2];
-            let bytes = image.data();
-            slot.reserve(&self.gpu, bytes.len())?;
-            // The copy out of this host buffer two images ago has finished.
-            slot.copied
-                .synchronize()
-                .map_err(driver_error("wait for staging copy"))?;
-            let host = &mut slot
-                .host
-                .as_mut()
-                .expect("reserved")
-                .as_mut_slice()
-                .map_err(driver_error("pinned staging buffer"))?[..bytes.len()];
-            host.copy_from_slice(bytes);
-            let device = slot.device.as_mut().expect("reserved");
-            // ... and so has the kernel that read this device buffer.
-            copy_stream
-                .wait(&slot.consumed)
-                .map_err(driver_error("copy stream wait"))?;
-            {
-                let (dst, _write) = device.device_ptr_mut(copy_stream);
-                // SAFETY: `dst` holds at least `host.len()` bytes (reserved);
-                // `host` is pinned and stays unwritten until `copied` has
-                // passed (synchronized above before the next write, and on drop).
-                unsafe {
-                    cudarc::driver::result::memcpy_htod_async(dst, host, copy_stream.cu_stream())
+            let len = image.len();
+            slot.reserve_device(&self.gpu, len)?;
+            match image {
+                HostImage::Pageable(view) => {
+                    slot.reserve_host(&self.gpu, len)?;
+                    // The copy out of this host buffer two images ago has finished.
+                    slot.copied
+                        .synchronize()
+                        .map_err(driver_error("wait for staging copy"))?;
+                    let host = &mut slot
+                        .host
+                        .as_mut()
+                        .expect("reserved")
+                        .as_mut_slice()
+                        .map_err(driver_error("pinned staging buffer"))?[..len];
+                    host.copy_from_slice(view.data());
+                    let device = slot.device.as_mut().expect("reserved");
+                    // ... and so has the kernel that read this device buffer.
+                    copy_stream
+                        .wait(&slot.consumed)
+                        .map_err(driver_error("copy stream wait"))?;
+                    let (dst, _write) = device.device_ptr_mut(copy_stream);
+                    // SAFETY: `dst` holds at least `host.len()` bytes (reserved);
+                    // `host` is pinned and stays unwritten until `copied` has
+                    // passed (synchronized above before the next write, and on drop).
+                    unsafe {
+                        cudarc::driver::result::memcpy_htod_async(
+                            dst,
+                            host,
+                            copy_stream.cu_stream(),
+                        )
+                    }
+                    .map_err(driver_error("copy image to device"))?;
                 }
-                .map_err(driver_error("copy image to device"))?;
+                HostImage::Pinned(pinned) => {
+                    let device = slot.device.as_mut().expect("reserved");
+                    // The kernel that read this device buffer has finished.
+                    copy_stream
+                        .wait(&slot.consumed)
+                        .map_err(driver_error("copy stream wait"))?;
+                    // cudarc orders the copy after earlier work on the pinned
+                    // buffer and records its end there: bytes_mut waits for it.
+                    copy_stream
+                        .memcpy_htod(&pinned.bytes, &mut device.slice_mut(..len))
+                        .map_err(driver_error("copy pinned image to device"))?;
+                }
             }
             slot.copied
                 .record(copy_stream)
@@ -217,11 +327,13 @@ impl CudaPreprocessor {
             compute
                 .wait(&slot.copied)
                 .map_err(driver_error("compute stream wait"))?;
+            let device = slot.device.as_ref().expect("reserved");
             let (addr, _read) = device.device_ptr(compute);
+            let (width, height) = image.size();
             let source = Source {
                 addr,
-                width: image.width(),
-                height: image.height(),
+                width,
+                height,
                 stride: image.stride(),
                 format: image.format(),
             };
@@ -509,26 +621,21 @@ impl Drop for Staging {
 }
 
 impl StagingSlot {
-    /// Makes both buffers hold at least `len` bytes.
-    fn reserve(&mut self, gpu: &Gpu, len: usize) -> Result<()> {
-        if self.host.as_ref().is_some_and(|h| h.len() >= len) {
+    /// Makes the device buffer hold at least `len` bytes.
+    fn reserve_device(&mut self, gpu: &Gpu, len: usize) -> Result<()> {
+        if self.device.as_ref().is_some_and(|d| d.len() >= len) {
             return Ok(());
         }
-        // The old buffers may still be in use.
+        // The old buffer may still be in use.
         self.copied
             .synchronize()
             .map_err(driver_error("wait for staging copy"))?;
         self.consumed
             .synchronize()
             .map_err(driver_error("wait for staging use"))?;
-        let capacity = len.next_multiple_of(1 << 20);
-        // SAFETY: both are written (the first `len` bytes) before they are read.
-        self.host = Some(
-            unsafe { gpu.context().alloc_pinned::<u8>(capacity) }
-                .map_err(driver_error("alloc pinned staging buffer"))?,
-        );
+        // SAFETY: the first `len` bytes are copied in before a kernel reads them.
         self.device = Some(
-            unsafe { gpu.stream().alloc::<u8>(capacity) }
+            unsafe { gpu.stream().alloc::<u8>(len.next_multiple_of(1 << 20)) }
                 .map_err(driver_error("alloc staging device buffer"))?,
         );
         // The allocation is ordered on the GPU's stream; the copy stream
@@ -537,6 +644,64 @@ impl StagingSlot {
             .record(gpu.stream())
             .map_err(driver_error("record staging allocation"))?;
         Ok(())
+    }
+
+    /// Makes the pinned host buffer hold at least `len` bytes.
+    fn reserve_host(&mut self, gpu: &Gpu, len: usize) -> Result<()> {
+        if self.host.as_ref().is_some_and(|h| h.len() >= len) {
+            return Ok(());
+        }
+        // The old buffer may still be in use.
+        self.copied
+            .synchronize()
+            .map_err(driver_error("wait for staging copy"))?;
+        // SAFETY: the first `len` bytes are written before the copy reads them.
+        self.host = Some(
+            unsafe {
+                gpu.context()
+                    .alloc_pinned::<u8>(len.next_multiple_of(1 << 20))
+            }
+            .map_err(driver_error("alloc pinned staging buffer"))?,
+        );
+        Ok(())
+    }
+}
+
+/// A host image for a staged batch: pageable bytes go through a pinned
+/// staging buffer (a CPU copy), pinned ones straight to the device.
+enum HostImage<'a> {
+    Pageable(&'a ImageView<'a>),
+    Pinned(&'a PinnedImage),
+}
+
+impl HostImage<'_> {
+    fn size(&self) -> (u32, u32) {
+        match self {
+            HostImage::Pageable(v) => (v.width(), v.height()),
+            HostImage::Pinned(p) => (p.width, p.height),
+        }
+    }
+
+    fn stride(&self) -> usize {
+        match self {
+            HostImage::Pageable(v) => v.stride(),
+            HostImage::Pinned(p) => p.row_bytes(),
+        }
+    }
+
+    fn format(&self) -> PixelFormat {
+        match self {
+            HostImage::Pageable(v) => v.format(),
+            HostImage::Pinned(p) => p.format,
+        }
+    }
+
+    /// The bytes the copy carries.
+    fn len(&self) -> usize {
+        match self {
+            HostImage::Pageable(v) => v.data().len(),
+            HostImage::Pinned(p) => p.bytes.len(),
+        }
     }
 }
 

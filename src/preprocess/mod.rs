@@ -19,7 +19,7 @@ pub mod tags;
 
 pub use coeffs::{AxisCoefficients, PRECISION_BITS};
 pub use cpu::{Interleaved, PillowVersion, normalize_value};
-pub use gpu::{CudaPreprocessor, DeviceImage, PreprocessKernel};
+pub use gpu::{CudaPreprocessor, DeviceImage, PinnedImage, PreprocessKernel};
 pub use image::{ImageView, PixelFormat};
 pub use plan::{
     DhrConfig, Grid, MAX_PIXELS, MAX_SIDE, MAX_TILE_SIZE, MAX_TILES_LIMIT, Rect, TilePlan,
