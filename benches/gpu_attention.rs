@@ -4,9 +4,10 @@
 //! `scripts/peer_attention.py` (torch SDPA per backend). Prints TFLOP/s
 //! counted as 4·B·H·N²·D per call. The N = 1024 cases measure what the
 //! 1025 tail costs (ideal: (1025/1024)² = +0.2%). Runs the portable
-//! kernel, and on compute capability 9.0 the Hopper kernel's three
+//! kernel, and on compute capability 9.0 the Hopper kernel's four
 //! versions (`nvlm-hopper-serial` v1, `nvlm-hopper` v2,
-//! `nvlm-hopper-pingpong` v3). Skips without a GPU.
+//! `nvlm-hopper-pingpong` v3, `nvlm-hopper-persistent` v4). Skips without
+//! a GPU.
 
 mod common;
 
@@ -44,6 +45,7 @@ fn attention(c: &mut Criterion) {
             (AttentionKernel::HopperSerial, "nvlm-hopper-serial"),
             (AttentionKernel::Hopper, "nvlm-hopper"),
             (AttentionKernel::HopperPingPong, "nvlm-hopper-pingpong"),
+            (AttentionKernel::HopperPersistent, "nvlm-hopper-persistent"),
         ]),
         Err(e) => eprintln!("skipped: {e}"),
     }

@@ -19,15 +19,23 @@
 //   is on the tensor cores; O is rescaled and P rewritten only after it;
 // - v3 (`attention_hopper_pingpong_*`): v2 with the two consumer
 //   warpgroups taking turns to issue their wgmma batches (two named
-//   barriers), so one warpgroup's GEMMs run while the other's softmax does.
-// Not yet: a persistent grid.
+//   barriers), so one warpgroup's GEMMs run while the other's softmax does;
+// - v4 (`attention_hopper_persistent_*`): v2 on a persistent grid. Each CTA
+//   walks work items (query tile fastest, then head, then batch) with a
+//   stride of the grid size; the producer loads the next item's Q once the
+//   consumers have finished the current item's last QK^T (q_empty) and
+//   streams K/V tiles across items, so the next item's first tiles land
+//   while this one's last P V and stores run. The other versions run the
+//   same code with one item per CTA.
 //
 // Tails (N = 1025 = 8*128 + 1): TMA fills rows past the sequence with
 // zeros; keys past kv_len get -inf scores (zero-padded keys would score 0
 // and take softmax mass); query rows past q_len are never stored, and a
-// consumer warpgroup whose 64 rows all lie past q_len does no work at all
-// (the last tile of N = 1025 runs one warpgroup, not two); a last K/V tile
-// of at most 16 keys runs QK^T on n16 wgmmas and P V on one k16 step.
+// consumer warpgroup whose 64 rows all lie past q_len does no math (the
+// last tile of N = 1025 runs one warpgroup, not two): it only passes each
+// K/V tile's barriers, so every barrier's count is the same for every
+// item; a last K/V tile of at most 16 keys runs QK^T on n16 wgmmas and P V
+// on one k16 step.
 //
 // Shared memory: every tile is made of 64-column swizzle atoms ([rows x 64]
 // elements, 128-byte rows, 128-byte swizzle, 1024-byte aligned), the layout
@@ -110,7 +118,12 @@ __device__ __forceinline__ void give_turn_to() {
     named_barrier_arrive<1 + Consumer, kTurnThreads>();
 }
 
-template <int D, typename T, Schedule kSchedule>
+// One work item: 128 query rows of one (batch, head).
+struct WorkItem {
+    int q_row0, head, batch;
+};
+
+template <int D, typename T, Schedule kSchedule, bool kPersistent>
 __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                                                   const CUtensorMap* k_map,
                                                   const CUtensorMap* v_map,
@@ -120,25 +133,44 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
     const uint32_t misalign = smem_addr(smem_raw) % 1024;
     uint8_t* smem = smem_raw + (misalign ? 1024 - misalign : 0);
     __shared__ __align__(8) uint64_t q_full;
+    __shared__ __align__(8) uint64_t q_empty;
     __shared__ __align__(8) uint64_t k_full[kStages];
     __shared__ __align__(8) uint64_t v_full[kStages];
     __shared__ __align__(8) uint64_t k_empty[kStages];
     __shared__ __align__(8) uint64_t v_empty[kStages];
 
-    const int q_tile = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
-    const int q_row0 = q_tile * kQueryRows;
-    const int rows_here = min(kQueryRows, static_cast<int>(p.q_len) - q_row0);
-    const int active_consumers = (rows_here + 63) / 64;  // 1 or 2
+    const int q_tiles = (static_cast<int>(p.q_len) + kQueryRows - 1) / kQueryRows;
+    const int items = q_tiles * static_cast<int>(p.heads) * static_cast<int>(p.batch);
     const int kv_tiles = (static_cast<int>(p.kv_len) + kKeyRows - 1) / kKeyRows;
+    // v4 strides over the items by its grid size; the others' grid is
+    // (query tiles, heads, batch) and each block takes its one item.
+    const int first_item = kPersistent ? static_cast<int>(blockIdx.x)
+                                       : static_cast<int>(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z));
+    const int item_stride = kPersistent ? static_cast<int>(gridDim.x) : items;
+    const auto work_item = [&](int item) {
+        const int bh = item / q_tiles;
+        return WorkItem{(item % q_tiles) * kQueryRows, bh % static_cast<int>(p.heads),
+                        bh / static_cast<int>(p.heads)};
+    };
+    // Consumer warpgroups with rows in an item: 1 for a last query tile
+    // of at most 64 rows (N = 1025's), else 2.
+    const auto active_consumers_of = [&](const WorkItem& w) {
+        return (min(kQueryRows, static_cast<int>(p.q_len) - w.q_row0) + 63) / 64;
+    };
     const int warpgroup = threadIdx.x / 128;
 
+    // The consumers' releases each barrier counts: on a persistent grid
+    // both consumers pass every tile, as items differ in active consumers;
+    // with one item, only its active ones take part.
+    const int consumer_threads = kPersistent ? 256 : 128 * active_consumers_of(work_item(first_item));
     if (threadIdx.x == 0) {
         mbarrier_init(&q_full, 1);
+        mbarrier_init(&q_empty, consumer_threads);
         for (int s = 0; s < kStages; ++s) {
             mbarrier_init(&k_full[s], 1);
             mbarrier_init(&v_full[s], 1);
-            mbarrier_init(&k_empty[s], 128 * active_consumers);
-            mbarrier_init(&v_empty[s], 128 * active_consumers);
+            mbarrier_init(&k_empty[s], consumer_threads);
+            mbarrier_init(&v_empty[s], consumer_threads);
         }
         mbarrier_init_fence();
     }
@@ -147,282 +179,348 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
     if (warpgroup == 0) {
         warpgroup_registers_release<NVLM_HOPPER_ATTENTION_PRODUCER_REGISTERS>();
         if (threadIdx.x == 0) {
-            mbarrier_arrive_expect_tx(&q_full, L::q_bytes);
-            for (int a = 0; a < L::atoms; ++a) {
-                load_tile(smem + a * L::q_atom_bytes, q_map, &q_full, 64 * a, q_row0, head, batch,
-                          p.q_tokens_inner);
-            }
-            for (int j = 0; j < kv_tiles; ++j) {
-                const int stage = j % kStages, round = j / kStages;
-                uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
-                uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
-                mbarrier_wait(&k_empty[stage], (round & 1) ^ 1);
-                mbarrier_arrive_expect_tx(&k_full[stage], L::kv_tile_bytes);
+            // K/V tiles loaded so far, across items: each one's ring stage
+            // and round.
+            int loaded = 0;
+            int n = 0;
+            for (int item = first_item; item < items; item += item_stride, ++n) {
+                const WorkItem w = work_item(item);
+                // Q's one buffer: the consumers are done with the last item's.
+                if (n > 0) mbarrier_wait(&q_empty, (n - 1) & 1);
+                mbarrier_arrive_expect_tx(&q_full, L::q_bytes);
                 for (int a = 0; a < L::atoms; ++a) {
-                    load_tile(k_tile + a * L::kv_atom_bytes, k_map, &k_full[stage], 64 * a,
-                              j * kKeyRows, head, batch, p.kv_tokens_inner);
+                    load_tile(smem + a * L::q_atom_bytes, q_map, &q_full, 64 * a, w.q_row0, w.head,
+                              w.batch, p.q_tokens_inner);
                 }
-                mbarrier_wait(&v_empty[stage], (round & 1) ^ 1);
-                mbarrier_arrive_expect_tx(&v_full[stage], L::kv_tile_bytes);
-                for (int a = 0; a < L::atoms; ++a) {
-                    load_tile(v_tile + a * L::kv_atom_bytes, v_map, &v_full[stage], 64 * a,
-                              j * kKeyRows, head, batch, p.kv_tokens_inner);
+                for (int j = 0; j < kv_tiles; ++j, ++loaded) {
+                    const int stage = loaded % kStages, round = loaded / kStages;
+                    uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
+                    uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
+                    mbarrier_wait(&k_empty[stage], (round & 1) ^ 1);
+                    mbarrier_arrive_expect_tx(&k_full[stage], L::kv_tile_bytes);
+                    for (int a = 0; a < L::atoms; ++a) {
+                        load_tile(k_tile + a * L::kv_atom_bytes, k_map, &k_full[stage], 64 * a,
+                                  j * kKeyRows, w.head, w.batch, p.kv_tokens_inner);
+                    }
+                    mbarrier_wait(&v_empty[stage], (round & 1) ^ 1);
+                    mbarrier_arrive_expect_tx(&v_full[stage], L::kv_tile_bytes);
+                    for (int a = 0; a < L::atoms; ++a) {
+                        load_tile(v_tile + a * L::kv_atom_bytes, v_map, &v_full[stage], 64 * a,
+                                  j * kKeyRows, w.head, w.batch, p.kv_tokens_inner);
+                    }
                 }
             }
         }
         return;
     }
     const int consumer = warpgroup - 1;
-    if (consumer >= active_consumers) return;
+    if constexpr (!kPersistent) {
+        // A warpgroup with no rows in the block's one item leaves (the
+        // barrier counts leave it out).
+        if (consumer >= active_consumers_of(work_item(first_item))) return;
+    }
     warpgroup_registers_claim<NVLM_HOPPER_ATTENTION_CONSUMER_REGISTERS>();
 
     const int tid = threadIdx.x % 128, warp = tid / 32, lane = tid % 32;
     const int quad = lane % 4;
     const float scale_log2 = p.softmax_scale * 1.4426950408889634f;  // scores to log2 units
 
-    float o[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
-    // Rows 16*warp + lane/4 (h = 0) and that + 8 (h = 1): running max (in
-    // log2 units) and this thread's part of the running sum.
-    float row_max[2] = {-INFINITY, -INFINITY};
-    float row_sum[2] = {0.0f, 0.0f};
-    float s[kKeyRows / 2];              // S of one K/V tile, then its P
-    uint32_t pa[kKeyRows / 16][4];      // P as the A operands of P V
-
     const uint8_t* q_rows = smem + consumer * 64 * kAtomRowBytes;
-    mbarrier_wait(&q_full, 0);
+    // K/V tiles of earlier items: tile j of this item is ring slot
+    // consumed + j (stage and phase as the producer counts them).
+    int consumed = 0;
+    const auto stage_of = [&](int j) { return (consumed + j) % kStages; };
+    const auto phase_of = [&](int j) { return ((consumed + j) / kStages) & 1; };
 
-    // Issues S = Q K^T for tile j as one commit group. A last tile of at
-    // most 16 real keys (N = 1025's CLS tail) runs n16 wgmmas, 1/8 of the
-    // work: S's other columns keep stale values, all of keys past kv_len,
-    // which the softmax masks to -inf.
-    const auto issue_qk = [&](int j) {
-        const int stage = j % kStages;
-        const uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
-        // k16 step t: atom t / 4, 32 bytes per step along its rows.
-        const auto q_step = [&](int t) {
-            return wgmma_descriptor(q_rows + (t / 4) * L::q_atom_bytes + (t % 4) * 32, 16, 1024,
-                                    WgmmaSwizzle::B128);
-        };
-        const auto k_step = [&](int t) {
-            return wgmma_descriptor(k_tile + (t / 4) * L::kv_atom_bytes + (t % 4) * 32, 16, 1024,
-                                    WgmmaSwizzle::B128);
-        };
-        const bool narrow = static_cast<int>(p.kv_len) - j * kKeyRows <= 16;
-        mbarrier_wait(&k_full[stage], (j / kStages) & 1);
-        // Each path commits its own group: with the commit after the join,
-        // ptxas puts a warpgroup.arrive before it on every tile (C7519).
-        if (narrow) {
-            float(&s16)[8] = *reinterpret_cast<float(*)[8]>(s);
-            wgmma_fence();
-#pragma unroll
-            for (int t = 0; t < D / 16; ++t) wgmma_ss<16, T>(s16, q_step(t), k_step(t), t > 0);
-            wgmma_commit_group();
-        } else {
-            wgmma_fence();
-#pragma unroll
-            for (int t = 0; t < D / 16; ++t) {
-                wgmma_ss<kKeyRows, T>(s, q_step(t), k_step(t), t > 0);
-            }
-            wgmma_commit_group();
-        }
-    };
+    // One item in which this warpgroup has rows, once its Q has landed:
+    // the math and the stores.
+    const auto run_item = [&](const WorkItem& w, int active_consumers) {
+        // Declared per item: nothing of one item's math outlives it.
+        float o[D / 2];
+        // Rows 16*warp + lane/4 (h = 0) and that + 8 (h = 1): running max (in
+        // log2 units) and this thread's part of the running sum.
+        float row_max[2];
+        float row_sum[2];
+        float s[kKeyRows / 2];              // S of one K/V tile, then its P
+        uint32_t pa[kKeyRows / 16][4];      // P as the A operands of P V
 
-    // Issues O += P V for tile j (P in pa) as one commit group. Keys past
-    // kv_len have p = 0 exactly, so k16 steps made only of them add
-    // nothing: the 1-key tail tile of N = 1025 runs 1 of 8. Full tiles take
-    // a branch-free path: a branch between wgmmas makes ptxas put a
-    // warpgroup.arrive before each (C7519 in its report).
-    const auto issue_pv = [&](int j) {
-        const int stage = j % kStages;
-        const uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
-        const int valid_keys = min(kKeyRows, static_cast<int>(p.kv_len) - j * kKeyRows);
-        // k16 step t: 16 V rows on; head_dim atoms kv_atom_bytes apart.
-        const auto v_step = [&](int t) {
-            return wgmma_descriptor(v_tile + t * 16 * kAtomRowBytes, L::kv_atom_bytes, 1024,
-                                    WgmmaSwizzle::B128);
+        // Issues S = Q K^T for tile j as one commit group. A last tile of at
+        // most 16 real keys (N = 1025's CLS tail) runs n16 wgmmas, 1/8 of the
+        // work: S's other columns keep stale values, all of keys past kv_len,
+        // which the softmax masks to -inf.
+        const auto issue_qk = [&](int j) {
+            const int stage = stage_of(j);
+            const uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
+            // k16 step t: atom t / 4, 32 bytes per step along its rows.
+            const auto q_step = [&](int t) {
+                return wgmma_descriptor(q_rows + (t / 4) * L::q_atom_bytes + (t % 4) * 32, 16, 1024,
+                                        WgmmaSwizzle::B128);
+            };
+            const auto k_step = [&](int t) {
+                return wgmma_descriptor(k_tile + (t / 4) * L::kv_atom_bytes + (t % 4) * 32, 16, 1024,
+                                        WgmmaSwizzle::B128);
+            };
+            const bool narrow = static_cast<int>(p.kv_len) - j * kKeyRows <= 16;
+            mbarrier_wait(&k_full[stage], phase_of(j));
+            // Each path commits its own group: with the commit after the join,
+            // ptxas puts a warpgroup.arrive before it on every tile (C7519).
+            if (narrow) {
+                float(&s16)[8] = *reinterpret_cast<float(*)[8]>(s);
+                wgmma_fence();
+#pragma unroll
+                for (int t = 0; t < D / 16; ++t) wgmma_ss<16, T>(s16, q_step(t), k_step(t), t > 0);
+                wgmma_commit_group();
+            } else {
+                wgmma_fence();
+#pragma unroll
+                for (int t = 0; t < D / 16; ++t) {
+                    wgmma_ss<kKeyRows, T>(s, q_step(t), k_step(t), t > 0);
+                }
+                wgmma_commit_group();
+            }
         };
-        mbarrier_wait(&v_full[stage], (j / kStages) & 1);
-        if (valid_keys == kKeyRows) {
-            wgmma_fence();
-#pragma unroll
-            for (int t = 0; t < kKeyRows / 16; ++t) wgmma_rs<D, T>(o, pa[t], v_step(t), true);
-        } else {
-            wgmma_fence();
-#pragma unroll
-            for (int t = 0; t < kKeyRows / 16; ++t) {
-                if (16 * t >= valid_keys) break;
-                wgmma_rs<D, T>(o, pa[t], v_step(t), true);
-            }
-        }
-        wgmma_commit_group();
-    };
 
-    // The online softmax of tile j's S, in place (S becomes P); returns
-    // through `correction` the factor O must be scaled by before this
-    // tile's P V is added.
-    const auto softmax = [&](int j, float (&correction)[2]) {
-        // Scores into the log2 domain; keys past kv_len get -inf (after
-        // the scaling, so any sign of scale keeps them at -inf).
-        const int key0 = j * kKeyRows;
-        const bool key_tail = key0 + kKeyRows > static_cast<int>(p.kv_len);
+        // Issues O += P V for tile j (P in pa) as one commit group. Keys past
+        // kv_len have p = 0 exactly (and TMA zero-fills their V rows), so
+        // k16 steps made only of them add exact zeros: a last tile of at
+        // most 16 keys (N = 1025's) runs 1 step of 8, any other tile all 8.
+        // Each path is straight-line: a branch between wgmmas makes ptxas
+        // put a warpgroup.arrive before each (C7519), and inside the
+        // persistent item loop serialise them (C7520).
+        const auto issue_pv = [&](int j) {
+            const int stage = stage_of(j);
+            const uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
+            const bool narrow = static_cast<int>(p.kv_len) - j * kKeyRows <= 16;
+            // k16 step t: 16 V rows on; head_dim atoms kv_atom_bytes apart.
+            const auto v_step = [&](int t) {
+                return wgmma_descriptor(v_tile + t * 16 * kAtomRowBytes, L::kv_atom_bytes, 1024,
+                                        WgmmaSwizzle::B128);
+            };
+            mbarrier_wait(&v_full[stage], phase_of(j));
+            // Each path commits its own group, as in issue_qk.
+            if (narrow) {
+                wgmma_fence();
+                wgmma_rs<D, T>(o, pa[0], v_step(0), true);
+                wgmma_commit_group();
+            } else {
+                wgmma_fence();
 #pragma unroll
-        for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const bool masked =
-                    key_tail && key0 + 8 * n8 + 2 * quad + (e & 1) >= static_cast<int>(p.kv_len);
-                s[4 * n8 + e] = masked ? -INFINITY : s[4 * n8 + e] * scale_log2;
+                for (int t = 0; t < kKeyRows / 16; ++t) wgmma_rs<D, T>(o, pa[t], v_step(t), true);
+                wgmma_commit_group();
             }
-        }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float tile_max = -INFINITY;
-#pragma unroll
-            for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
-                tile_max = fmaxf(tile_max, fmaxf(s[4 * n8 + 2 * h], s[4 * n8 + 2 * h + 1]));
-            }
-            // The four lanes of a quad hold the same two rows.
-            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-            // Every tile has at least one real key, so this is finite.
-            const float new_max = fmaxf(row_max[h], tile_max);
-            correction[h] = fast_exp2(row_max[h] - new_max);
-            row_max[h] = new_max;
-            float tile_sum = 0.0f;
+        };
+
+        // The online softmax of tile j's S, in place (S becomes P); returns
+        // through `correction` the factor O must be scaled by before this
+        // tile's P V is added.
+        const auto softmax = [&](int j, float (&correction)[2]) {
+            // Scores into the log2 domain; keys past kv_len get -inf (after
+            // the scaling, so any sign of scale keeps them at -inf).
+            const int key0 = j * kKeyRows;
+            const bool key_tail = key0 + kKeyRows > static_cast<int>(p.kv_len);
 #pragma unroll
             for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const float prob = fast_exp2(s[4 * n8 + 2 * h + e] - new_max);
-                    s[4 * n8 + 2 * h + e] = prob;
-                    tile_sum += prob;
+                for (int e = 0; e < 4; ++e) {
+                    const bool masked =
+                        key_tail && key0 + 8 * n8 + 2 * quad + (e & 1) >= static_cast<int>(p.kv_len);
+                    s[4 * n8 + e] = masked ? -INFINITY : s[4 * n8 + e] * scale_log2;
                 }
             }
-            row_sum[h] = row_sum[h] * correction[h] + tile_sum;
-        }
-    };
-
-    // O *= correction; P into pa. Only once no P V is in flight: it reads
-    // pa and accumulates into O.
-    const auto rescale_and_pack = [&](const float (&correction)[2]) {
 #pragma unroll
-        for (int n8 = 0; n8 < D / 8; ++n8) {
-            o[4 * n8 + 0] *= correction[0];
-            o[4 * n8 + 1] *= correction[0];
-            o[4 * n8 + 2] *= correction[1];
-            o[4 * n8 + 3] *= correction[1];
-        }
-        // The S accumulators of keys 16t..16t+15 are exactly the A
-        // fragment of k16 step t of P V.
+            for (int h = 0; h < 2; ++h) {
+                float tile_max = -INFINITY;
 #pragma unroll
-        for (int t = 0; t < kKeyRows / 16; ++t) {
-            pa[t][0] = pack2<T>(s[8 * t + 0], s[8 * t + 1]);
-            pa[t][1] = pack2<T>(s[8 * t + 2], s[8 * t + 3]);
-            pa[t][2] = pack2<T>(s[8 * t + 4], s[8 * t + 5]);
-            pa[t][3] = pack2<T>(s[8 * t + 6], s[8 * t + 7]);
-        }
-    };
+                for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
+                    tile_max = fmaxf(tile_max, fmaxf(s[4 * n8 + 2 * h], s[4 * n8 + 2 * h + 1]));
+                }
+                // The four lanes of a quad hold the same two rows.
+                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+                tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+                // Every tile has at least one real key, so this is finite.
+                const float new_max = fmaxf(row_max[h], tile_max);
+                correction[h] = fast_exp2(row_max[h] - new_max);
+                row_max[h] = new_max;
+                float tile_sum = 0.0f;
+#pragma unroll
+                for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const float prob = fast_exp2(s[4 * n8 + 2 * h + e] - new_max);
+                        s[4 * n8 + 2 * h + e] = prob;
+                        tile_sum += prob;
+                    }
+                }
+                row_sum[h] = row_sum[h] * correction[h] + tile_sum;
+            }
+        };
 
-    // v3: the consumers issue their wgmma batches in turns, 0 first. Each
-    // takes kv_tiles + 1 turns; consumer 0 passes every one on, consumer 1
-    // all but its last, so with the first turn it gives, each barrier
-    // completes exactly as often as its warpgroup waits on it. A tile with
-    // one active consumer has no partner to take turns with.
-    const bool ping_pong = kSchedule == Schedule::PingPong && active_consumers == 2;
-    const auto wait_turn = [&] {
-        if (!ping_pong) return;
-        if (consumer == 0) {
-            wait_for_turn<0>();
-        } else {
-            wait_for_turn<1>();
-        }
-    };
-    const auto pass_turn = [&] {
-        if (!ping_pong) return;
-        if (consumer == 0) {
-            give_turn_to<1>();
-        } else {
-            give_turn_to<0>();
-        }
-    };
-    if (consumer == 1) pass_turn();
+        // O *= correction; P into pa. Only once no P V is in flight: it reads
+        // pa and accumulates into O.
+        const auto rescale_and_pack = [&](const float (&correction)[2]) {
+#pragma unroll
+            for (int n8 = 0; n8 < D / 8; ++n8) {
+                o[4 * n8 + 0] *= correction[0];
+                o[4 * n8 + 1] *= correction[0];
+                o[4 * n8 + 2] *= correction[1];
+                o[4 * n8 + 3] *= correction[1];
+            }
+            // The S accumulators of keys 16t..16t+15 are exactly the A
+            // fragment of k16 step t of P V.
+#pragma unroll
+            for (int t = 0; t < kKeyRows / 16; ++t) {
+                pa[t][0] = pack2<T>(s[8 * t + 0], s[8 * t + 1]);
+                pa[t][1] = pack2<T>(s[8 * t + 2], s[8 * t + 3]);
+                pa[t][2] = pack2<T>(s[8 * t + 4], s[8 * t + 5]);
+                pa[t][3] = pack2<T>(s[8 * t + 6], s[8 * t + 7]);
+            }
+        };
 
-    // K and V stages are released apart: a K tile as soon as its S is
-    // done, so the producer can refill it while P V still reads V.
-    float correction[2];
-    if constexpr (kSchedule != Schedule::Serial) {
-        // v2: tile j's S = Q K^T is issued before tile j-1's P V, and its
-        // softmax runs while that P V is on the tensor cores. v3 issues
-        // each batch in its turn.
-        wait_turn();
-        issue_qk(0);
-        pass_turn();
-        wgmma_wait_group<0>();
-        wgmma_fence_operands(s);
-        mbarrier_arrive(&k_empty[0]);
-        softmax(0, correction);
-        rescale_and_pack(correction);
-        for (int j = 1; j < kv_tiles; ++j) {
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+        row_max[0] = row_max[1] = -INFINITY;
+        row_sum[0] = row_sum[1] = 0.0f;
+
+        // v3: the consumers issue their wgmma batches in turns, 0 first. Each
+        // takes kv_tiles + 1 turns; consumer 0 passes every one on, consumer 1
+        // all but its last, so with the first turn it gives, each barrier
+        // completes exactly as often as its warpgroup waits on it. A tile with
+        // one active consumer has no partner to take turns with.
+        const bool ping_pong = kSchedule == Schedule::PingPong && active_consumers == 2;
+        const auto wait_turn = [&] {
+            if (!ping_pong) return;
+            if (consumer == 0) {
+                wait_for_turn<0>();
+            } else {
+                wait_for_turn<1>();
+            }
+        };
+        const auto pass_turn = [&] {
+            if (!ping_pong) return;
+            if (consumer == 0) {
+                give_turn_to<1>();
+            } else {
+                give_turn_to<0>();
+            }
+        };
+        if (consumer == 1) pass_turn();
+
+        // K and V stages are released apart: a K tile as soon as its S is
+        // done, so the producer can refill it while P V still reads V; Q
+        // once the item's last S is done, so the producer can load the next
+        // item's while this one's last P V runs.
+        float correction[2];
+        if constexpr (kSchedule != Schedule::Serial) {
+            // v2: tile j's S = Q K^T is issued before tile j-1's P V, and its
+            // softmax runs while that P V is on the tensor cores. v3 issues
+            // each batch in its turn.
             wait_turn();
-            issue_qk(j);
-            issue_pv(j - 1);
+            issue_qk(0);
             pass_turn();
-            wgmma_wait_group<1>();  // S of tile j (P V of j-1 may still run)
-            wgmma_fence_operands(s);
-            mbarrier_arrive(&k_empty[j % kStages]);
-            softmax(j, correction);
-            wgmma_wait_group<0>();  // P V of tile j-1
-            wgmma_fence_operands(o);
-            wgmma_fence_operands(pa);
-            mbarrier_arrive(&v_empty[(j - 1) % kStages]);
-            rescale_and_pack(correction);
-        }
-        wait_turn();
-        issue_pv(kv_tiles - 1);
-        if (consumer == 0) pass_turn();
-        wgmma_wait_group<0>();
-        wgmma_fence_operands(o);
-        mbarrier_arrive(&v_empty[(kv_tiles - 1) % kStages]);
-    } else {
-        // v1's order: each step waits for the one before.
-        for (int j = 0; j < kv_tiles; ++j) {
-            issue_qk(j);
             wgmma_wait_group<0>();
             wgmma_fence_operands(s);
-            mbarrier_arrive(&k_empty[j % kStages]);
-            softmax(j, correction);
+            if (kv_tiles == 1) mbarrier_arrive(&q_empty);
+            mbarrier_arrive(&k_empty[stage_of(0)]);
+            softmax(0, correction);
             rescale_and_pack(correction);
-            issue_pv(j);
+            for (int j = 1; j < kv_tiles; ++j) {
+                wait_turn();
+                issue_qk(j);
+                issue_pv(j - 1);
+                pass_turn();
+                wgmma_wait_group<1>();  // S of tile j (P V of j-1 may still run)
+                wgmma_fence_operands(s);
+                if (j == kv_tiles - 1) mbarrier_arrive(&q_empty);
+                mbarrier_arrive(&k_empty[stage_of(j)]);
+                softmax(j, correction);
+                wgmma_wait_group<0>();  // P V of tile j-1
+                wgmma_fence_operands(o);
+                wgmma_fence_operands(pa);
+                mbarrier_arrive(&v_empty[stage_of(j - 1)]);
+                rescale_and_pack(correction);
+            }
+            wait_turn();
+            issue_pv(kv_tiles - 1);
+            if (consumer == 0) pass_turn();
             wgmma_wait_group<0>();
             wgmma_fence_operands(o);
-            wgmma_fence_operands(pa);
-            mbarrier_arrive(&v_empty[j % kStages]);
+            mbarrier_arrive(&v_empty[stage_of(kv_tiles - 1)]);
+        } else {
+            // v1's order: each step waits for the one before.
+            for (int j = 0; j < kv_tiles; ++j) {
+                issue_qk(j);
+                wgmma_wait_group<0>();
+                wgmma_fence_operands(s);
+                if (j == kv_tiles - 1) mbarrier_arrive(&q_empty);
+                mbarrier_arrive(&k_empty[stage_of(j)]);
+                softmax(j, correction);
+                rescale_and_pack(correction);
+                issue_pv(j);
+                wgmma_wait_group<0>();
+                wgmma_fence_operands(o);
+                wgmma_fence_operands(pa);
+                mbarrier_arrive(&v_empty[stage_of(j)]);
+            }
         }
-    }
 
-    T* out = reinterpret_cast<T*>(p.o);
-    float* lse = reinterpret_cast<float*>(p.lse);
+        T* out = reinterpret_cast<T*>(p.o);
+        float* lse = reinterpret_cast<float*>(p.lse);
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        float total = row_sum[h];
-        total += __shfl_xor_sync(0xffffffffu, total, 1);
-        total += __shfl_xor_sync(0xffffffffu, total, 2);
-        const int row = q_row0 + consumer * 64 + 16 * warp + lane / 4 + 8 * h;
-        if (row >= static_cast<int>(p.q_len)) continue;
-        const float inv = 1.0f / total;
-        T* out_row = out + batch * p.o_batch_stride + row * p.o_token_stride +
-                     head * p.o_head_stride;
+        for (int h = 0; h < 2; ++h) {
+            float total = row_sum[h];
+            total += __shfl_xor_sync(0xffffffffu, total, 1);
+            total += __shfl_xor_sync(0xffffffffu, total, 2);
+            const int row = w.q_row0 + consumer * 64 + 16 * warp + lane / 4 + 8 * h;
+            if (row >= static_cast<int>(p.q_len)) continue;
+            const float inv = 1.0f / total;
+            T* out_row = out + w.batch * p.o_batch_stride + row * p.o_token_stride +
+                         w.head * p.o_head_stride;
 #pragma unroll
-        for (int n8 = 0; n8 < D / 8; ++n8) {
-            *reinterpret_cast<uint32_t*>(out_row + 8 * n8 + 2 * quad) =
-                pack2<T>(o[4 * n8 + 2 * h] * inv, o[4 * n8 + 2 * h + 1] * inv);
+            for (int n8 = 0; n8 < D / 8; ++n8) {
+                *reinterpret_cast<uint32_t*>(out_row + 8 * n8 + 2 * quad) =
+                    pack2<T>(o[4 * n8 + 2 * h] * inv, o[4 * n8 + 2 * h + 1] * inv);
+            }
+            if (lse != nullptr && quad == 0) {
+                // Natural-log LSE of the scaled scores: (max + log2 sum) * ln 2.
+                lse[(static_cast<int64_t>(w.batch) * p.heads + w.head) * p.q_len + row] =
+                    (row_max[h] + __log2f(total)) * 0.6931471805599453f;
+            }
         }
-        if (lse != nullptr && quad == 0) {
-            // Natural-log LSE of the scaled scores: (max + log2 sum) * ln 2.
-            lse[(static_cast<int64_t>(batch) * p.heads + head) * p.q_len + row] =
-                (row_max[h] + __log2f(total)) * 0.6931471805599453f;
+    };
+
+    if constexpr (!kPersistent) {
+        const WorkItem w = work_item(first_item);
+        mbarrier_wait(&q_full, 0);
+        run_item(w, active_consumers_of(w));
+    } else if (consumer == 0) {
+        // Consumer 0 has rows in every item. Its own loop, without the
+        // walk below: with one loop for both consumers ptxas spilled 32
+        // bytes at head_dim 128 (ptxas 13.0), with two none.
+        int n = 0;
+        for (int item = first_item; item < items; item += item_stride, ++n, consumed += kv_tiles) {
+            const WorkItem w = work_item(item);
+            mbarrier_wait(&q_full, n & 1);
+            run_item(w, active_consumers_of(w));
+        }
+    } else {
+        int n = 0;
+        for (int item = first_item; item < items; item += item_stride, ++n, consumed += kv_tiles) {
+            const WorkItem w = work_item(item);
+            mbarrier_wait(&q_full, n & 1);
+            if (active_consumers_of(w) == 2) {
+                run_item(w, 2);
+                continue;
+            }
+            // No rows here (a short last query tile): pass each tile's
+            // barriers, as a working warpgroup would (each waited for
+            // before its release).
+            mbarrier_arrive(&q_empty);
+            for (int j = 0; j < kv_tiles; ++j) {
+                mbarrier_wait(&k_full[stage_of(j)], phase_of(j));
+                mbarrier_arrive(&k_empty[stage_of(j)]);
+                mbarrier_wait(&v_full[stage_of(j)], phase_of(j));
+                mbarrier_arrive(&v_empty[stage_of(j)]);
+            }
         }
     }
 }
@@ -432,30 +530,35 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
 }  // namespace
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define NVLM_HOPPER_BODY(D, T, SCHEDULE) \
-    attention_forward<D, T, Schedule::SCHEDULE>(&q_map, &k_map, &v_map, p);
+#define NVLM_HOPPER_BODY(D, T, SCHEDULE, PERSISTENT) \
+    attention_forward<D, T, Schedule::SCHEDULE, PERSISTENT>(&q_map, &k_map, &v_map, p);
 #else
-#define NVLM_HOPPER_BODY(D, T, SCHEDULE) __trap();
+#define NVLM_HOPPER_BODY(D, T, SCHEDULE, PERSISTENT) __trap();
 #endif
 
-#define NVLM_HOPPER_ENTRY(name, D, T, SCHEDULE)                                              \
+#define NVLM_HOPPER_ENTRY(name, D, T, SCHEDULE, PERSISTENT)                                  \
     extern "C" __global__ void __launch_bounds__(kThreads, 1)                                \
         name(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map, \
              const __grid_constant__ CUtensorMap v_map, NvlmHopperAttention p) {             \
-        NVLM_HOPPER_BODY(D, T, SCHEDULE)                                                     \
+        NVLM_HOPPER_BODY(D, T, SCHEDULE, PERSISTENT)                                         \
     }
 
-NVLM_HOPPER_ENTRY(attention_hopper_d128_bf16, 128, __nv_bfloat16, Overlap)
-NVLM_HOPPER_ENTRY(attention_hopper_d128_f16, 128, __half, Overlap)
-NVLM_HOPPER_ENTRY(attention_hopper_d64_bf16, 64, __nv_bfloat16, Overlap)
-NVLM_HOPPER_ENTRY(attention_hopper_d64_f16, 64, __half, Overlap)
+NVLM_HOPPER_ENTRY(attention_hopper_d128_bf16, 128, __nv_bfloat16, Overlap, false)
+NVLM_HOPPER_ENTRY(attention_hopper_d128_f16, 128, __half, Overlap, false)
+NVLM_HOPPER_ENTRY(attention_hopper_d64_bf16, 64, __nv_bfloat16, Overlap, false)
+NVLM_HOPPER_ENTRY(attention_hopper_d64_f16, 64, __half, Overlap, false)
 // v1's serial order, kept to measure what the overlap buys.
-NVLM_HOPPER_ENTRY(attention_hopper_serial_d128_bf16, 128, __nv_bfloat16, Serial)
-NVLM_HOPPER_ENTRY(attention_hopper_serial_d128_f16, 128, __half, Serial)
-NVLM_HOPPER_ENTRY(attention_hopper_serial_d64_bf16, 64, __nv_bfloat16, Serial)
-NVLM_HOPPER_ENTRY(attention_hopper_serial_d64_f16, 64, __half, Serial)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d128_bf16, 128, __nv_bfloat16, Serial, false)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d128_f16, 128, __half, Serial, false)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d64_bf16, 64, __nv_bfloat16, Serial, false)
+NVLM_HOPPER_ENTRY(attention_hopper_serial_d64_f16, 64, __half, Serial, false)
 // v3: v2 with the consumers' turns.
-NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d128_bf16, 128, __nv_bfloat16, PingPong)
-NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d128_f16, 128, __half, PingPong)
-NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d64_bf16, 64, __nv_bfloat16, PingPong)
-NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d64_f16, 64, __half, PingPong)
+NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d128_bf16, 128, __nv_bfloat16, PingPong, false)
+NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d128_f16, 128, __half, PingPong, false)
+NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d64_bf16, 64, __nv_bfloat16, PingPong, false)
+NVLM_HOPPER_ENTRY(attention_hopper_pingpong_d64_f16, 64, __half, PingPong, false)
+// v4: v2 on a persistent grid.
+NVLM_HOPPER_ENTRY(attention_hopper_persistent_d128_bf16, 128, __nv_bfloat16, Overlap, true)
+NVLM_HOPPER_ENTRY(attention_hopper_persistent_d128_f16, 128, __half, Overlap, true)
+NVLM_HOPPER_ENTRY(attention_hopper_persistent_d64_bf16, 64, __nv_bfloat16, Overlap, true)
+NVLM_HOPPER_ENTRY(attention_hopper_persistent_d64_f16, 64, __half, Overlap, true)

@@ -95,6 +95,7 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     modules: [OnceLock<Arc<CudaModule>>; KernelModule::ALL.len()],
     compute_capability: (i32, i32),
+    multiprocessors: u32,
 }
 
 impl Gpu {
@@ -120,17 +121,20 @@ impl Gpu {
         use cudarc::driver::sys::CUdevice_attribute::{
             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
+            CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT as SMS,
         };
         let get = |a| {
             ctx.attribute(a)
                 .map_err(driver_error("cuDeviceGetAttribute"))
         };
         let compute_capability = (get(MAJOR)?, get(MINOR)?);
+        let multiprocessors = get(SMS)? as u32;
         Ok(Arc::new(Gpu {
             ctx,
             stream,
             modules: std::array::from_fn(|_| OnceLock::new()),
             compute_capability,
+            multiprocessors,
         }))
     }
 
@@ -138,6 +142,12 @@ impl Gpu {
     /// was opened.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
+    }
+
+    /// The device's streaming multiprocessors (the size of a persistent
+    /// grid), read once when it was opened.
+    pub fn multiprocessor_count(&self) -> u32 {
+        self.multiprocessors
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {

@@ -399,6 +399,22 @@ fn hopper_pingpong_internvit_shapes_on_sampled_rows_at_model_shapes() {
     );
 }
 
+#[test]
+fn hopper_persistent_random_shapes_bf16_match_the_f64_reference() {
+    random_shapes::<bf16>(
+        AttentionKernel::HopperPersistent,
+        "hopper_persistent_random_shapes_bf16_match_the_f64_reference",
+    );
+}
+
+#[test]
+fn hopper_persistent_internvit_shapes_on_sampled_rows_at_model_shapes() {
+    internvit_shapes(
+        AttentionKernel::HopperPersistent,
+        "hopper_persistent_internvit_shapes_on_sampled_rows_at_model_shapes",
+    );
+}
+
 fn internvit_shapes(kernel: AttentionKernel, test: &str) {
     let Some(gpu) = gpu_for(kernel, test) else {
         return;

@@ -22,6 +22,10 @@ use half::{bf16, f16};
 use std::mem::offset_of;
 use std::path::Path;
 
+/// The SM count v4's grid is planned for here: with it, each persistent
+/// CTA takes several items of the cases below, short ones among them.
+const EMULATED_MULTIPROCESSORS: u32 = 3;
+
 fn emulator(kernel: AttentionKernel, sanitizer: &str) -> Option<std::path::PathBuf> {
     let driver = match kernel {
         AttentionKernel::Portable => "attention_on_cpu",
@@ -80,7 +84,8 @@ fn launch_file<T: AttentionElement>(
         .bytes();
         return (file, launch.kernel);
     }
-    let plan = hopper::plan::<T>(tensors, scale, kernel).unwrap();
+    // A few CTAs, so that v4's persistent ones take several items each.
+    let plan = hopper::plan::<T>(tensors, scale, kernel, EMULATED_MULTIPROCESSORS).unwrap();
     let maps: Vec<EmulatedTensorMap> = plan.inputs.iter().map(EmulatedTensorMap::of).collect();
     let file = LaunchFile {
         kernel: &plan.kernel,
@@ -333,6 +338,16 @@ fn hopper_pingpong_kernel_source_on_the_cpu_matches_the_f64_reference() {
 #[test]
 fn hopper_pingpong_kernel_source_on_the_cpu_has_no_data_race() {
     has_no_data_race(AttentionKernel::HopperPingPong);
+}
+
+#[test]
+fn hopper_persistent_kernel_source_on_the_cpu_matches_the_f64_reference() {
+    matches_the_f64_reference(AttentionKernel::HopperPersistent);
+}
+
+#[test]
+fn hopper_persistent_kernel_source_on_the_cpu_has_no_data_race() {
+    has_no_data_race(AttentionKernel::HopperPersistent);
 }
 
 /// qk-RMSNorm over NVLM's padded rows (dummy heads and v untouched) and

@@ -85,6 +85,11 @@ pub enum AttentionKernel {
     /// issue their matrix work (its v3, ping-pong), so one's softmax runs
     /// under the other's GEMMs; compute capability 9.0 only.
     HopperPingPong,
+    /// [`AttentionKernel::Hopper`] on a persistent grid (its v4): one CTA
+    /// per SM walks the (query tile, head, batch) items, loading the next
+    /// item's tiles while the current one finishes; compute capability 9.0
+    /// only.
+    HopperPersistent,
 }
 
 impl AttentionKernel {
@@ -95,6 +100,7 @@ impl AttentionKernel {
             AttentionKernel::Hopper
                 | AttentionKernel::HopperSerial
                 | AttentionKernel::HopperPingPong
+                | AttentionKernel::HopperPersistent
         )
     }
 }

@@ -88,16 +88,19 @@ pub(super) struct HopperLaunch {
 }
 
 /// `kernel`: which version of the Hopper kernel (v1 `HopperSerial`, v2
-/// `Hopper`, v3 `HopperPingPong`).
+/// `Hopper`, v3 `HopperPingPong`, v4 `HopperPersistent`, whose grid is at
+/// most `multiprocessors` CTAs).
 pub(super) fn plan<T: AttentionElement>(
     t: &DeviceTensors<'_>,
     scale: f32,
     kernel: AttentionKernel,
+    multiprocessors: u32,
 ) -> Result<HopperLaunch> {
     let version = match kernel {
         AttentionKernel::HopperSerial => "serial_",
         AttentionKernel::Hopper => "",
         AttentionKernel::HopperPingPong => "pingpong_",
+        AttentionKernel::HopperPersistent => "persistent_",
         AttentionKernel::Portable => {
             return Err(Error::Unsupported(
                 "the portable attention kernel has no Hopper launch".into(),
@@ -140,15 +143,24 @@ pub(super) fn plan<T: AttentionElement>(
         kv_tokens_inner: k_tokens_inner,
         reserved: 0,
     };
+    let q_tiles = q.tokens.div_ceil(NVLM_HOPPER_ATTENTION_QUERY_ROWS as usize) as u32;
+    let grid_dim = if kernel == AttentionKernel::HopperPersistent {
+        let items = q_tiles * q.heads as u32 * q.batch as u32;
+        // Checked: tokens >= 1.
+        let short_last_tile = (q.tokens - 1) % (NVLM_HOPPER_ATTENTION_QUERY_ROWS as usize) < 64;
+        (
+            persistent_grid(items, q_tiles, short_last_tile, multiprocessors),
+            1,
+            1,
+        )
+    } else {
+        (q_tiles, q.heads as u32, q.batch as u32)
+    };
     Ok(HopperLaunch {
         inputs: [q_tensor, k_tensor, v_tensor],
         params,
         config: LaunchConfig {
-            grid_dim: (
-                q.tokens.div_ceil(NVLM_HOPPER_ATTENTION_QUERY_ROWS as usize) as u32,
-                q.heads as u32,
-                q.batch as u32,
-            ),
+            grid_dim,
             block_dim: (NVLM_HOPPER_ATTENTION_THREADS, 1, 1),
             shared_mem_bytes: smem_bytes,
         },
@@ -161,13 +173,33 @@ pub(super) fn plan<T: AttentionElement>(
     })
 }
 
+/// v4's grid: one CTA per SM (168 registers × 384 threads fill an SM's
+/// register file, so one is all that fits), at most one per item. Items go
+/// to CTAs round-robin, query tile fastest; when a head's last query tile
+/// is short (one active consumer, a shorter item), a grid sharing a factor
+/// with the tiles per head would give all the short items to some CTAs
+/// (at N = 1025, 9 tiles and 132 SMs: a third of them), so the grid
+/// shrinks to the nearest size coprime with it (131).
+fn persistent_grid(items: u32, q_tiles: u32, short_last_tile: bool, multiprocessors: u32) -> u32 {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let mut grid = multiprocessors.clamp(1, items.max(1));
+    if short_last_tile && items > grid {
+        while grid > 1 && gcd(grid, q_tiles) != 1 {
+            grid -= 1;
+        }
+    }
+    grid
+}
+
 pub(super) fn launch<T: AttentionElement>(
     gpu: &Gpu,
     t: &DeviceTensors<'_>,
     scale: f32,
     kernel: AttentionKernel,
 ) -> Result<()> {
-    let plan = plan::<T>(t, scale, kernel)?;
+    let plan = plan::<T>(t, scale, kernel, gpu.multiprocessor_count())?;
     let maps = plan
         .inputs
         .iter()
@@ -215,7 +247,37 @@ fn check_entry_registers(function: &CudaFunction, kernel: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::ENTRY_REGISTERS_NEEDED;
+    use super::{ENTRY_REGISTERS_NEEDED, persistent_grid};
+
+    #[test]
+    fn persistent_grids_spread_the_short_items() {
+        // N = 1025 (9 query tiles, the last one row) at B7 H25 on 132 SMs.
+        assert_eq!(persistent_grid(9 * 25 * 7, 9, true, 132), 131);
+        // N = 1024: no short items, every SM.
+        assert_eq!(persistent_grid(8 * 25 * 7, 8, false, 132), 132);
+        // Fewer items than SMs: one CTA each.
+        assert_eq!(persistent_grid(9, 9, true, 132), 9);
+        assert_eq!(persistent_grid(0, 1, true, 132), 1);
+        for (items, q_tiles) in [(9 * 25 * 7, 9), (3 * 16 * 13, 3), (6, 3)] {
+            for sms in 1..140 {
+                let grid = persistent_grid(items, q_tiles, true, sms);
+                assert!(grid >= 1 && grid <= sms.max(1));
+                if items > grid {
+                    // Every CTA sees every residue of the query tile.
+                    let mut seen = vec![0u32; q_tiles as usize];
+                    for item in (0..items).step_by(grid as usize) {
+                        seen[(item % q_tiles) as usize] += 1;
+                    }
+                    if items >= grid * q_tiles {
+                        assert!(
+                            seen.iter().all(|&n| n > 0),
+                            "{items} {q_tiles} {sms}: {seen:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// (entry, registers) of each sm_90a entry in a ptxas report.
     fn sm90a_registers(report: &str) -> Vec<(String, u32)> {
@@ -246,8 +308,8 @@ mod tests {
             .into_iter()
             .filter(|(name, _)| name.starts_with("attention_hopper_"))
             .collect();
-        // v1, v2 and v3, head_dim 64 and 128, bf16 and f16.
-        assert_eq!(entries.len(), 12, "{entries:?}");
+        // v1 to v4, head_dim 64 and 128, bf16 and f16.
+        assert_eq!(entries.len(), 16, "{entries:?}");
         for (name, registers) in entries {
             assert!(
                 registers >= ENTRY_REGISTERS_NEEDED,

@@ -27,5 +27,9 @@ int main(int argc, char** argv) {
                                {"attention_hopper_pingpong_d128_f16", emu::kernel(attention_hopper_pingpong_d128_f16)},
                                {"attention_hopper_pingpong_d64_bf16", emu::kernel(attention_hopper_pingpong_d64_bf16)},
                                {"attention_hopper_pingpong_d64_f16", emu::kernel(attention_hopper_pingpong_d64_f16)},
+                               {"attention_hopper_persistent_d128_bf16", emu::kernel(attention_hopper_persistent_d128_bf16)},
+                               {"attention_hopper_persistent_d128_f16", emu::kernel(attention_hopper_persistent_d128_f16)},
+                               {"attention_hopper_persistent_d64_bf16", emu::kernel(attention_hopper_persistent_d64_bf16)},
+                               {"attention_hopper_persistent_d64_f16", emu::kernel(attention_hopper_persistent_d64_f16)},
                            });
 }
