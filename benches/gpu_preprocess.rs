@@ -94,19 +94,9 @@ fn preprocess(c: &mut Criterion) {
                 BenchmarkId::new(format!("{name}-pinned-batch"), &case),
                 |b| {
                     b.iter_custom(|iters| {
-                        let mut done = 0u64;
-                        device_time(&gpu, 1, |_| {
-                            while done < iters {
-                                let first = done as usize % sets;
-                                let n = (BATCH as u64).min(iters - done).min((sets - first) as u64)
-                                    as usize;
-                                cuda.run_batch_into(
-                                    &views[first..first + n],
-                                    &mut outs[first..first + n],
-                                )
+                        in_batches(&gpu, iters, sets, |sets| {
+                            cuda.run_batch_into(&views[sets.clone()], &mut outs[sets])
                                 .expect("preprocess");
-                                done += n as u64;
-                            }
                         })
                     })
                 },
@@ -115,19 +105,9 @@ fn preprocess(c: &mut Criterion) {
                 BenchmarkId::new(format!("{name}-pinned-input"), &case),
                 |b| {
                     b.iter_custom(|iters| {
-                        let mut done = 0u64;
-                        device_time(&gpu, 1, |_| {
-                            while done < iters {
-                                let first = done as usize % sets;
-                                let n = (BATCH as u64).min(iters - done).min((sets - first) as u64)
-                                    as usize;
-                                cuda.run_pinned_batch_into(
-                                    &pinned_refs[first..first + n],
-                                    &mut outs[first..first + n],
-                                )
+                        in_batches(&gpu, iters, sets, |sets| {
+                            cuda.run_pinned_batch_into(&pinned_refs[sets.clone()], &mut outs[sets])
                                 .expect("preprocess");
-                                done += n as u64;
-                            }
                         })
                     })
                 },
@@ -166,6 +146,25 @@ fn preprocess(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Device time of `iters` images queued by `run` in batches of up to
+/// `BATCH` consecutive sets (a range of them, never wrapping past `sets`).
+fn in_batches(
+    gpu: &nvlm_vision::cuda::Gpu,
+    iters: u64,
+    sets: usize,
+    mut run: impl FnMut(std::ops::Range<usize>),
+) -> std::time::Duration {
+    let mut done = 0u64;
+    device_time(gpu, 1, |_| {
+        while done < iters {
+            let first = done as usize % sets;
+            let n = (BATCH as u64).min(iters - done).min((sets - first) as u64) as usize;
+            run(first..first + n);
+            done += n as u64;
+        }
+    })
 }
 
 criterion_group!(benches, preprocess);

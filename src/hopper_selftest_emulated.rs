@@ -165,19 +165,10 @@ fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
     let Some(exe) = emulator() else {
         return;
     };
-    let (src_w, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
-    let (dst_w, dst_h, dst_pitch) = hopper_selftests::ROUND_TRIP_DST;
+    let (_, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
+    let (_, dst_h, dst_pitch) = hopper_selftests::ROUND_TRIP_DST;
     let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
     let poison = hopper_selftests::POISON;
-    let map = |address: u64, w: u32, h: u32, pitch: u32| {
-        EmulatedTensorMap::of(&Tiled2d::matrix(
-            address,
-            TmaElement::Bf16,
-            (w.into(), h.into(), u64::from(pitch) * 2),
-            (box_w, box_h),
-            TmaSwizzle::None,
-        ))
-    };
     // Inside, past every edge of the source, and stores clipped at the
     // destination's right and bottom edges.
     for (seed, load, store) in [
@@ -191,15 +182,7 @@ fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
         let at_src = memory.put(&src);
         let at_dst = memory.put(&vec![poison; (dst_pitch * dst_h) as usize]);
         let at_box = memory.put(&vec![poison; (box_w * box_h) as usize]);
-        let params = NvlmTmaSelftest {
-            box_out: at_box,
-            load_x: load.0,
-            load_y: load.1,
-            store_x: store.0,
-            store_y: store.1,
-            box_width: box_w,
-            box_height: box_h,
-        };
+        let params = hopper_selftests::round_trip_params(at_box, load, store);
         let file = LaunchFile {
             kernel: "selftest_tma_round_trip",
             config: one_block(128, hopper_selftests::ROUND_TRIP_SMEM),
@@ -207,8 +190,14 @@ fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
             params: unsafe { host_emulation::param_bytes(&params) },
             pointers: &[offset_of!(NvlmTmaSelftest, box_out)],
             maps: &[
-                map(at_src, src_w, src_h, src_pitch),
-                map(at_dst, dst_w, dst_h, dst_pitch),
+                EmulatedTensorMap::of(&hopper_selftests::round_trip_matrix(
+                    at_src,
+                    hopper_selftests::ROUND_TRIP_SRC,
+                )),
+                EmulatedTensorMap::of(&hopper_selftests::round_trip_matrix(
+                    at_dst,
+                    hopper_selftests::ROUND_TRIP_DST,
+                )),
             ],
             memory: &memory,
         }

@@ -10,9 +10,7 @@ use common::gpu::hopper_or_skip;
 use common::{Rng, hopper_selftests};
 use cudarc::driver::{CudaFunction, DevicePtr, LaunchConfig, PushKernelArg};
 use half::bf16;
-use nvlm_vision::abi::{
-    NvlmPipelineSelftest, NvlmTma4dSelftest, NvlmTmaSelftest, NvlmWgmmaSelftest,
-};
+use nvlm_vision::abi::{NvlmPipelineSelftest, NvlmTma4dSelftest, NvlmWgmmaSelftest};
 use nvlm_vision::attention::hopper_input_tensor;
 use nvlm_vision::cuda::{Gpu, KernelModule};
 use nvlm_vision::hopper::{TensorMap, Tiled2d, TmaElement, TmaSwizzle};
@@ -47,8 +45,8 @@ fn tma_load_fills_outside_with_zeros_and_store_clips() {
     };
     let mut rng = Rng::from_env_or_time("tma_round_trip");
     let stream = gpu.stream();
-    let (src_w, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
-    let (dst_w, dst_h, dst_pitch) = hopper_selftests::ROUND_TRIP_DST;
+    let (_, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
+    let (_, dst_h, dst_pitch) = hopper_selftests::ROUND_TRIP_DST;
     let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
     for _ in 0..8 {
         let src_host = random_bf16(&mut rng, (src_pitch * src_h) as usize);
@@ -63,29 +61,20 @@ fn tma_load_fills_outside_with_zeros_and_store_clips() {
         let load = (signed_in(&mut rng, -32, 99), signed_in(&mut rng, -16, 69));
         let store = (signed_in(&mut rng, 0, 71), signed_in(&mut rng, 0, 39));
 
-        let map = |addr: u64, w: u32, h: u32, pitch: u32| {
-            Tiled2d::matrix(
-                addr,
-                TmaElement::Bf16,
-                (w.into(), h.into(), u64::from(pitch) * 2),
-                (box_w, box_h),
-                TmaSwizzle::None,
-            )
-        };
         let (src_addr, _g1) = src.device_ptr(stream);
         let (dst_addr, _g2) = dst.device_ptr(stream);
-        let src_map = TensorMap::tiled(&gpu, &map(src_addr, src_w, src_h, src_pitch)).unwrap();
-        let dst_map = TensorMap::tiled(&gpu, &map(dst_addr, dst_w, dst_h, dst_pitch)).unwrap();
+        let src_map = TensorMap::tiled(
+            &gpu,
+            &hopper_selftests::round_trip_matrix(src_addr, hopper_selftests::ROUND_TRIP_SRC),
+        )
+        .unwrap();
+        let dst_map = TensorMap::tiled(
+            &gpu,
+            &hopper_selftests::round_trip_matrix(dst_addr, hopper_selftests::ROUND_TRIP_DST),
+        )
+        .unwrap();
         let (box_addr, _g3) = box_out.device_ptr(stream);
-        let params = NvlmTmaSelftest {
-            box_out: box_addr,
-            load_x: load.0,
-            load_y: load.1,
-            store_x: store.0,
-            store_y: store.1,
-            box_width: box_w,
-            box_height: box_h,
-        };
+        let params = hopper_selftests::round_trip_params(box_addr, load, store);
         drop((_g1, _g2, _g3));
         let (f, cfg) = one_block(
             &gpu,

@@ -8,14 +8,14 @@ mod common;
 use common::Rng;
 use common::decode::decode_file;
 use common::gpu::gpu_or_skip;
-use cudarc::driver::DeviceRepr;
+use cudarc::driver::{CudaSlice, DeviceRepr};
 use half::{bf16, f16};
 use nvlm_vision::Error;
 use nvlm_vision::cuda::Gpu;
 use nvlm_vision::dtype::TensorElement;
 use nvlm_vision::preprocess::{
     CudaPreprocessor, DhrConfig, ImageView, PillowVersion, PinnedImage, PixelFormat,
-    PreprocessKernel, Preprocessor,
+    PreprocessKernel, Preprocessor, TilePlan,
 };
 use std::sync::Arc;
 
@@ -43,6 +43,34 @@ fn check<T: TensorElement + DeviceRepr>(
                 got.len()
             );
         }
+    }
+}
+
+/// One image of a batch: its plan and its f32 tensor on the device equal
+/// the CPU path's, bit for bit.
+fn check_batch_output(
+    gpu: &Arc<Gpu>,
+    pre: Preprocessor,
+    view: &ImageView<'_>,
+    plan: &TilePlan,
+    out: &CudaSlice<f32>,
+    what: &str,
+) {
+    let want = pre.run::<f32>(view).unwrap();
+    let what = format!(
+        "{}x{} {:?} {what}",
+        view.width(),
+        view.height(),
+        view.format()
+    );
+    assert_eq!(*plan, want.plan, "{what}");
+    let got: Vec<f32> = gpu.stream().clone_dtoh(out).unwrap();
+    if let Some(i) = got
+        .iter()
+        .zip(&want.data)
+        .position(|(a, b)| a.to_bits() != b.to_bits())
+    {
+        panic!("{what}: first differing element {i} of {}", got.len());
     }
 }
 
@@ -263,22 +291,8 @@ fn batches_equal_the_cpu_reference() {
                 .collect();
             let plans = cuda.run_batch_into(&views, &mut outs).unwrap();
             for ((view, plan), out) in views.iter().zip(&plans).zip(&outs) {
-                let want = pre.run::<f32>(view).unwrap();
-                assert_eq!(*plan, want.plan);
-                let got: Vec<f32> = gpu.stream().clone_dtoh(out).unwrap();
-                let what = format!(
-                    "{}x{} {:?} {kernel:?} round {round}",
-                    view.width(),
-                    view.height(),
-                    view.format()
-                );
-                if let Some(i) = got
-                    .iter()
-                    .zip(&want.data)
-                    .position(|(a, b)| a.to_bits() != b.to_bits())
-                {
-                    panic!("{what}: first differing element {i} of {}", got.len());
-                }
+                let what = format!("{kernel:?} round {round}");
+                check_batch_output(&gpu, pre, view, plan, out, &what);
             }
         }
     }
@@ -337,29 +351,10 @@ fn pinned_batches_equal_the_cpu_reference() {
             }
             for (n, (plan, out)) in plans.iter().zip(&outs).enumerate() {
                 let image = &images[n];
-                let view = ImageView::packed(
-                    &queued_now[n],
-                    image.width(),
-                    image.height(),
-                    image.format(),
-                )
-                .unwrap();
-                let want = pre.run::<f32>(&view).unwrap();
-                assert_eq!(*plan, want.plan);
-                let got: Vec<f32> = gpu.stream().clone_dtoh(out).unwrap();
-                let what = format!(
-                    "{}x{} {:?} {kernel:?} round {round}",
-                    image.width(),
-                    image.height(),
-                    image.format()
-                );
-                if let Some(i) = got
-                    .iter()
-                    .zip(&want.data)
-                    .position(|(a, b)| a.to_bits() != b.to_bits())
-                {
-                    panic!("{what}: first differing element {i} of {}", got.len());
-                }
+                let (w, h, format) = (image.width(), image.height(), image.format());
+                let view = ImageView::packed(&queued_now[n], w, h, format).unwrap();
+                let what = format!("pinned {kernel:?} round {round}");
+                check_batch_output(&gpu, pre, &view, plan, out, &what);
             }
         }
     }

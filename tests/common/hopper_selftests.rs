@@ -5,8 +5,9 @@
 //! reading of a primitive, not the test's expectation.
 
 use half::bf16;
+use nvlm_vision::abi::NvlmTmaSelftest;
 use nvlm_vision::attention::AttentionLayout;
-use nvlm_vision::hopper::TmaSwizzle;
+use nvlm_vision::hopper::{Tiled2d, TmaElement, TmaSwizzle};
 
 /// Slack each self-test asks for beyond its tiles: the kernels round the
 /// dynamic shared memory up to a 1024-byte boundary.
@@ -32,6 +33,32 @@ pub const ROUND_TRIP_DST: (u32, u32, u32) = (72, 40, 80);
 pub const ROUND_TRIP_BOX: (u32, u32) = (64, 32);
 pub const ROUND_TRIP_SMEM: u32 = ROUND_TRIP_BOX.0 * ROUND_TRIP_BOX.1 * 2 + SMEM_SLACK;
 pub const POISON: u16 = 0xFFFF;
+
+/// The round trip's source or destination map at `address`: a bf16
+/// matrix of (width, height, row pitch in elements), unswizzled boxes.
+pub fn round_trip_matrix(address: u64, (width, height, pitch): (u32, u32, u32)) -> Tiled2d {
+    Tiled2d::matrix(
+        address,
+        TmaElement::Bf16,
+        (width.into(), height.into(), u64::from(pitch) * 2),
+        ROUND_TRIP_BOX,
+        TmaSwizzle::None,
+    )
+}
+
+/// The round trip's parameters: the box loaded at `load` is copied to
+/// `box_out` and stored at `store`.
+pub fn round_trip_params(box_out: u64, load: (i32, i32), store: (i32, i32)) -> NvlmTmaSelftest {
+    NvlmTmaSelftest {
+        box_out,
+        load_x: load.0,
+        load_y: load.1,
+        store_x: store.0,
+        store_y: store.1,
+        box_width: ROUND_TRIP_BOX.0,
+        box_height: ROUND_TRIP_BOX.1,
+    }
+}
 
 /// What `selftest_tma_round_trip` must leave: the box loaded at `load`
 /// (zeros outside the source), and the destination (filled with `POISON`
