@@ -144,8 +144,15 @@ pub(super) fn plan<T: AttentionElement>(
         reserved: 0,
     };
     let q_tiles = q.tokens.div_ceil(NVLM_HOPPER_ATTENTION_QUERY_ROWS as usize) as u32;
+    // The kernel numbers its (query tile, head, batch) items in int.
+    let items = u64::from(q_tiles) * q.heads as u64 * q.batch as u64;
+    if items > MAX_ITEMS {
+        return Err(Error::Unsupported(format!(
+            "Hopper attention over {items} tiles of 128 queries (at most {MAX_ITEMS})"
+        )));
+    }
+    let items = items as u32;
     let grid_dim = if kernel == AttentionKernel::HopperPersistent {
-        let items = q_tiles * q.heads as u32 * q.batch as u32;
         // Checked: tokens >= 1.
         let short_last_tile = (q.tokens - 1) % (NVLM_HOPPER_ATTENTION_QUERY_ROWS as usize) < 64;
         (
@@ -172,6 +179,10 @@ pub(super) fn plan<T: AttentionElement>(
         ),
     })
 }
+
+/// The most (query tile, head, batch) items a launch may have: the kernel
+/// counts them, and steps past the last, in 32-bit ints.
+const MAX_ITEMS: u64 = 1 << 30;
 
 /// v4's grid: one CTA per SM (168 registers × 384 threads fill an SM's
 /// register file, so one is all that fits), at most one per item. Items go
@@ -248,6 +259,31 @@ fn check_entry_registers(function: &CudaFunction, kernel: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::{ENTRY_REGISTERS_NEEDED, persistent_grid};
+    use crate::attention::AttentionKernel;
+    use crate::error::Error;
+
+    #[test]
+    fn too_many_query_tiles_is_an_error_before_launch() {
+        use crate::attention::AttentionLayout;
+        use crate::attention::gpu::DeviceTensors;
+        // 2^23 query tiles of two heads in each of 65535 batches: a layout
+        // TMA could map, with more items than the kernel counts.
+        let layout = AttentionLayout::contiguous(65535, 1 << 30, 2, 128);
+        let tensors = DeviceTensors {
+            q: (1 << 20, &layout),
+            k: (1 << 20, &layout),
+            v: (1 << 20, &layout),
+            out: (1 << 20, &layout),
+            lse: 0,
+        };
+        for kernel in [AttentionKernel::Hopper, AttentionKernel::HopperPersistent] {
+            let err = super::plan::<half::bf16>(&tensors, 1.0, kernel, 132).unwrap_err();
+            assert!(
+                matches!(&err, Error::Unsupported(m) if m.contains("tiles of 128 queries")),
+                "{err:?}"
+            );
+        }
+    }
 
     #[test]
     fn persistent_grids_spread_the_short_items() {
