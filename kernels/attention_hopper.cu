@@ -409,6 +409,10 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         // done, so the producer can refill it while P V still reads V; Q
         // once the item's last S is done, so the producer can load the next
         // item's while this one's last P V runs.
+        const auto release_k = [&](int j) {
+            if (j == kv_tiles - 1) mbarrier_arrive(&q_empty);
+            mbarrier_arrive(&k_empty[stage_of(j)]);
+        };
         float correction[2];
         if constexpr (kSchedule != Schedule::Serial) {
             // v2: tile j's S = Q K^T is issued before tile j-1's P V, and its
@@ -419,8 +423,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             pass_turn();
             wgmma_wait_group<0>();
             wgmma_fence_operands(s);
-            if (kv_tiles == 1) mbarrier_arrive(&q_empty);
-            mbarrier_arrive(&k_empty[stage_of(0)]);
+            release_k(0);
             softmax(0, correction);
             rescale_and_pack(correction);
             for (int j = 1; j < kv_tiles; ++j) {
@@ -430,8 +433,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                 pass_turn();
                 wgmma_wait_group<1>();  // S of tile j (P V of j-1 may still run)
                 wgmma_fence_operands(s);
-                if (j == kv_tiles - 1) mbarrier_arrive(&q_empty);
-                mbarrier_arrive(&k_empty[stage_of(j)]);
+                release_k(j);
                 softmax(j, correction);
                 wgmma_wait_group<0>();  // P V of tile j-1
                 wgmma_fence_operands(o);
@@ -451,8 +453,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                 issue_qk(j);
                 wgmma_wait_group<0>();
                 wgmma_fence_operands(s);
-                if (j == kv_tiles - 1) mbarrier_arrive(&q_empty);
-                mbarrier_arrive(&k_empty[stage_of(j)]);
+                release_k(j);
                 softmax(j, correction);
                 rescale_and_pack(correction);
                 issue_pv(j);

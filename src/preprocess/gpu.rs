@@ -570,8 +570,11 @@ impl CudaPreprocessor {
     }
 }
 
-/// Two pinned host buffers with their device twins, and the stream that
-/// copies between them, for [`CudaPreprocessor::run_batch_into`].
+/// Two device buffers, the pinned host buffers pageable images are copied
+/// through first, and the stream that copies into the device buffers, for
+/// [`CudaPreprocessor::run_batch_into`] and
+/// [`CudaPreprocessor::run_pinned_batch_into`] (whose images need no host
+/// buffer).
 struct Staging {
     copy_stream: Arc<CudaStream>,
     slots: [StagingSlot; 2],
@@ -580,7 +583,8 @@ struct Staging {
 struct StagingSlot {
     host: Option<PinnedHostSlice<u8>>,
     device: Option<CudaSlice<u8>>,
-    /// Recorded on the copy stream after the copy out of `host`.
+    /// Recorded on the copy stream after the copy into `device` (out of
+    /// `host`, or out of the caller's pinned image).
     copied: CudaEvent,
     /// Recorded on the GPU's stream after the work that reads `device`.
     consumed: CudaEvent,
