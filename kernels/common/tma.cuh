@@ -1,6 +1,7 @@
 // TMA (the bulk tensor copy engine, sm_90): 2-D tiles between global memory,
 // described by a CUtensorMap made on the host with cuTensorMapEncodeTiled
-// and passed as a __grid_constant__ kernel parameter, and shared memory.
+// and passed as a __grid_constant__ kernel parameter, and shared memory
+// (one CTA's, or several CTAs' of a cluster at once).
 #pragma once
 #include <cuda.h>
 #include "common/ptx.cuh"
@@ -17,6 +18,19 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, u
         "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
         " [%0], [%1, {%3, %4}], [%2];" ::"r"(smem_addr(dst)),
         "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(x), "r"(y)
+        : "memory");
+}
+
+// As tma_load_2d, into the same shared-memory offset in every CTA of the
+// cluster whose bit is set in `cta_mask`; each of them receives the box's
+// bytes on the mbarrier at `bar`'s offset in its own shared memory.
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorMap* map,
+                                                      uint64_t* bar, int32_t x, int32_t y,
+                                                      uint16_t cta_mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        ".multicast::cluster [%0], [%1, {%3, %4}], [%2], %5;" ::"r"(smem_addr(dst)),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(x), "r"(y), "h"(cta_mask)
         : "memory");
 }
 

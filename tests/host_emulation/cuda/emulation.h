@@ -1,6 +1,7 @@
 // The runtime under the host emulation of the kernels: CUDA's keywords as
-// plain C++, one std::thread per CUDA thread, one block at a time, and the
-// block's shared memory, barriers and warp shuffles. The PTX primitives
+// plain C++, one std::thread per CUDA thread, one block (or one cluster of
+// blocks) at a time, and the block's shared memory, barriers and warp
+// shuffles. The PTX primitives
 // (cp.async, ldmatrix, mma.sync, mbarrier, TMA, wgmma) are emulated in
 // common/*.cuh beside this file, which replace kernels/common/ in the
 // staged copy of the kernel source (src/host_emulation.rs); launch.h runs
@@ -29,8 +30,12 @@
 #define __global__
 #define __launch_bounds__(...)
 // Function-local statics are one object for every thread, as __shared__
-// variables are one per block (blocks run one at a time).
+// variables are one per block (blocks run one at a time). A kernel run in
+// clusters of several CTAs (which run together) keeps all its shared
+// state in dynamic shared memory, which is one per CTA.
 #define __shared__ static
+// The cluster shape is the driver's to state (emu::in_clusters_of).
+#define __cluster_dims__(...)
 #define __grid_constant__
 #define __align__(n) __attribute__((aligned(n)))
 // The kernels' sm_90a code paths.
@@ -143,7 +148,14 @@ struct Block {
     std::vector<uint8_t> smem;          // the dynamic shared memory
     std::vector<std::unique_ptr<NamedBarrier>> named;  // ids 1..15 (0 is __syncthreads)
 };
-inline Block block;
+// The CTAs of the cluster being run (one, unless the kernel's driver
+// declares a cluster: emu::in_clusters_of in launch.h) and the index of
+// each thread's own, its %cluster_ctarank.
+inline std::vector<std::unique_ptr<Block>> cluster_ctas;
+inline thread_local uint32_t cta_rank = 0;
+inline Block& cta() { return *cluster_ctas[cta_rank]; }
+// barrier.cluster: every thread of every CTA of the cluster.
+inline std::unique_ptr<Barrier> cluster_barrier;
 
 // Checks each thread runs when its block ends (registered by the
 // primitives: a wgmma or cp.async never waited for).
@@ -156,55 +168,71 @@ inline std::vector<void (*)()>& end_of_block_checks() {
 inline const uint8_t* global_begin = nullptr;
 inline const uint8_t* global_end = nullptr;
 
-inline void start(uint32_t threads, uint32_t smem_bytes) {
+// The state of `ctas` CTAs of `threads` threads each, run together.
+inline void start(uint32_t ctas, uint32_t threads, uint32_t smem_bytes) {
     if (threads % 32 != 0) fail("%u threads: not whole warps", threads);
-    block.all = std::make_unique<Barrier>(threads);
-    // Warpgroup barriers exist for whole warpgroups only: wgmma on a
-    // partial one fails at its first use.
-    for (uint32_t i = 0; i < threads / 128; ++i)
-        block.warpgroups.push_back(std::make_unique<Barrier>(128));
-    for (uint32_t i = 0; i < threads / 32; ++i) block.warps.push_back(std::make_unique<Barrier>(32));
-    block.shuffle.assign(threads, 0.0f);
-    block.warp_words.assign(threads * 8, 0);
-    block.wgmma_a.assign(threads / 128 * 64 * 16, 0.0f);
-    block.wgmma_check.assign(threads * 3, 0);
-    block.smem.assign(smem_bytes, 0);
-    for (int id = 0; id < 16; ++id) block.named.push_back(std::make_unique<NamedBarrier>());
+    cluster_barrier = std::make_unique<Barrier>(ctas * threads);
+    for (uint32_t rank = 0; rank < ctas; ++rank) {
+        auto b = std::make_unique<Block>();
+        b->all = std::make_unique<Barrier>(threads);
+        // Warpgroup barriers exist for whole warpgroups only: wgmma on a
+        // partial one fails at its first use.
+        for (uint32_t i = 0; i < threads / 128; ++i)
+            b->warpgroups.push_back(std::make_unique<Barrier>(128));
+        for (uint32_t i = 0; i < threads / 32; ++i) b->warps.push_back(std::make_unique<Barrier>(32));
+        b->shuffle.assign(threads, 0.0f);
+        b->warp_words.assign(threads * 8, 0);
+        b->wgmma_a.assign(threads / 128 * 64 * 16, 0.0f);
+        b->wgmma_check.assign(threads * 3, 0);
+        b->smem.assign(smem_bytes, 0);
+        for (int id = 0; id < 16; ++id) b->named.push_back(std::make_unique<NamedBarrier>());
+        cluster_ctas.push_back(std::move(b));
+    }
 }
 
 inline NamedBarrier& named_barrier(uint32_t id) {
     if (id == 0 || id >= 16) fail("named barrier %u: ids are 1..15 (0 is __syncthreads)", id);
-    return *block.named[id];
+    return *cta().named[id];
 }
 
 // A phase left incomplete when its block ends: arrivals nobody waited for,
 // or a count that never matched the kernel's turns.
 inline void check_named_barriers_idle() {
     for (uint32_t id = 1; id < 16; ++id) {
-        if (const unsigned n = block.named[id]->pending())
+        if (const unsigned n = cta().named[id]->pending())
             fail("the block ended with %u threads arrived at named barrier %u", n, id);
     }
 }
 
 // 0xFF bytes: NaN in bf16, f16 and f32, so a read of shared memory no copy
 // wrote shows up in the output.
-inline void poison_smem() { std::fill(block.smem.begin(), block.smem.end(), 0xFF); }
+inline void poison_smem() { std::fill(cta().smem.begin(), cta().smem.end(), 0xFF); }
 
 inline uint32_t shared_address(const void* p) {
     const uint8_t* b = static_cast<const uint8_t*>(p);
-    const uint8_t* base = block.smem.data();
-    if (b < base || b > base + block.smem.size())
+    const uint8_t* base = cta().smem.data();
+    if (b < base || b > base + cta().smem.size())
         fail("smem_addr(%p): not in the dynamic shared memory", p);
     return kDynamicSmemBase + static_cast<uint32_t>(b - base);
 }
 
-// The bytes at shared address [address, address + bytes).
-inline uint8_t* shared_bytes(uint32_t address, uint32_t bytes) {
-    if (address < kDynamicSmemBase || address - kDynamicSmemBase + bytes > block.smem.size())
+// The bytes at shared address [address, address + bytes) of CTA `rank`
+// of the cluster (the same address names the same bytes in each CTA's
+// window, which is how multicast TMA and remote mbarriers address them).
+inline uint8_t* shared_bytes_of(uint32_t rank, uint32_t address, uint32_t bytes) {
+    if (rank >= cluster_ctas.size())
+        fail("CTA %u of a cluster of %zu", rank, cluster_ctas.size());
+    std::vector<uint8_t>& smem = cluster_ctas[rank]->smem;
+    if (address < kDynamicSmemBase || address - kDynamicSmemBase + bytes > smem.size())
         fail("shared address %#x (+%u bytes) is outside the launch's %zu bytes of dynamic shared "
              "memory",
-             address, bytes, block.smem.size());
-    return block.smem.data() + (address - kDynamicSmemBase);
+             address, bytes, smem.size());
+    return smem.data() + (address - kDynamicSmemBase);
+}
+
+// The same in this thread's own CTA.
+inline uint8_t* shared_bytes(uint32_t address, uint32_t bytes) {
+    return shared_bytes_of(cta_rank, address, bytes);
 }
 
 inline const uint8_t* global_bytes(uint64_t address, uint64_t bytes) {
@@ -225,15 +253,15 @@ inline uint32_t swizzle(uint32_t address, uint32_t span_bytes) {
 
 }  // namespace emu
 
-inline void __syncthreads() { emu::block.all->wait("__syncthreads"); }
+inline void __syncthreads() { emu::cta().all->wait("__syncthreads"); }
 
 inline float __shfl_xor_sync(uint32_t mask, float value, int lane_mask) {
     if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync with a partial mask");
     const uint32_t t = threadIdx.x, warp = t / 32;
-    emu::block.shuffle[t] = value;
-    emu::block.warps[warp]->wait("__shfl_xor_sync");
-    const float other = emu::block.shuffle[warp * 32 + ((t % 32) ^ lane_mask)];
-    emu::block.warps[warp]->wait("__shfl_xor_sync");
+    emu::cta().shuffle[t] = value;
+    emu::cta().warps[warp]->wait("__shfl_xor_sync");
+    const float other = emu::cta().shuffle[warp * 32 + ((t % 32) ^ lane_mask)];
+    emu::cta().warps[warp]->wait("__shfl_xor_sync");
     return other;
 }
 

@@ -1,6 +1,7 @@
 // The launch side of the host emulation: reads a launch file written by
-// src/host_emulation.rs, runs the grid (one block at a time, one
-// std::thread per CUDA thread) and writes the device memory back.
+// src/host_emulation.rs, runs the grid (one block, or one cluster of
+// blocks, at a time; one std::thread per CUDA thread) and writes the device
+// memory back.
 //
 // Launch file, little-endian: "NVLMEMU1"; u64 device_base, memory_bytes,
 // grid x, y, z, threads, smem_bytes, params_bytes, pointers, maps,
@@ -20,43 +21,53 @@
 
 namespace emu {
 
-// One kernel entry: runs it for the current thread and block.
-using Kernel = std::function<void(const uint8_t* params, const CUtensorMap* maps)>;
+// One kernel entry: runs it for the current thread and block. `cluster_x`:
+// the CTAs of a cluster along x, as the kernel's __cluster_dims__.
+struct Kernel {
+    std::function<void(const uint8_t* params, const CUtensorMap* maps)> run;
+    uint32_t cluster_x = 1;
+};
+
+// `k` launched in clusters of `ctas` CTAs along x, which run together.
+inline Kernel in_clusters_of(uint32_t ctas, Kernel k) {
+    k.cluster_x = ctas;
+    return k;
+}
 
 template <typename Params>
 Kernel kernel(void (*entry)(Params)) {
-    return [entry](const uint8_t* params, const CUtensorMap*) {
+    return {[entry](const uint8_t* params, const CUtensorMap*) {
         Params p;
         std::memcpy(&p, params, sizeof p);
         entry(p);
-    };
+    }};
 }
 
 template <typename Params>
 Kernel kernel(void (*entry)(CUtensorMap, Params)) {
-    return [entry](const uint8_t* params, const CUtensorMap* maps) {
+    return {[entry](const uint8_t* params, const CUtensorMap* maps) {
         Params p;
         std::memcpy(&p, params, sizeof p);
         entry(maps[0], p);
-    };
+    }};
 }
 
 template <typename Params>
 Kernel kernel(void (*entry)(CUtensorMap, CUtensorMap, Params)) {
-    return [entry](const uint8_t* params, const CUtensorMap* maps) {
+    return {[entry](const uint8_t* params, const CUtensorMap* maps) {
         Params p;
         std::memcpy(&p, params, sizeof p);
         entry(maps[0], maps[1], p);
-    };
+    }};
 }
 
 template <typename Params>
 Kernel kernel(void (*entry)(CUtensorMap, CUtensorMap, CUtensorMap, Params)) {
-    return [entry](const uint8_t* params, const CUtensorMap* maps) {
+    return {[entry](const uint8_t* params, const CUtensorMap* maps) {
         Params p;
         std::memcpy(&p, params, sizeof p);
         entry(maps[0], maps[1], maps[2], p);
-    };
+    }};
 }
 
 [[noreturn]] inline void usage(const char* what) {
@@ -123,26 +134,29 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
     const auto found = kernels.find(name);
     if (found == kernels.end()) usage(("no kernel " + name).c_str());
     const Kernel& kernel = found->second;
+    const uint32_t cluster = kernel.cluster_x;
+    if (grid.x % cluster != 0) usage("a grid x that is not a multiple of the kernel's cluster");
     gridDim = grid;
     blockDim.x = threads;
     blockDim.y = blockDim.z = 1;
-    start(threads, smem_bytes);
+    start(cluster, threads, smem_bytes);
     std::vector<std::thread> pool;
-    for (uint32_t tid = 0; tid < threads; ++tid) {
-        pool.emplace_back([&, tid] {
-            threadIdx.x = tid;
+    for (uint32_t t = 0; t < cluster * threads; ++t) {
+        pool.emplace_back([&, t] {
+            cta_rank = t / threads;
+            threadIdx.x = t % threads;
             for (uint32_t z = 0; z < grid.z; ++z) {
                 for (uint32_t y = 0; y < grid.y; ++y) {
-                    for (uint32_t x = 0; x < grid.x; ++x) {
-                        blockIdx.x = x;
+                    for (uint32_t x = 0; x < grid.x; x += cluster) {
+                        blockIdx.x = x + cta_rank;
                         blockIdx.y = y;
                         blockIdx.z = z;
-                        if (tid == 0) poison_smem();
-                        block.all->wait("block start");
-                        kernel(params.data(), maps.data());
+                        if (threadIdx.x == 0) poison_smem();
+                        cluster_barrier->wait("block start");
+                        kernel.run(params.data(), maps.data());
                         for (void (*check)() : end_of_block_checks()) check();
-                        block.all->wait("block end");
-                        if (tid == 0) check_named_barriers_idle();
+                        cluster_barrier->wait("block end");
+                        if (threadIdx.x == 0) check_named_barriers_idle();
                     }
                 }
             }

@@ -6,7 +6,7 @@ namespace nvlm {
 
 inline uint32_t smem_addr(const void* p) { return emu::shared_address(p); }
 
-inline uint8_t* dynamic_smem() { return emu::block.smem.data(); }
+inline uint8_t* dynamic_smem() { return emu::cta().smem.data(); }
 
 template <uint32_t Id, uint32_t Threads>
 inline void named_barrier_sync() {

@@ -1,5 +1,6 @@
-// Host emulation of kernels/common/tma.cuh. A load is copied at once by
-// the issuing thread: elements outside the tensor read as zeros, the box
+// Host emulation of kernels/common/tma.cuh. A load (into one CTA, or
+// multicast into several of a cluster) is copied at once by the issuing
+// thread: elements outside the tensor read as zeros, the box
 // lands in shared memory in the map's swizzle, and the barrier receives
 // the whole box's bytes (zero-filled elements count, as on the GPU). A
 // store reads shared memory when its thread waits for it (the latest the
@@ -51,18 +52,27 @@ inline uint32_t box_element_address(const CUtensorMap* map, uint32_t box_addr, u
     return swz != 0 ? swizzle(at, swz) : at;
 }
 
-inline void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, const int32_t* coords,
-                     uint32_t rank) {
+// A load into CTA `cta` of the cluster: the box at shared address
+// `dst_addr` of that CTA's shared memory, its bytes counted on `bar`, a
+// barrier of that CTA.
+inline void tma_load_to(uint32_t cta, uint32_t dst_addr, uint64_t* bar, const CUtensorMap* map,
+                        const int32_t* coords, uint32_t rank) {
     if (map->rank != rank) fail("a %u-D TMA load with a rank-%u tensor map", rank, map->rank);
-    const uint32_t elem = map->element_bytes, dst_addr = shared_address(dst);
+    const uint32_t elem = map->element_bytes;
     uint64_t bytes = 0;
     for_each_box_element(map, coords, rank, [&](uint64_t i, bool inside, uint64_t offset) {
-        uint8_t* out = shared_bytes(box_element_address(map, dst_addr, i), elem);
+        uint8_t* out = shared_bytes_of(cta, box_element_address(map, dst_addr, i), elem);
         if (inside) std::memcpy(out, global_bytes(map->address + offset, elem), elem);
         else std::memset(out, 0, elem);
         bytes += elem;
     });
     mbarrier_complete_tx(bar, static_cast<uint32_t>(bytes));
+}
+
+// `bar` may be a __shared__ variable here (one CTA's own barrier).
+inline void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, const int32_t* coords,
+                     uint32_t rank) {
+    tma_load_to(cta_rank, shared_address(dst), bar, map, coords, rank);
 }
 
 struct TmaStore {
@@ -98,6 +108,25 @@ namespace nvlm {
 inline void tma_load_2d(void* dst, const CUtensorMap* map, uint64_t* bar, int32_t x, int32_t y) {
     const int32_t coords[2] = {x, y};
     emu::tma_load(dst, map, bar, coords, 2);
+}
+
+// The box lands in every CTA of `cta_mask`, at the same offsets as `dst`
+// and `bar` in this CTA.
+inline void tma_load_2d_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int32_t x,
+                                  int32_t y, uint16_t cta_mask) {
+    const uint32_t ctas = static_cast<uint32_t>(emu::cluster_ctas.size());
+    if (cta_mask == 0 || (cta_mask >> ctas) != 0)
+        emu::fail("multicast mask %#x in a cluster of %u CTAs", cta_mask, ctas);
+    const int32_t coords[2] = {x, y};
+    // Each CTA's barrier at `bar`'s offset: multicast barriers live in
+    // dynamic shared memory (emulation.h).
+    const uint32_t bar_addr = emu::shared_address(bar);
+    for (uint32_t cta = 0; cta < ctas; ++cta) {
+        if (cta_mask >> cta & 1)
+            emu::tma_load_to(cta, emu::shared_address(dst),
+                             reinterpret_cast<uint64_t*>(emu::shared_bytes_of(cta, bar_addr, 8)),
+                             map, coords, 2);
+    }
 }
 
 inline void tma_load_4d(void* dst, const CUtensorMap* map, uint64_t* bar, int32_t x, int32_t y,

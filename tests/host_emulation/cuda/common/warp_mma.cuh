@@ -34,11 +34,11 @@ inline const bool cp_async_check_registered =
 // theirs; call warp_done() before the area is written again.
 inline const uint32_t* warp_exchange(const uint32_t* mine, uint32_t words, const char* what) {
     const uint32_t t = threadIdx.x, warp = t / 32;
-    std::memcpy(&block.warp_words[8 * t], mine, words * 4);
-    block.warps[warp]->wait(what);
-    return &block.warp_words[8 * (warp * 32)];
+    std::memcpy(&cta().warp_words[8 * t], mine, words * 4);
+    cta().warps[warp]->wait(what);
+    return &cta().warp_words[8 * (warp * 32)];
 }
-inline void warp_done(const char* what) { block.warps[threadIdx.x / 32]->wait(what); }
+inline void warp_done(const char* what) { cta().warps[threadIdx.x / 32]->wait(what); }
 
 inline uint16_t shared_u16(uint32_t address) {
     uint16_t v;

@@ -78,16 +78,16 @@ inline float mn_major(const Descriptor& d, uint32_t k, uint32_t n) {
 // match the first thread's.
 inline void check_uniform(uint64_t a, uint64_t b, bool accumulate) {
     const uint32_t t = threadIdx.x, group = t / 128;
-    if (group >= block.warpgroups.size()) fail("wgmma from a block of %u threads: a partial warpgroup", blockDim.x);
-    uint64_t* mine = &block.wgmma_check[3 * t];
+    if (group >= cta().warpgroups.size()) fail("wgmma from a block of %u threads: a partial warpgroup", blockDim.x);
+    uint64_t* mine = &cta().wgmma_check[3 * t];
     mine[0] = a;
     mine[1] = b;
     mine[2] = accumulate;
-    block.warpgroups[group]->wait("wgmma");
-    const uint64_t* first = &block.wgmma_check[3 * (group * 128)];
+    cta().warpgroups[group]->wait("wgmma");
+    const uint64_t* first = &cta().wgmma_check[3 * (group * 128)];
     if (mine[0] != first[0] || mine[1] != first[1] || mine[2] != first[2])
         fail("wgmma operands differ from thread %u's in the same warpgroup", group * 128);
-    block.warpgroups[group]->wait("wgmma");
+    cta().warpgroups[group]->wait("wgmma");
 }
 
 // acc[i] of this thread: row, column of D.
@@ -211,7 +211,7 @@ inline void issue(float* acc, uint32_t acc_count, const uint32_t* a_registers,
 
 inline void run_group(std::vector<Wgmma>& group) {
     const uint32_t warpgroup = threadIdx.x / 128;
-    float* a_tile = &block.wgmma_a[warpgroup * 64 * 16];
+    float* a_tile = &cta().wgmma_a[warpgroup * 64 * 16];
     for (Wgmma& w : group) {
         const std::vector<float> now = w.operands(w);
         if (std::memcmp(now.data(), w.operands_at_issue.data(), now.size() * sizeof(float)) != 0)
@@ -224,9 +224,9 @@ inline void run_group(std::vector<Wgmma>& group) {
                 fail("A registers written while the wgmma reading them was in flight");
             w.unpack_a(w.a_at_issue, a_tile);
         }
-        block.warpgroups[warpgroup]->wait("wgmma run");
+        cta().warpgroups[warpgroup]->wait("wgmma run");
         w.run(w, now, a_tile);
-        block.warpgroups[warpgroup]->wait("wgmma run");
+        cta().warpgroups[warpgroup]->wait("wgmma run");
     }
 }
 
