@@ -73,7 +73,7 @@ fn main() {
             "nvcc failed on {}:\n{log}",
             cu.display()
         );
-        for line in log.lines().filter(|l| has_spills(l)) {
+        for line in log.lines().filter(|l| has_spills(l) || serialises_wgmma(l)) {
             println!("cargo::warning={stem}.cu: {}", line.trim());
         }
         report.push_str(&format!("== {stem}.cu ({})\n{log}\n", gencode.join(" ")));
@@ -124,6 +124,13 @@ fn gencode_flags() -> Vec<String> {
         archs[0]
     ));
     flags
+}
+
+/// A ptxas note that it serialised a kernel's wgmmas ("Potential Performance
+/// Loss", C7510-C7520): each then waits for the one before, and the
+/// overlap the kernel was written for is gone.
+fn serialises_wgmma(line: &str) -> bool {
+    line.contains("wgmma.mma_async instructions are serialized")
 }
 
 /// A ptxas line that reports spills or a local stack.

@@ -34,13 +34,15 @@
 // consumer warpgroup whose 64 rows all lie past q_len does no math (the
 // last tile of N = 1025 runs one warpgroup, not two): it only passes each
 // K/V tile's barriers, so every barrier's count is the same for every
-// item; a last K/V tile of at most 16 keys runs QK^T on n16 wgmmas and P V
-// on one k16 step.
+// item; a last K/V tile of at most 16 keys is visited first and runs
+// P V on one k16 step, and, in v1-v3, QK^T on n16 wgmmas (before the
+// loop: a narrow path inside it made ptxas serialise the wgmmas).
 //
 // Shared memory: every tile is made of 64-column swizzle atoms ([rows x 64]
 // elements, 128-byte rows, 128-byte swizzle, 1024-byte aligned), the layout
 // both TMA (SWIZZLE_128B) and the wgmma descriptors use.
 #include "abi.h"
+#include "common/convert.cuh"
 #include "common/mbarrier.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
@@ -77,19 +79,6 @@ static_assert(NVLM_HOPPER_ATTENTION_PRODUCER_REGISTERS * 128 +
               "setmaxnreg targets beyond the register file");
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&v);
-}
 
 // The tensor maps are 4-D, (d, ., ., batch), with tokens and heads in the
 // order of increasing stride (packed qkv has heads inside tokens).
@@ -142,6 +131,14 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
     const int q_tiles = (static_cast<int>(p.q_len) + kQueryRows - 1) / kQueryRows;
     const int items = q_tiles * static_cast<int>(p.heads) * static_cast<int>(p.batch);
     const int kv_tiles = (static_cast<int>(p.kv_len) + kKeyRows - 1) / kKeyRows;
+    // The order K/V tiles are visited in (the online softmax takes any): a
+    // last tile of at most 16 keys (N = 1025's CLS tail) goes first, so its
+    // narrow QK^T runs before the loop, with no P V in flight (with the
+    // narrow path inside the loop, ptxas serialised the wgmmas: C7511,
+    // C7515); tile j of the visit is `kv_tile(j)`.
+    const bool narrow_first =
+        kv_tiles > 1 && static_cast<int>(p.kv_len) - (kv_tiles - 1) * kKeyRows <= 16;
+    const auto kv_tile = [&](int j) { return narrow_first ? (j + kv_tiles - 1) % kv_tiles : j; };
     // v4 strides over the items by its grid size; the others' grid is
     // (query tiles, heads, batch) and each block takes its one item.
     const int first_item = kPersistent ? static_cast<int>(blockIdx.x)
@@ -200,13 +197,13 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                     mbarrier_arrive_expect_tx(&k_full[stage], L::kv_tile_bytes);
                     for (int a = 0; a < L::atoms; ++a) {
                         load_tile(k_tile + a * L::kv_atom_bytes, k_map, &k_full[stage], 64 * a,
-                                  j * kKeyRows, w.head, w.batch, p.kv_tokens_inner);
+                                  kv_tile(j) * kKeyRows, w.head, w.batch, p.kv_tokens_inner);
                     }
                     mbarrier_wait(&v_empty[stage], (round & 1) ^ 1);
                     mbarrier_arrive_expect_tx(&v_full[stage], L::kv_tile_bytes);
                     for (int a = 0; a < L::atoms; ++a) {
                         load_tile(v_tile + a * L::kv_atom_bytes, v_map, &v_full[stage], 64 * a,
-                                  j * kKeyRows, w.head, w.batch, p.kv_tokens_inner);
+                                  kv_tile(j) * kKeyRows, w.head, w.batch, p.kv_tokens_inner);
                     }
                 }
             }
@@ -242,13 +239,24 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         float row_max[2];
         float row_sum[2];
         float s[kKeyRows / 2];              // S of one K/V tile, then its P
+        float s_narrow[8];                  // S of a narrow first tile
         uint32_t pa[kKeyRows / 16][4];      // P as the A operands of P V
 
-        // Issues S = Q K^T for tile j as one commit group. A last tile of at
-        // most 16 real keys (N = 1025's CLS tail) runs n16 wgmmas, 1/8 of the
-        // work: S's other columns keep stale values, all of keys past kv_len,
-        // which the softmax masks to -inf.
-        const auto issue_qk = [&](int j) {
+        // Whether S = Q K^T of tile j of the visit runs n16 wgmmas, 1/8 of
+        // the work: a last tile of at most 16 real keys (N = 1025's CLS
+        // tail), visited first, in a call before the loop (`first`), where
+        // the narrow path is compiled. v4 runs the full QK^T on it: with the
+        // narrow path in its item loop ptxas serialised v4's wgmmas (C7515)
+        // whichever way the n16 accumulators were held.
+        const auto narrow_qk = [&](int j, bool first) {
+            return first && !kPersistent &&
+                   static_cast<int>(p.kv_len) - kv_tile(j) * kKeyRows <= 16;
+        };
+
+        // Issues S = Q K^T for tile j of the visit as one commit group; on
+        // the narrow path S's other columns keep stale values, all of keys
+        // past kv_len, which the softmax masks to -inf.
+        const auto issue_qk = [&](int j, bool first) {
             const int stage = stage_of(j);
             const uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
             // k16 step t: atom t / 4, 32 bytes per step along its rows.
@@ -260,15 +268,14 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                 return wgmma_descriptor(k_tile + (t / 4) * L::kv_atom_bytes + (t % 4) * 32, 16, 1024,
                                         WgmmaSwizzle::B128);
             };
-            const bool narrow = static_cast<int>(p.kv_len) - j * kKeyRows <= 16;
+            const bool narrow = narrow_qk(j, first);
             mbarrier_wait(&k_full[stage], phase_of(j));
             // Each path commits its own group: with the commit after the join,
             // ptxas puts a warpgroup.arrive before it on every tile (C7519).
             if (narrow) {
-                float(&s16)[8] = *reinterpret_cast<float(*)[8]>(s);
                 wgmma_fence();
 #pragma unroll
-                for (int t = 0; t < D / 16; ++t) wgmma_ss<16, T>(s16, q_step(t), k_step(t), t > 0);
+                for (int t = 0; t < D / 16; ++t) wgmma_ss<16, T>(s_narrow, q_step(t), k_step(t), t > 0);
                 wgmma_commit_group();
             } else {
                 wgmma_fence();
@@ -277,6 +284,18 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                     wgmma_ss<kKeyRows, T>(s, q_step(t), k_step(t), t > 0);
                 }
                 wgmma_commit_group();
+            }
+        };
+
+        // After a first tile's S is waited for: a narrow S (16 keys) into
+        // s, where the softmax reads it. It has accumulators of its own, not
+        // an alias of s's first 8: with the alias ptxas serialised the
+        // wgmmas (C7511, "insufficient register resources").
+        const auto collect_narrow_s = [&](int j) {
+            wgmma_fence_operands(s_narrow);
+            if (narrow_qk(j, true)) {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) s[i] = s_narrow[i];
             }
         };
 
@@ -290,7 +309,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         const auto issue_pv = [&](int j) {
             const int stage = stage_of(j);
             const uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
-            const bool narrow = static_cast<int>(p.kv_len) - j * kKeyRows <= 16;
+            const bool narrow = static_cast<int>(p.kv_len) - kv_tile(j) * kKeyRows <= 16;
             // k16 step t: 16 V rows on; head_dim atoms kv_atom_bytes apart.
             const auto v_step = [&](int t) {
                 return wgmma_descriptor(v_tile + t * 16 * kAtomRowBytes, L::kv_atom_bytes, 1024,
@@ -316,7 +335,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         const auto softmax = [&](int j, float (&correction)[2]) {
             // Scores into the log2 domain; keys past kv_len get -inf (after
             // the scaling, so any sign of scale keeps them at -inf).
-            const int key0 = j * kKeyRows;
+            const int key0 = kv_tile(j) * kKeyRows;
             const bool key_tail = key0 + kKeyRows > static_cast<int>(p.kv_len);
 #pragma unroll
             for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
@@ -419,16 +438,17 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             // softmax runs while that P V is on the tensor cores. v3 issues
             // each batch in its turn.
             wait_turn();
-            issue_qk(0);
+            issue_qk(0, true);
             pass_turn();
             wgmma_wait_group<0>();
             wgmma_fence_operands(s);
+            collect_narrow_s(0);
             release_k(0);
             softmax(0, correction);
             rescale_and_pack(correction);
             for (int j = 1; j < kv_tiles; ++j) {
                 wait_turn();
-                issue_qk(j);
+                issue_qk(j, false);
                 issue_pv(j - 1);
                 pass_turn();
                 wgmma_wait_group<1>();  // S of tile j (P V of j-1 may still run)
@@ -448,11 +468,13 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             wgmma_fence_operands(o);
             mbarrier_arrive(&v_empty[stage_of(kv_tiles - 1)]);
         } else {
-            // v1's order: each step waits for the one before.
-            for (int j = 0; j < kv_tiles; ++j) {
-                issue_qk(j);
+            // v1's order: each step waits for the one before. The first
+            // step is peeled, as the only one that may take the narrow QK^T.
+            const auto serial_step = [&](int j, bool first) {
+                issue_qk(j, first);
                 wgmma_wait_group<0>();
                 wgmma_fence_operands(s);
+                if (first) collect_narrow_s(j);
                 release_k(j);
                 softmax(j, correction);
                 rescale_and_pack(correction);
@@ -461,7 +483,9 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                 wgmma_fence_operands(o);
                 wgmma_fence_operands(pa);
                 mbarrier_arrive(&v_empty[stage_of(j)]);
-            }
+            };
+            serial_step(0, true);
+            for (int j = 1; j < kv_tiles; ++j) serial_step(j, false);
         }
 
         T* out = reinterpret_cast<T*>(p.o);

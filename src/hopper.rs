@@ -1,14 +1,14 @@
 //! Hopper-only host pieces: TMA tensor maps (`cuTensorMapEncodeTiled`),
-//! checked before the driver sees them, and the compute-capability gate for
-//! sm_90a kernels.
+//! checked before the driver sees them, the compute-capability gate for
+//! sm_90a kernels, and the register check of warp-specialised ones.
 
-use crate::cuda::Gpu;
+use crate::cuda::{Gpu, driver_error};
 use crate::error::{Error, Result};
-use cudarc::driver::DeviceRepr;
 use cudarc::driver::sys::{
-    CUresult, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
-    CUtensorMapL2promotion, CUtensorMapSwizzle,
+    CUfunction_attribute_enum, CUresult, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill,
+    CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,
 };
+use cudarc::driver::{CudaFunction, DeviceRepr};
 
 /// Element types a tensor map describes here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +239,52 @@ pub fn require_sm90a(gpu: &Gpu, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a build of a warp-specialised kernel that starts with fewer
+/// registers a thread than `needed`, what its setmaxnreg hand-over takes
+/// (the consumers' `.inc` takes the registers the producer's `.dec` gave
+/// back, out of the block's allocation at launch): launched, it would hang
+/// rather than fail.
+pub(crate) fn check_entry_registers(
+    function: &CudaFunction,
+    kernel: &str,
+    needed: u32,
+) -> Result<()> {
+    // SAFETY: `function` is a kernel of a loaded module.
+    let registers = unsafe {
+        cudarc::driver::result::function::get_function_attribute(
+            function.cu_function(),
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NUM_REGS,
+        )
+    }
+    .map_err(driver_error("cuFuncGetAttribute(registers)"))?;
+    if (registers as u32) < needed {
+        return Err(Error::CudaUnavailable(format!(
+            "{kernel} was built with {registers} registers a thread; its setmaxnreg \
+             hand-over needs at least {needed}, or it would never finish"
+        )));
+    }
+    Ok(())
+}
+
+/// (entry, registers) of each sm_90a entry in a ptxas report.
+#[cfg(test)]
+pub(crate) fn sm90a_registers(report: &str) -> Vec<(String, u32)> {
+    let mut entry = None;
+    let mut found = Vec::new();
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            entry = rest
+                .split_once("' for 'sm_90a'")
+                .map(|(name, _)| name.to_string());
+        } else if let (Some(name), Some(used)) = (&entry, line.split("Used ").nth(1)) {
+            let registers = used.split(' ').next().unwrap().parse().unwrap();
+            found.push((name.clone(), registers));
+            entry = None;
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,5 +373,27 @@ mod tests {
             Err(Error::InvalidShape(m)) => assert!(m.contains("rank 6"), "{m}"),
             other => panic!("rank 6 accepted: {other:?}"),
         }
+    }
+
+    #[test]
+    fn no_kernel_has_its_wgmmas_serialised() {
+        let Some(report) = crate::cuda::ptxas_report() else {
+            println!("skipped: this build has no kernels (nvcc was not found)");
+            return;
+        };
+        // Every wgmma kernel is in the report (a test that reads nothing
+        // would pass too).
+        let entries = sm90a_registers(report);
+        for prefix in ["attention_hopper_", "selftest_wgmma_"] {
+            assert!(
+                entries.iter().any(|(name, _)| name.starts_with(prefix)),
+                "no {prefix}* entry in the ptxas report"
+            );
+        }
+        let serialised: Vec<&str> = report
+            .lines()
+            .filter(|l| l.contains("wgmma.mma_async instructions are serialized"))
+            .collect();
+        assert!(serialised.is_empty(), "{serialised:#?}");
     }
 }

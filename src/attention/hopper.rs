@@ -13,9 +13,8 @@ use crate::abi::{
 use crate::cuda::{Gpu, KernelModule, allow_dynamic_smem, driver_error};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
-use crate::hopper::{TensorMap, TiledTensor, TmaElement, TmaSwizzle};
-use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use crate::hopper::{TensorMap, TiledTensor, TmaElement, TmaSwizzle, check_entry_registers};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Keys per K/V tile and head_dim columns per 128-byte swizzle atom, as the
 /// kernel's boxes.
@@ -217,7 +216,7 @@ pub(super) fn launch<T: AttentionElement>(
         .map(|tensor| TensorMap::tiled(gpu, tensor))
         .collect::<Result<Vec<_>>>()?;
     let function = gpu.function(KernelModule::AttentionHopper, &plan.kernel)?;
-    check_entry_registers(&function, &plan.kernel)?;
+    check_entry_registers(&function, &plan.kernel, ENTRY_REGISTERS_NEEDED)?;
     allow_dynamic_smem(&function, plan.config.shared_mem_bytes)?;
     // SAFETY: the tensor maps describe the checked q, k and v (TMA reads
     // only inside them); the output indices are bounded by the checked
@@ -233,26 +232,6 @@ pub(super) fn launch<T: AttentionElement>(
             .launch(plan.config)
     }
     .map_err(driver_error(&plan.kernel))?;
-    Ok(())
-}
-
-/// Refuses a build of the kernel that starts with too few registers for its
-/// setmaxnreg hand-over: launched, it would hang rather than fail.
-fn check_entry_registers(function: &CudaFunction, kernel: &str) -> Result<()> {
-    // SAFETY: `function` is a kernel of a loaded module.
-    let registers = unsafe {
-        cudarc::driver::result::function::get_function_attribute(
-            function.cu_function(),
-            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NUM_REGS,
-        )
-    }
-    .map_err(driver_error("cuFuncGetAttribute(registers)"))?;
-    if (registers as u32) < ENTRY_REGISTERS_NEEDED {
-        return Err(Error::CudaUnavailable(format!(
-            "{kernel} was built with {registers} registers a thread; its setmaxnreg \
-             hand-over needs at least {ENTRY_REGISTERS_NEEDED}, or it would never finish"
-        )));
-    }
     Ok(())
 }
 
@@ -315,24 +294,6 @@ mod tests {
         }
     }
 
-    /// (entry, registers) of each sm_90a entry in a ptxas report.
-    fn sm90a_registers(report: &str) -> Vec<(String, u32)> {
-        let mut entry = None;
-        let mut found = Vec::new();
-        for line in report.lines() {
-            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-                entry = rest
-                    .split_once("' for 'sm_90a'")
-                    .map(|(name, _)| name.to_string());
-            } else if let (Some(name), Some(used)) = (&entry, line.split("Used ").nth(1)) {
-                let registers = used.split(' ').next().unwrap().parse().unwrap();
-                found.push((name.clone(), registers));
-                entry = None;
-            }
-        }
-        found
-    }
-
     #[test]
     fn every_hopper_attention_entry_has_the_registers_its_setmaxnreg_needs() {
         assert_eq!(ENTRY_REGISTERS_NEEDED, 168);
@@ -340,7 +301,7 @@ mod tests {
             println!("skipped: this build has no kernels (nvcc was not found)");
             return;
         };
-        let entries: Vec<_> = sm90a_registers(report)
+        let entries: Vec<_> = crate::hopper::sm90a_registers(report)
             .into_iter()
             .filter(|(name, _)| name.starts_with("attention_hopper_"))
             .collect();
