@@ -5,7 +5,13 @@
 //! - `nvlm-exact-gelu`: the whole projector with the exact erf GELU;
 //! - `nvlm-cublaslt-gelu`: the whole projector with cuBLASLt's fused GELU
 //!   epilogue (approximate);
-//! - `cublaslt-gemms-only`: the two GEMMs alone (the floor of the rest).
+//! - `cublaslt-gemms-only`: the two GEMMs alone (the floor of the rest);
+//! - on compute capability 9.0, the crate's sm_90a Linear
+//!   (kernels/projector_hopper.cu): `nvlm-hopper-linear`, the whole
+//!   projector with Linear 1 + exact GELU in it; `linear1-hopper-gelu`
+//!   against `linear1-cublaslt-gelu-pass` (cuBLASLt, then the GELU kernel:
+//!   what it replaces); `linear2-hopper` against `linear2-cublaslt` (a plain
+//!   GEMM: its main loop against cuBLAS's).
 //!
 //! Inputs rotate among sets larger than L2. Skips without a GPU.
 
@@ -165,6 +171,108 @@ fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig) {
             })
         })
     });
+    if nvlm_vision::hopper::require_sm90a(gpu, "the sm_90a Linear").is_ok() {
+        let hopper = Projector::new(
+            ProjectorConfig {
+                gelu: GeluMode::ExactErfHopperLinear,
+                ..cfg.clone()
+            },
+            gpu.clone(),
+        )
+        .expect("projector");
+        group.bench_function(format!("nvlm-hopper-linear/{case}"), |b| {
+            b.iter_custom(|iters| {
+                device_time(gpu, iters, |i| {
+                    hopper
+                        .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
+                        .expect("forward")
+                })
+            })
+        });
+        let shape1 = LinearShape {
+            m: rows,
+            n: h1,
+            k: k1,
+        };
+        let shape2 = LinearShape {
+            m: rows,
+            n: h2,
+            k: h1,
+        };
+        group.bench_function(format!("linear1-cublaslt-gelu-pass/{case}"), |b| {
+            b.iter_custom(|iters| {
+                device_time(gpu, iters, |_| {
+                    let mut h = hidden.slice_mut(..);
+                    exact
+                        .gemm()
+                        .linear(
+                            &x.slice(..),
+                            &weights.w1,
+                            None,
+                            &mut h,
+                            shape1,
+                            Epilogue::None,
+                        )
+                        .expect("gemm 1");
+                    exact
+                        .kernels()
+                        .bias_gelu(&mut h, rows, h1, None, true)
+                        .expect("gelu");
+                })
+            })
+        });
+        group.bench_function(format!("linear1-hopper-gelu/{case}"), |b| {
+            b.iter_custom(|iters| {
+                device_time(gpu, iters, |_| {
+                    exact
+                        .kernels()
+                        .linear_hopper(
+                            &x.slice(..),
+                            &weights.w1,
+                            None,
+                            &mut hidden.slice_mut(..),
+                            shape1,
+                            true,
+                        )
+                        .expect("sm_90a linear 1")
+                })
+            })
+        });
+        group.bench_function(format!("linear2-cublaslt/{case}"), |b| {
+            b.iter_custom(|iters| {
+                device_time(gpu, iters, |_| {
+                    exact
+                        .gemm()
+                        .linear(
+                            &hidden.slice(..),
+                            weights.w2.as_ref().unwrap(),
+                            None,
+                            &mut out.slice_mut(..),
+                            shape2,
+                            Epilogue::None,
+                        )
+                        .expect("gemm 2")
+                })
+            })
+        });
+        group.bench_function(format!("linear2-hopper/{case}"), |b| {
+            b.iter_custom(|iters| {
+                device_time(gpu, iters, |_| {
+                    exact
+                        .kernels()
+                        .linear_hopper(
+                            &hidden.slice(..),
+                            weights.w2.as_ref().unwrap(),
+                            None,
+                            &mut out.slice_mut(..),
+                            shape2,
+                            false,
+                        )
+                        .expect("sm_90a linear 2")
+                })
+            })
+        });
+    }
     group.finish();
 }
 

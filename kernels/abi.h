@@ -281,3 +281,38 @@ typedef struct NvlmBiasGelu {
 static_assert(sizeof(NvlmProjectorFront) == 64, "NvlmProjectorFront layout");
 static_assert(sizeof(NvlmBiasGelu) == 32, "NvlmBiasGelu layout");
 #endif
+
+// ---- Projector, sm_90a Linear (kernels/projector_hopper.cu) ----
+
+// y[m, n] = act(x[m, k] · w[n, k]^T + bias[n]), act = exact erf GELU or
+// none; x and w come through two CUtensorMap kernel parameters (2-D, k
+// innermost, 128-byte swizzle; x in boxes of 64 x BLOCK_M, w in boxes of
+// 64 x BLOCK_N / CLUSTER_M), y is row-major with n elements a row. Launch
+// shape: grid (ceil(m / BLOCK_M) rounded up to a multiple of CLUSTER_M,
+// ceil(n / BLOCK_N)), clusters of CLUSTER_M CTAs along x (compiled in),
+// THREADS threads, SMEM_BYTES bytes of dynamic shared memory (the stages,
+// their barriers and 1024 bytes to reach the swizzle alignment).
+#define NVLM_HOPPER_LINEAR_THREADS 384
+#define NVLM_HOPPER_LINEAR_BLOCK_M 128
+#define NVLM_HOPPER_LINEAR_BLOCK_N 256
+#define NVLM_HOPPER_LINEAR_BLOCK_K 64
+#define NVLM_HOPPER_LINEAR_STAGES 4
+#define NVLM_HOPPER_LINEAR_CLUSTER_M 2
+#define NVLM_HOPPER_LINEAR_SMEM_BYTES 197696
+// setmaxnreg targets, as the attention kernel's: the kernel must start
+// with at least (PRODUCER * 128 + CONSUMER * 256) / THREADS = 168 registers.
+#define NVLM_HOPPER_LINEAR_PRODUCER_REGISTERS 24
+#define NVLM_HOPPER_LINEAR_CONSUMER_REGISTERS 240
+
+typedef struct NvlmHopperLinear {
+    uint64_t y;     // device address of the output, bf16 or f16
+    uint64_t bias;  // [n], same dtype, or 0
+    uint32_t m;
+    uint32_t n;     // even: the output is stored in pairs
+    uint32_t k;
+    uint32_t gelu;  // 1: x/2 * (1 + erf(x / sqrt 2)) after the bias
+} NvlmHopperLinear;
+
+#ifdef __cplusplus
+static_assert(sizeof(NvlmHopperLinear) == 32, "NvlmHopperLinear layout");
+#endif

@@ -13,6 +13,7 @@
 //
 // Elements travel as raw 16-bit patterns; arithmetic is f32.
 #include "abi.h"
+#include "common/gelu.cuh"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -188,10 +189,6 @@ __device__ __forceinline__ void front(const NvlmProjectorFront& p) {
     }
 }
 
-__device__ __forceinline__ float gelu_erf(float x) {
-    return 0.5f * x * (1.f + erff(x * 0.70710678118654752440f));
-}
-
 // Grid-stride over chunks; with VEC == 8 the host guarantees cols % 8 == 0,
 // so a chunk lies in one row and its bias is 8 consecutive values.
 template <typename T, int VEC>
@@ -210,7 +207,7 @@ __device__ __forceinline__ void bias_gelu(const NvlmBiasGelu& p) {
         for (int e = 0; e < VEC; ++e) {
             float v = to_f32<T>(element(x, e));
             if (bias != nullptr) v += to_f32<T>(element(b, e));
-            if (p.gelu) v = gelu_erf(v);
+            if (p.gelu) v = nvlm::gelu_erf(v);
             set_element(y, e, from_f32<T>(v));
         }
         store<VEC>(data + k, y);

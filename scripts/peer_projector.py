@@ -8,6 +8,9 @@ Cases (same names as the Rust bench):
   torch-eager            the whole projector (from the [T, 1025, C] hidden state)
   torch-eager-shuffle-ln drop CLS + pixel_shuffle + LayerNorm alone
   torch-linears-only     the two F.linear calls alone (cuBLAS's GEMM floor)
+  torch-linear1-gelu     F.gelu(F.linear(x, w1)) alone (what the sm_90a
+                         Linear's linear1-hopper-gelu does in one kernel)
+  torch-linear2          F.linear(h, w2) alone
 
 CUDA events, warm-up, median of many runs, inputs rotated among sets larger
 than L2. One JSON object per line on stdout.
@@ -90,21 +93,31 @@ def main():
         def linears(x):
             return F.linear(F.linear(x, w1), w2)
 
+        def linear1_gelu(x):
+            return F.gelu(F.linear(x, w1))
+
+        hiddens = [linear1_gelu(x) for x in fronts]
+
+        def linear2(h):
+            return F.linear(h, w2)
+
         flop = 2.0 * rows * (k1 * h1 + h1 * h2)
         moved = 2.0 * (TILES * 1025 * c + rows * k1)
         for impl, fn, inputs, extra in [
             ("torch-eager", whole, hidden, {}),
             ("torch-eager-shuffle-ln", lambda x: front(x, ln), hidden, {"bytes": moved}),
             ("torch-linears-only", linears, fronts, {}),
+            ("torch-linear1-gelu", linear1_gelu, fronts, {"flop": 2.0 * rows * k1 * h1}),
+            ("torch-linear2", linear2, hiddens, {"flop": 2.0 * rows * h1 * h2}),
         ]:
             us = median_us(fn, inputs)
             row = {"stage": "projector", "impl": impl, "case": case, "median_us": round(us, 1), "card": card}
             if "bytes" in extra:
                 row["tb_per_s"] = round(extra["bytes"] / (us * 1e-6) / 1e12, 3)
             else:
-                row["tflops"] = round(flop / (us * 1e-6) / 1e12, 1)
+                row["tflops"] = round(extra.get("flop", flop) / (us * 1e-6) / 1e12, 1)
             print(json.dumps(row), flush=True)
-        del ln, w1, w2, hidden, fronts
+        del ln, w1, w2, hidden, fronts, hiddens
         torch.cuda.empty_cache()
 
 

@@ -10,6 +10,15 @@ pub const NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64: u32 = 82944;
 pub const NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128: u32 = 164864;
 pub const NVLM_HOPPER_ATTENTION_PRODUCER_REGISTERS: u32 = 24;
 pub const NVLM_HOPPER_ATTENTION_CONSUMER_REGISTERS: u32 = 240;
+pub const NVLM_HOPPER_LINEAR_THREADS: u32 = 384;
+pub const NVLM_HOPPER_LINEAR_BLOCK_M: u32 = 128;
+pub const NVLM_HOPPER_LINEAR_BLOCK_N: u32 = 256;
+pub const NVLM_HOPPER_LINEAR_BLOCK_K: u32 = 64;
+pub const NVLM_HOPPER_LINEAR_STAGES: u32 = 4;
+pub const NVLM_HOPPER_LINEAR_CLUSTER_M: u32 = 2;
+pub const NVLM_HOPPER_LINEAR_SMEM_BYTES: u32 = 197696;
+pub const NVLM_HOPPER_LINEAR_PRODUCER_REGISTERS: u32 = 24;
+pub const NVLM_HOPPER_LINEAR_CONSUMER_REGISTERS: u32 = 240;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct NvlmResamplePass {
@@ -513,4 +522,30 @@ const _: () = {
         [::core::mem::offset_of!(NvlmBiasGelu, count) - 16usize];
     ["Offset of field: NvlmBiasGelu::cols"][::core::mem::offset_of!(NvlmBiasGelu, cols) - 24usize];
     ["Offset of field: NvlmBiasGelu::gelu"][::core::mem::offset_of!(NvlmBiasGelu, gelu) - 28usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmHopperLinear {
+    pub y: u64,
+    pub bias: u64,
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub gelu: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmHopperLinear"][::core::mem::size_of::<NvlmHopperLinear>() - 32usize];
+    ["Alignment of NvlmHopperLinear"][::core::mem::align_of::<NvlmHopperLinear>() - 8usize];
+    ["Offset of field: NvlmHopperLinear::y"][::core::mem::offset_of!(NvlmHopperLinear, y) - 0usize];
+    ["Offset of field: NvlmHopperLinear::bias"]
+        [::core::mem::offset_of!(NvlmHopperLinear, bias) - 8usize];
+    ["Offset of field: NvlmHopperLinear::m"]
+        [::core::mem::offset_of!(NvlmHopperLinear, m) - 16usize];
+    ["Offset of field: NvlmHopperLinear::n"]
+        [::core::mem::offset_of!(NvlmHopperLinear, n) - 20usize];
+    ["Offset of field: NvlmHopperLinear::k"]
+        [::core::mem::offset_of!(NvlmHopperLinear, k) - 24usize];
+    ["Offset of field: NvlmHopperLinear::gelu"]
+        [::core::mem::offset_of!(NvlmHopperLinear, gelu) - 28usize];
 };

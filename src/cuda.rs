@@ -44,6 +44,7 @@ kernel_modules! {
     Attention => "attention",
     AttentionHopper => "attention_hopper",
     Projector => "projector",
+    ProjectorHopper => "projector_hopper",
 }
 
 /// The ptxas resource report (registers, spills, shared memory per kernel
@@ -71,6 +72,7 @@ unsafe impl DeviceRepr for crate::abi::NvlmFlashAttention {}
 unsafe impl DeviceRepr for crate::abi::NvlmQkRmsNorm {}
 unsafe impl DeviceRepr for crate::abi::NvlmProjectorFront {}
 unsafe impl DeviceRepr for crate::abi::NvlmBiasGelu {}
+unsafe impl DeviceRepr for crate::abi::NvlmHopperLinear {}
 
 /// Lets `function` take `bytes` of dynamic shared memory: above 48 KiB a
 /// kernel needs this explicit opt-in (up to 163 KiB on sm_80, 227 KiB on

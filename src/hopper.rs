@@ -384,7 +384,7 @@ mod tests {
         // Every wgmma kernel is in the report (a test that reads nothing
         // would pass too).
         let entries = sm90a_registers(report);
-        for prefix in ["attention_hopper_", "selftest_wgmma_"] {
+        for prefix in ["attention_hopper_", "linear_hopper_", "selftest_wgmma_"] {
             assert!(
                 entries.iter().any(|(name, _)| name.starts_with(prefix)),
                 "no {prefix}* entry in the ptxas report"

@@ -1,5 +1,6 @@
 //! The projector on a GPU against the f64 CPU reference: the fused front
 //! kernel, the bias + exact GELU kernel, the cuBLASLt GEMM wrapper, the
+//! sm_90a Linear (tests named `*hopper*`, skipped on other GPUs), the
 //! whole projector for every variant, NVLM-D-72B at model shapes on
 //! sampled rows, and a measurement of what cuBLASLt's GELU epilogue
 //! computes. Without a GPU each test prints "skipped" and passes.
@@ -7,7 +8,7 @@
 mod common;
 
 use common::Rng;
-use common::gpu::gpu_or_skip;
+use common::gpu::{gpu_or_skip, hopper_or_skip};
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use half::{bf16, f16};
 use nvlm_vision::Error;
@@ -560,7 +561,7 @@ fn projector_case<T: Half>(
     // reference after), and its f32 accumulation flips some roundings:
     // a few ulps of T in norm. A wrong index, layout or missing bias is O(1).
     let tol = match cfg.gelu {
-        GeluMode::ExactErf => 4.0 * T::EPS,
+        GeluMode::ExactErf | GeluMode::ExactErfHopperLinear => 4.0 * T::EPS,
         GeluMode::CublasLtApproximate => 4.0 * bf16::EPS,
     };
     assert!(
@@ -619,8 +620,28 @@ fn projector_nvlm_d_72b_sampled_rows_at_model_shapes() {
     let Some(gpu) = gpu_or_skip("projector_nvlm_d_72b_sampled_rows_at_model_shapes") else {
         return;
     };
+    nvlm_d_72b_sampled_rows(&gpu, GeluMode::ExactErf);
+}
+
+#[test]
+fn projector_nvlm_d_72b_sampled_rows_at_model_shapes_hopper_linear() {
+    let Some(gpu) =
+        hopper_or_skip("projector_nvlm_d_72b_sampled_rows_at_model_shapes_hopper_linear")
+    else {
+        return;
+    };
+    nvlm_d_72b_sampled_rows(&gpu, GeluMode::ExactErfHopperLinear);
+}
+
+/// NVLM-D-72B at 7 tiles: every output element written, and sampled rows
+/// against the reference.
+fn nvlm_d_72b_sampled_rows(gpu: &Arc<nvlm_vision::cuda::Gpu>, gelu: GeluMode) {
+    let gpu = gpu.clone();
     let mut rng = Rng::from_env_or_time("projector_72b");
-    let cfg = ProjectorConfig::nvlm_d_72b();
+    let cfg = ProjectorConfig {
+        gelu,
+        ..ProjectorConfig::nvlm_d_72b()
+    };
     let tiles = 7;
     let weights = Weights::<bf16>::random(&gpu, &mut rng, &cfg);
     let n_in = tiles * cfg.tokens_per_tile() * cfg.vit_hidden;
@@ -642,7 +663,7 @@ fn projector_nvlm_d_72b_sampled_rows_at_model_shapes() {
     let unwritten = got.iter().filter(|v| !v.is_finite()).count();
     assert_eq!(
         unwritten, 0,
-        "NVLM-D-72B: {unwritten} output elements not written"
+        "NVLM-D-72B {gelu:?}: {unwritten} output elements not written"
     );
     // First and last rows of the first and last tiles, and random rows.
     let mut rows = vec![0, 255, 256, 1791];
@@ -652,8 +673,149 @@ fn projector_nvlm_d_72b_sampled_rows_at_model_shapes() {
         .iter()
         .flat_map(|&r| got[r * width..(r + 1) * width].iter().copied())
         .collect();
-    let (rel, _) = compare(&format!("NVLM-D-72B rows {rows:?}"), &sampled, &reference);
+    let (rel, _) = compare(
+        &format!("NVLM-D-72B {gelu:?} rows {rows:?}"),
+        &sampled,
+        &reference,
+    );
     assert!(rel < 4.0 * bf16::EPS, "rel {rel}");
+}
+
+/// The sm_90a Linear on `[m, n, k]` against the f64 reference (+ bias,
+/// exact GELU): one rounding of T in norm; `y` poisoned past `[m, n]`
+/// stays poisoned.
+fn hopper_linear_case<T: Half>(
+    gpu: &Arc<nvlm_vision::cuda::Gpu>,
+    kernels: &ProjectorKernels,
+    rng: &mut Rng,
+    s: LinearShape,
+    with_bias: bool,
+    gelu: bool,
+) {
+    let what = format!(
+        "sm_90a Linear {:?} {s:?} bias={with_bias} gelu={gelu}",
+        T::DTYPE
+    );
+    let scale = (3.0 / s.k as f32).sqrt();
+    let (x, xv) = to_device::<T>(gpu, &uniform(rng, s.m * s.k, 1.0));
+    let (w, wv) = to_device::<T>(gpu, &uniform(rng, s.n * s.k, scale));
+    let (b, bv) = to_device::<T>(gpu, &uniform(rng, s.n, 1.0));
+    let tail = 64;
+    let mut y = poisoned::<T>(gpu, s.m * s.n + tail);
+    let bias = with_bias.then(|| b.slice(..));
+    kernels
+        .linear_hopper(
+            &x.slice(..),
+            &w.slice(..),
+            bias.as_ref(),
+            &mut y.slice_mut(..),
+            s,
+            gelu,
+        )
+        .unwrap();
+    let got = download(gpu, &y);
+    let xd: Vec<f64> = xv.iter().map(|&v| f64::from(v)).collect();
+    let reference: Vec<f64> = xd
+        .chunks(s.k)
+        .flat_map(|row| cpu::linear_row(row, &wv, with_bias.then_some(&bv[..]), s.n))
+        .map(|v| if gelu { gelu_erf(v) } else { v })
+        .collect();
+    let (rel, _) = compare(&what, &got[..s.m * s.n], &reference);
+    assert!(rel < 2.0 * T::EPS, "{what}: rel {rel}");
+    assert!(
+        got[s.m * s.n..].iter().all(|v| v.is_nan()),
+        "{what}: wrote past [m, n]"
+    );
+}
+
+#[test]
+fn hopper_linear_matches_cpu() {
+    let Some(gpu) = hopper_or_skip("hopper_linear_matches_cpu") else {
+        return;
+    };
+    let kernels = ProjectorKernels::new(gpu.clone());
+    let mut rng = Rng::from_env_or_time("hopper_linear");
+    // Partial tiles in m (a pair's second CTA partly or wholly past m), n
+    // and k; one element pair; more k steps than stages; NVLM-D's k.
+    let shapes = [
+        (130, 264, 328),
+        (300, 18, 72),
+        (1, 2, 8),
+        (257, 512, 1288),
+        (256, 264, 12800),
+    ];
+    for (i, (m, n, k)) in shapes.into_iter().enumerate() {
+        let s = LinearShape { m, n, k };
+        let (bias, gelu) = (i % 2 == 0, i != 1);
+        hopper_linear_case::<bf16>(&gpu, &kernels, &mut rng, s, bias, gelu);
+        hopper_linear_case::<f16>(&gpu, &kernels, &mut rng, s, !bias, gelu);
+    }
+}
+
+/// What the sm_90a Linear cannot take is an Err before any launch.
+#[test]
+fn hopper_linear_refuses_what_it_cannot_take() {
+    let Some(gpu) = hopper_or_skip("hopper_linear_refuses_what_it_cannot_take") else {
+        return;
+    };
+    let kernels = ProjectorKernels::new(gpu.clone());
+    let mut rng = Rng::from_env_or_time("hopper_linear_refuses");
+    let (x, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, 8 * 24 + 8, 1.0));
+    let (w, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, 8 * 24, 1.0));
+    let mut y = poisoned::<bf16>(&gpu, 64);
+    let mut run = |x_view: cudarc::driver::CudaView<'_, bf16>, w_len: usize, s: LinearShape| {
+        kernels
+            .linear_hopper(
+                &x_view,
+                &w.slice(..w_len),
+                None,
+                &mut y.slice_mut(..),
+                s,
+                true,
+            )
+            .unwrap_err()
+    };
+    // k = 12: rows of 24 bytes, which TMA cannot read.
+    let err = run(x.slice(..8 * 12), 8 * 12, LinearShape { m: 8, n: 8, k: 12 });
+    assert!(err.to_string().contains("not a multiple of 8"), "{err}");
+    let err = run(x.slice(..8 * 24), 7 * 24, LinearShape { m: 8, n: 7, k: 24 });
+    assert!(err.to_string().contains("odd"), "{err}");
+    // An x view one element into its buffer: off TMA's 16-byte grid.
+    let err = run(
+        x.slice(1..1 + 8 * 24),
+        8 * 24,
+        LinearShape { m: 8, n: 8, k: 24 },
+    );
+    assert!(err.to_string().contains("x at"), "{err}");
+    let err = run(
+        x.slice(..8 * 24),
+        8 * 24 - 1,
+        LinearShape { m: 8, n: 8, k: 24 },
+    );
+    assert!(matches!(err, Error::InvalidShape(_)), "{err}");
+    assert!(download(&gpu, &y).iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn projector_with_the_hopper_linear_matches_cpu() {
+    let Some(gpu) = hopper_or_skip("projector_with_the_hopper_linear_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("projector_hopper_linear");
+    for cfg in [
+        ProjectorConfig::nvlm_d_72b(),
+        ProjectorConfig::internvl2_300m(4096),
+    ] {
+        let cfg = ProjectorConfig {
+            vit_hidden: 40,
+            linear1_out: 96,
+            linear2_out: Some(64),
+            gelu: GeluMode::ExactErfHopperLinear,
+            ..cfg
+        };
+        projector_case::<bf16>(&gpu, &mut rng, cfg.clone(), 3);
+        projector_case::<f16>(&gpu, &mut rng, cfg, 2);
+    }
 }
 
 /// Bad inputs on the GPU path: an Err, and the output left as it was.

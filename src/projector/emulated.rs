@@ -249,3 +249,126 @@ fn bias_gelu_source_on_the_cpu_matches_the_reference() {
     }
     assert_eq!(kernels.len(), 4, "every bias_gelu kernel ran: {kernels:?}");
 }
+
+/// The sm_90a Linear ([`super::hopper::plan`]) on `[m, n, k]`, against the
+/// f64 sums of the dtype-rounded inputs (+ bias, GELU) rounded once to the
+/// dtype; `y` poisoned, every element of `[m, n]` written and nothing past
+/// it. Returns the kernel's name.
+fn hopper_linear_case<T: Half>(
+    exe: &Path,
+    (m, n, k): (usize, usize, usize),
+    bias: bool,
+    gelu: bool,
+    seed: u64,
+) -> String {
+    use super::hopper;
+    use crate::abi::NvlmHopperLinear;
+    use crate::gemm::LinearShape;
+    use crate::host_emulation::EmulatedTensorMap;
+    let mut seed = seed | 1;
+    let (x, x_f32) = values::<T>(&mut seed, m * k, 1.0, 0.0);
+    let (w, w_f32) = values::<T>(&mut seed, n * k, 1.0, 0.0);
+    let (b, b_f32) = values::<T>(&mut seed, n, 1.0, 0.0);
+    let mut memory = Memory::default();
+    let x_at = memory.put(&x);
+    let w_at = memory.put(&w);
+    let bias_at = if bias { memory.put(&b) } else { 0 };
+    let tail = 64;
+    let y_at = memory.put(&vec![T::from_f32(f32::NAN); m * n + tail]);
+    let shape = LinearShape { m, n, k };
+    let launch = hopper::plan(T::DTYPE, [x_at, w_at, bias_at, y_at], shape, gelu).unwrap();
+    let file = LaunchFile {
+        kernel: &launch.kernel,
+        config: launch.config,
+        // SAFETY: abi.h's structs have no padding.
+        params: unsafe { host_emulation::param_bytes(&launch.params) },
+        pointers: &[
+            offset_of!(NvlmHopperLinear, y),
+            offset_of!(NvlmHopperLinear, bias),
+        ],
+        maps: &[
+            EmulatedTensorMap::of(&launch.x),
+            EmulatedTensorMap::of(&launch.w),
+        ],
+        memory: &memory,
+    }
+    .bytes();
+    let got: Vec<T> = Memory::get(&host_emulation::run(exe, &file), y_at, m * n + tail);
+    let what = format!("{} [{m}, {n}, {k}] bias={bias} gelu={gelu}", launch.kernel);
+    for row in 0..m {
+        for col in 0..n {
+            let (mut sum, mut magnitude) = (0.0f64, 0.0f64);
+            for i in 0..k {
+                let p = f64::from(x_f32[row * k + i]) * f64::from(w_f32[col * k + i]);
+                sum += p;
+                magnitude += p.abs();
+            }
+            if bias {
+                sum += f64::from(b_f32[col]);
+                magnitude += f64::from(b_f32[col]).abs();
+            }
+            let want = if gelu { gelu_erf(sum) } else { sum };
+            let g = got[row * n + col].to_f64();
+            // One rounding to the dtype, plus f32 accumulation.
+            let bound = T::EPS * want.abs() + 1e-5 * magnitude;
+            assert!(
+                (g - want).abs() <= bound,
+                "{what}: y[{row}][{col}] = {g}, expected {want}"
+            );
+        }
+    }
+    assert!(
+        got[m * n..].iter().all(|v| v.to_f64().is_nan()),
+        "{what}: wrote past [m, n]"
+    );
+    launch.kernel
+}
+
+#[test]
+fn hopper_linear_source_on_the_cpu_matches_the_reference() {
+    let Some(exe) = host_emulation::emulator("projector_hopper_on_cpu", "address") else {
+        return;
+    };
+    let mut kernels = std::collections::BTreeSet::new();
+    // Partial tiles in m (a pair's second CTA partly or wholly past m), n
+    // (8 columns of a second tile) and k (8 columns of a last step); more
+    // k steps than stages, so the ring wraps.
+    kernels.insert(hopper_linear_case::<bf16>(
+        &exe,
+        (130, 264, 328),
+        true,
+        true,
+        1,
+    ));
+    kernels.insert(hopper_linear_case::<f16>(
+        &exe,
+        (300, 18, 72),
+        false,
+        false,
+        2,
+    ));
+    kernels.insert(hopper_linear_case::<bf16>(
+        &exe,
+        (64, 512, 8),
+        true,
+        false,
+        3,
+    ));
+    kernels.insert(hopper_linear_case::<f16>(
+        &exe,
+        (257, 256, 648),
+        true,
+        true,
+        4,
+    ));
+    assert_eq!(kernels.len(), 2, "both dtypes ran: {kernels:?}");
+}
+
+#[test]
+fn hopper_linear_source_on_the_cpu_has_no_data_race() {
+    let Some(exe) = host_emulation::emulator("projector_hopper_on_cpu", "thread") else {
+        return;
+    };
+    // 6 k steps through 4 stages: every stage is refilled, by both CTAs.
+    hopper_linear_case::<bf16>(&exe, (200, 40, 384), true, true, 5);
+}

@@ -1,18 +1,23 @@
 //! The projector on a CUDA device: the fused front kernel and the exact
-//! GELU kernel (kernels/projector.cu), cuBLASLt for the Linears.
+//! GELU kernel (kernels/projector.cu), cuBLASLt for the Linears, and on
+//! Hopper the crate's own Linear with the GELU in its epilogue
+//! (kernels/projector_hopper.cu).
 //!
 //! Per forward: front (shuffle + LayerNorm) → `[rows, 4C]`; GEMM 1 →
 //! `[rows, H1]`; bias + exact GELU in place (or cuBLASLt's fused
-//! bias + GELU epilogue for [`GeluMode::CublasLtApproximate`]); GEMM 2 with
-//! the bias epilogue → `[rows, H2]`. Everything is queued on the GPU's
+//! bias + GELU epilogue for [`GeluMode::CublasLtApproximate`], or GEMM 1,
+//! bias and exact GELU in the sm_90a Linear for
+//! [`GeluMode::ExactErfHopperLinear`]); GEMM 2 with the bias epilogue →
+//! `[rows, H2]`. Everything is queued on the GPU's
 //! stream; nothing synchronises.
 
-use super::{FrontLaunch, GeluMode, ProjectorConfig, WeightLens, front_launch};
+use super::{FrontLaunch, GeluMode, ProjectorConfig, WeightLens, front_launch, hopper};
 use crate::abi::{NvlmBiasGelu, NvlmProjectorFront};
-use crate::cuda::{Gpu, KernelModule, driver_error};
+use crate::cuda::{Gpu, KernelModule, allow_dynamic_smem, driver_error};
 use crate::dtype::{Dtype, TensorElement};
 use crate::error::{Error, Result};
 use crate::gemm::{Epilogue, Gemm, LinearShape, check_linear, check_operand_alignment};
+use crate::hopper::{TensorMap, check_entry_registers, require_sm90a};
 use cudarc::cublaslt::{CudaBlasLT, Matmul};
 use cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
@@ -147,6 +152,56 @@ impl ProjectorKernels {
         // and cols % 8 == 0.
         unsafe { stream.launch_builder(&f).arg(&params).launch(launch) }
             .map_err(driver_error(&kernel))?;
+        Ok(())
+    }
+}
+
+impl ProjectorKernels {
+    /// Queues `y = gelu?(x · wᵀ + bias)` (exact erf GELU) with the sm_90a
+    /// Linear (kernels/projector_hopper.cu), row-major, `w` `[n, k]` as
+    /// PyTorch stores it: the bias and the GELU act on the f32 sums, which
+    /// are rounded once. Needs compute capability 9.0; what else it cannot
+    /// take is listed at [`super::hopper::plan`]. `y` may be longer than
+    /// `m·n`.
+    pub fn linear_hopper<T: TensorElement + DeviceRepr>(
+        &self,
+        x: &CudaView<'_, T>,
+        w: &CudaView<'_, T>,
+        bias: Option<&CudaView<'_, T>>,
+        y: &mut CudaViewMut<'_, T>,
+        shape: LinearShape,
+        gelu: bool,
+    ) -> Result<()> {
+        check_linear(shape, x.len(), w.len(), bias.map(|b| b.len()), y.len())?;
+        let stream = self.gpu.stream();
+        // Guards held until the launch is queued, as in `front`.
+        let (x_addr, _x_read) = x.device_ptr(stream);
+        let (w_addr, _w_read) = w.device_ptr(stream);
+        let bias_read = bias.map(|b| b.device_ptr(stream));
+        let bias_addr = bias_read.as_ref().map_or(0, |(a, _)| *a);
+        let (y_addr, _y_write) = y.device_ptr_mut(stream);
+        let launch = hopper::plan(T::DTYPE, [x_addr, w_addr, bias_addr, y_addr], shape, gelu)?;
+        require_sm90a(&self.gpu, "the sm_90a Linear")?;
+        let x_map = TensorMap::tiled(&self.gpu, &launch.x)?;
+        let w_map = TensorMap::tiled(&self.gpu, &launch.w)?;
+        let f = self
+            .gpu
+            .function(KernelModule::ProjectorHopper, &launch.kernel)?;
+        check_entry_registers(&f, &launch.kernel, hopper::ENTRY_REGISTERS_NEEDED)?;
+        allow_dynamic_smem(&f, launch.config.shared_mem_bytes)?;
+        // SAFETY: the tensor maps describe exactly the checked x [m, k] and
+        // w [n, k] (TMA reads only inside them); the kernel stores y only
+        // at rows < m and columns < n and reads bias only at columns < n,
+        // all checked against the buffers' lengths above.
+        unsafe {
+            stream
+                .launch_builder(&f)
+                .arg(&x_map)
+                .arg(&w_map)
+                .arg(&launch.params)
+                .launch(launch.config)
+        }
+        .map_err(driver_error(&launch.kernel))?;
         Ok(())
     }
 }
@@ -377,6 +432,10 @@ impl Projector {
                     gemm1,
                     Epilogue::CublasGelu,
                 )?;
+            }
+            GeluMode::ExactErfHopperLinear => {
+                self.kernels
+                    .linear_hopper(&front, &weights.w1, b1, &mut hidden, gemm1, true)?;
             }
         }
         let hidden = hidden.slice(..);

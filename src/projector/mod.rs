@@ -9,7 +9,9 @@
 //! and NVLM-X's one-layer projection ([`ProjectorConfig`] presets). On the
 //! GPU ([`gpu`]) the first three steps are one memory-bound kernel, the
 //! Linears are cuBLASLt GEMMs ([`crate::gemm`]) and the exact GELU is a small
-//! element-wise kernel. [`cpu`] is the f64 reference.
+//! element-wise kernel, or, on Hopper, Linear 1 and its GELU are one kernel
+//! of the crate's own ([`hopper`], [`GeluMode::ExactErfHopperLinear`]).
+//! [`cpu`] is the f64 reference.
 //!
 //! Every shape is checked by [`ProjectorConfig::check_forward`], a pure
 //! function, before anything touches a device.
@@ -18,6 +20,7 @@ pub mod cpu;
 #[cfg(test)]
 mod emulated;
 pub mod gpu;
+pub mod hopper;
 
 use crate::dtype::Dtype;
 use crate::error::{Error, Result};
@@ -42,6 +45,11 @@ pub enum GeluMode {
     /// cuBLASLt's GELU epilogue fused into GEMM 1. NVIDIA documents it as
     /// an approximation; `tests/gpu_projector.rs` measures which one.
     CublasLtApproximate,
+    /// The exact GELU in the epilogue of the crate's own sm_90a Linear
+    /// (kernels/projector_hopper.cu) for Linear 1: no separate pass; the
+    /// bias and the GELU act on the f32 sums, rounded once. Needs
+    /// compute capability 9.0. Linear 2 stays on cuBLASLt.
+    ExactErfHopperLinear,
 }
 
 /// The shape of one projector. Weights follow PyTorch's layout: Linear
