@@ -202,6 +202,20 @@ typedef struct NvlmTmaSelftest {
     uint32_t box_height;
 } NvlmTmaSelftest;
 
+// selftest_cluster_multicast (clusters of 2 CTAs, grid 2): CTA r loads
+// the box at (x, y + r * box_height) of the source map into rows
+// [r * box_height, (r + 1) * box_height) of both CTAs' tiles (multicast)
+// and arrives on the other CTA's barrier; each CTA, once both boxes and
+// the other's arrival are in, copies its tile (2 * box_height rows of
+// box_width bf16) to out + rank * 2 * box_width * box_height.
+typedef struct NvlmClusterSelftest {
+    uint64_t out;
+    int32_t x;
+    int32_t y;
+    uint32_t box_width;
+    uint32_t box_height;
+} NvlmClusterSelftest;
+
 // selftest_mbarrier_pipeline: column sums and sums of squares of a
 // [rows, 64] bf16 matrix, into out (128 f32).
 typedef struct NvlmPipelineSelftest {
@@ -241,6 +255,7 @@ static_assert(sizeof(NvlmTma4dSelftest) == 24, "NvlmTma4dSelftest layout");
 static_assert(sizeof(NvlmWgmmaSwizzledSelftest) == 8, "NvlmWgmmaSwizzledSelftest layout");
 static_assert(sizeof(NvlmWgmmaRsSelftest) == 16, "NvlmWgmmaRsSelftest layout");
 static_assert(sizeof(NvlmTmaSelftest) == 32, "NvlmTmaSelftest layout");
+static_assert(sizeof(NvlmClusterSelftest) == 24, "NvlmClusterSelftest layout");
 static_assert(sizeof(NvlmPipelineSelftest) == 16, "NvlmPipelineSelftest layout");
 static_assert(sizeof(NvlmWgmmaSelftest) == 24, "NvlmWgmmaSelftest layout");
 #endif

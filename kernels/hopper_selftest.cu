@@ -1,9 +1,10 @@
 // Self-tests of the Hopper primitives in kernels/common/ (TMA, mbarrier,
-// wgmma), each a small kernel whose result the host checks exactly against
+// wgmma, clusters), each a small kernel whose result the host checks exactly against
 // the CPU (tests/gpu_hopper_primitives.rs). They exist so that a failure in
 // a primitive shows up here, alone, rather than as a wrong attention output.
 // Built for every target; on anything below sm_90a they trap.
 #include "abi.h"
+#include "common/cluster.cuh"
 #include "common/mbarrier.cuh"
 #include "common/tma.cuh"
 #include "common/wgmma.cuh"
@@ -49,6 +50,45 @@ __device__ __forceinline__ void store_accumulators(const float (&acc)[N / 2], fl
         c[(row + 8) * N + col] = acc[4 * j + 2];
         c[(row + 8) * N + col + 1] = acc[4 * j + 3];
     }
+}
+
+// Two CTAs of a cluster: each loads one box and multicasts it into both
+// (abi.h), and greets the other through an arrival on its barrier. Every
+// barrier lives in dynamic shared memory, at the same offset in both CTAs,
+// as multicast and remote arrivals address them (and as the host
+// emulation, which runs the two CTAs together, needs).
+extern "C" __global__ void NVLM_CLUSTER_DIMS(2, 1, 1) __launch_bounds__(128)
+    selftest_cluster_multicast(const __grid_constant__ CUtensorMap src_map,
+                               NvlmClusterSelftest p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    uint16_t* tile = aligned_smem();
+    const uint32_t box_elems = p.box_width * p.box_height;
+    uint64_t* loaded = reinterpret_cast<uint64_t*>(tile + 2 * box_elems);
+    uint64_t* greeted = loaded + 1;
+    const uint32_t rank = cluster_ctarank();
+    if (threadIdx.x == 0) {
+        mbarrier_init(loaded, 1);
+        mbarrier_init(greeted, 1);
+        mbarrier_init_fence();
+    }
+    // Both CTAs' barriers exist before either CTA's loads or arrivals.
+    cluster_sync();
+    if (threadIdx.x == 0) {
+        // Both boxes: this CTA's and the other's.
+        mbarrier_arrive_expect_tx(loaded, 2 * box_elems * 2);
+        tma_load_2d_multicast(tile + rank * box_elems, &src_map, loaded, p.x,
+                              p.y + static_cast<int32_t>(rank * p.box_height), 0b11);
+    }
+    if (threadIdx.x < 32) mbarrier_arrive_cluster(greeted, rank ^ 1, threadIdx.x == 0);
+    mbarrier_wait(loaded, 0);
+    mbarrier_wait(greeted, 0);
+    uint16_t* out = reinterpret_cast<uint16_t*>(p.out) + rank * 2 * box_elems;
+    for (uint32_t i = threadIdx.x; i < 2 * box_elems; i += blockDim.x) out[i] = tile[i];
+    // Neither CTA leaves while the other may still write into it.
+    cluster_sync();
+#else
+    __trap();
+#endif
 }
 
 // One TMA load of a bf16 box (partly outside the tensor when the caller

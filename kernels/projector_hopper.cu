@@ -190,18 +190,12 @@ __device__ __forceinline__ void linear_forward(const CUtensorMap* x_map, const C
 #define NVLM_LINEAR_BODY(T) __trap();
 #endif
 
-// Clusters exist from sm_90 on; the other targets' entries only trap.
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-#define NVLM_LINEAR_CLUSTER __cluster_dims__(NVLM_HOPPER_LINEAR_CLUSTER_M, 1, 1)
-#else
-#define NVLM_LINEAR_CLUSTER
-#endif
-
-#define NVLM_LINEAR_ENTRY(name, T)                                                             \
-    extern "C" __global__ void NVLM_LINEAR_CLUSTER __launch_bounds__(kThreads, 1)              \
-            name(const __grid_constant__ CUtensorMap x_map,                                    \
-                 const __grid_constant__ CUtensorMap w_map, NvlmHopperLinear p) {              \
-        NVLM_LINEAR_BODY(T)                                                                    \
+#define NVLM_LINEAR_ENTRY(name, T)                                                        \
+    extern "C" __global__ void NVLM_CLUSTER_DIMS(NVLM_HOPPER_LINEAR_CLUSTER_M, 1, 1)      \
+        __launch_bounds__(kThreads, 1)                                                    \
+            name(const __grid_constant__ CUtensorMap x_map,                               \
+                 const __grid_constant__ CUtensorMap w_map, NvlmHopperLinear p) {         \
+        NVLM_LINEAR_BODY(T)                                                               \
     }
 
 NVLM_LINEAR_ENTRY(linear_hopper_bf16, __nv_bfloat16)

@@ -380,6 +380,30 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
+pub struct NvlmClusterSelftest {
+    pub out: u64,
+    pub x: i32,
+    pub y: i32,
+    pub box_width: u32,
+    pub box_height: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of NvlmClusterSelftest"][::core::mem::size_of::<NvlmClusterSelftest>() - 24usize];
+    ["Alignment of NvlmClusterSelftest"][::core::mem::align_of::<NvlmClusterSelftest>() - 8usize];
+    ["Offset of field: NvlmClusterSelftest::out"]
+        [::core::mem::offset_of!(NvlmClusterSelftest, out) - 0usize];
+    ["Offset of field: NvlmClusterSelftest::x"]
+        [::core::mem::offset_of!(NvlmClusterSelftest, x) - 8usize];
+    ["Offset of field: NvlmClusterSelftest::y"]
+        [::core::mem::offset_of!(NvlmClusterSelftest, y) - 12usize];
+    ["Offset of field: NvlmClusterSelftest::box_width"]
+        [::core::mem::offset_of!(NvlmClusterSelftest, box_width) - 16usize];
+    ["Offset of field: NvlmClusterSelftest::box_height"]
+        [::core::mem::offset_of!(NvlmClusterSelftest, box_height) - 20usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
 pub struct NvlmPipelineSelftest {
     pub out: u64,
     pub rows: u32,

@@ -63,6 +63,7 @@ unsafe impl DeviceRepr for crate::abi::NvlmTileWrite {}
 unsafe impl DeviceRepr for crate::abi::NvlmFusedPreprocess {}
 unsafe impl DeviceRepr for crate::abi::NvlmHopperAttention {}
 unsafe impl DeviceRepr for crate::abi::NvlmTmaSelftest {}
+unsafe impl DeviceRepr for crate::abi::NvlmClusterSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmTma4dSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmPipelineSelftest {}
 unsafe impl DeviceRepr for crate::abi::NvlmWgmmaSelftest {}

@@ -5,15 +5,16 @@
 //! failure of tests/gpu_hopper_primitives.rs on a GPU is the hardware
 //! reading a primitive differently, not a wrong test. Every self-test runs
 //! here: the TMA round trip (zero fill, clipped store), the 4-D TMA load,
-//! the mbarrier pipeline, and wgmma from plain, swizzled and register
-//! operands.
+//! multicast into a cluster's two CTAs with an arrival on the other's
+//! barrier, the mbarrier pipeline, and wgmma from plain, swizzled and
+//! register operands.
 
 #[path = "../tests/common/hopper_selftests.rs"]
 mod hopper_selftests;
 
 use crate::abi::{
-    NvlmPipelineSelftest, NvlmTma4dSelftest, NvlmTmaSelftest, NvlmWgmmaRsSelftest,
-    NvlmWgmmaSelftest, NvlmWgmmaSwizzledSelftest,
+    NvlmClusterSelftest, NvlmPipelineSelftest, NvlmTma4dSelftest, NvlmTmaSelftest,
+    NvlmWgmmaRsSelftest, NvlmWgmmaSelftest, NvlmWgmmaSwizzledSelftest,
 };
 use crate::attention::hopper_input_tensor;
 use crate::attention::tests::Rng;
@@ -158,6 +159,50 @@ fn wgmma_register_a_self_test_gives_the_product() {
         rel < hopper_selftests::PRODUCT_TOLERANCE,
         "relative error {rel:e}"
     );
+}
+
+#[test]
+fn cluster_self_test_multicasts_into_both_ctas() {
+    let Some(exe) = emulator() else {
+        return;
+    };
+    let (_, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
+    let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
+    // Inside, and the second CTA's box past the bottom and left edges.
+    for (seed, load) in [(9, (8, 2)), (10, (-20, 50))] {
+        let src = random_bf16(seed, (src_pitch * src_h) as usize);
+        let mut memory = Memory::default();
+        let at_src = memory.put(&src);
+        let out_len = (4 * box_w * box_h) as usize;
+        let at_out = memory.put(&vec![hopper_selftests::POISON; out_len]);
+        let params = hopper_selftests::cluster_params(at_out, load);
+        let file = LaunchFile {
+            kernel: "selftest_cluster_multicast",
+            config: LaunchConfig {
+                grid_dim: (2, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: hopper_selftests::CLUSTER_SMEM,
+            },
+            // SAFETY: abi.h's structs have no padding.
+            params: unsafe { host_emulation::param_bytes(&params) },
+            pointers: &[offset_of!(NvlmClusterSelftest, out)],
+            maps: &[EmulatedTensorMap::of(&hopper_selftests::round_trip_matrix(
+                at_src,
+                hopper_selftests::ROUND_TRIP_SRC,
+            ))],
+            memory: &memory,
+        }
+        .bytes();
+        let got: Vec<u16> = Memory::get(&host_emulation::run(&exe, &file), at_out, out_len);
+        assert_eq!(
+            hopper_selftests::first_difference(
+                &got,
+                &hopper_selftests::cluster_expected(&src, load)
+            ),
+            None,
+            "load {load:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The Hopper primitives of kernels/common/ (TMA, mbarrier pipelines,
-//! wgmma), each alone in a small kernel (kernels/hopper_selftest.cu),
+//! clusters, wgmma), each alone in a small kernel (kernels/hopper_selftest.cu),
 //! checked exactly against the CPU. Without a usable GPU these skip (see
 //! tests/common/gpu.rs); on a GPU other than compute capability 9.0 they
 //! skip too, since sm_90a code runs nowhere else.
@@ -102,6 +102,52 @@ fn tma_load_fills_outside_with_zeros_and_store_clips() {
         }
         if let Some((i, got, want)) = hopper_selftests::first_difference(&got_dst, &want_dst) {
             panic!("{what}: destination element {i}: got {got:#06x}, want {want:#06x}");
+        }
+    }
+}
+
+/// Two CTAs of a cluster, each multicasting one box into both and arriving
+/// on the other's barrier: both CTAs' tiles must hold both boxes.
+#[test]
+fn cluster_multicast_reaches_both_ctas() {
+    let Some(gpu) = hopper_or_skip("cluster_multicast_reaches_both_ctas") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("cluster_multicast");
+    let stream = gpu.stream();
+    let (_, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
+    let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
+    for _ in 0..4 {
+        let src_host = random_bf16(&mut rng, (src_pitch * src_h) as usize);
+        let src = stream.clone_htod(&src_host).unwrap();
+        let out_len = (4 * box_w * box_h) as usize;
+        let out = stream
+            .clone_htod(&vec![hopper_selftests::POISON; out_len])
+            .unwrap();
+        let load = (signed_in(&mut rng, -32, 99), signed_in(&mut rng, -40, 69));
+        let (src_addr, _g1) = src.device_ptr(stream);
+        let (out_addr, _g2) = out.device_ptr(stream);
+        let map = TensorMap::tiled(
+            &gpu,
+            &hopper_selftests::round_trip_matrix(src_addr, hopper_selftests::ROUND_TRIP_SRC),
+        )
+        .unwrap();
+        let params = hopper_selftests::cluster_params(out_addr, load);
+        drop((_g1, _g2));
+        let (f, mut cfg) = one_block(
+            &gpu,
+            "selftest_cluster_multicast",
+            128,
+            hopper_selftests::CLUSTER_SMEM,
+        );
+        // One cluster: the kernel's compiled-in shape is 2 x 1 x 1.
+        cfg.grid_dim = (2, 1, 1);
+        // SAFETY: the map describes the live `src`; out holds both tiles.
+        unsafe { stream.launch_builder(&f).arg(&map).arg(&params).launch(cfg) }.unwrap();
+        let got = stream.clone_dtoh(&out).unwrap();
+        let want = hopper_selftests::cluster_expected(&src_host, load);
+        if let Some((i, got, want)) = hopper_selftests::first_difference(&got, &want) {
+            panic!("load {load:?}: element {i}: got {got:#06x}, want {want:#06x}");
         }
     }
 }

@@ -5,6 +5,15 @@
 #pragma once
 #include "common/ptx.cuh"
 
+// A kernel's compiled-in cluster shape, where the target has clusters
+// (sm_90 on, and the host pass); elsewhere nothing, as those targets'
+// entries only trap.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define NVLM_CLUSTER_DIMS(x, y, z) __cluster_dims__(x, y, z)
+#else
+#define NVLM_CLUSTER_DIMS(x, y, z)
+#endif
+
 #if __CUDA_ARCH__ >= 900
 namespace nvlm {
 

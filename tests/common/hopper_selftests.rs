@@ -5,7 +5,7 @@
 //! reading of a primitive, not the test's expectation.
 
 use half::bf16;
-use nvlm_vision::abi::NvlmTmaSelftest;
+use nvlm_vision::abi::{NvlmClusterSelftest, NvlmTmaSelftest};
 use nvlm_vision::attention::AttentionLayout;
 use nvlm_vision::hopper::{Tiled2d, TmaElement, TmaSwizzle};
 
@@ -44,6 +44,33 @@ pub fn round_trip_matrix(address: u64, (width, height, pitch): (u32, u32, u32)) 
         ROUND_TRIP_BOX,
         TmaSwizzle::None,
     )
+}
+
+/// `selftest_cluster_multicast`'s shared memory: two round-trip boxes and
+/// two barriers.
+pub const CLUSTER_SMEM: u32 = 2 * ROUND_TRIP_BOX.0 * ROUND_TRIP_BOX.1 * 2 + 16 + SMEM_SLACK;
+
+/// The cluster self-test's parameters: CTA r multicasts the round-trip
+/// source's box at (load.0, load.1 + r · box height); `out` holds both
+/// CTAs' tiles.
+pub fn cluster_params(out: u64, load: (i32, i32)) -> NvlmClusterSelftest {
+    NvlmClusterSelftest {
+        out,
+        x: load.0,
+        y: load.1,
+        box_width: ROUND_TRIP_BOX.0,
+        box_height: ROUND_TRIP_BOX.1,
+    }
+}
+
+/// What `selftest_cluster_multicast` must leave in `out`: in each of the
+/// two CTAs' tiles, both boxes (the first CTA's, then the second's), with
+/// zeros outside the source.
+pub fn cluster_expected(src: &[u16], load: (i32, i32)) -> Vec<u16> {
+    let box_at =
+        |r: i32| round_trip_expected(src, (load.0, load.1 + r * ROUND_TRIP_BOX.1 as i32), (0, 0)).0;
+    let tile: Vec<u16> = [box_at(0), box_at(1)].concat();
+    [tile.clone(), tile].concat()
 }
 
 /// The round trip's parameters: the box loaded at `load` is copied to

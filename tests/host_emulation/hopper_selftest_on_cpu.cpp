@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
     return emu::run_launch(argc, argv,
                            {
                                {"selftest_tma_round_trip", emu::kernel(selftest_tma_round_trip)},
+                               {"selftest_cluster_multicast",
+                                emu::in_clusters_of(2, emu::kernel(selftest_cluster_multicast))},
                                {"selftest_mbarrier_pipeline",
                                 emu::kernel(selftest_mbarrier_pipeline)},
                                {"selftest_wgmma_tile", emu::kernel(selftest_wgmma_tile)},

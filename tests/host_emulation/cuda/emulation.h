@@ -34,8 +34,6 @@
 // clusters of several CTAs (which run together) keeps all its shared
 // state in dynamic shared memory, which is one per CTA.
 #define __shared__ static
-// The cluster shape is the driver's to state (emu::in_clusters_of).
-#define __cluster_dims__(...)
 #define __grid_constant__
 #define __align__(n) __attribute__((aligned(n)))
 // The kernels' sm_90a code paths.

@@ -4,6 +4,9 @@
 #pragma once
 #include "common/mbarrier.cuh"
 
+// The cluster shape is the driver's to state (emu::in_clusters_of).
+#define NVLM_CLUSTER_DIMS(x, y, z)
+
 namespace nvlm {
 
 inline uint32_t cluster_ctarank() { return emu::cta_rank; }
