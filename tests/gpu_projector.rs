@@ -818,6 +818,43 @@ fn projector_with_the_hopper_linear_matches_cpu() {
     }
 }
 
+/// A config the sm_90a Linear cannot take (4C = 52, not a multiple of 8)
+/// is an Err before the front's launch: the output stays poisoned.
+#[test]
+fn projector_with_the_hopper_linear_refuses_before_any_launch() {
+    let Some(gpu) = hopper_or_skip("projector_with_the_hopper_linear_refuses_before_any_launch")
+    else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("projector_hopper_refuses");
+    let cfg = ProjectorConfig {
+        vit_hidden: 13,
+        linear1_out: 24,
+        linear2_out: Some(8),
+        gelu: GeluMode::ExactErfHopperLinear,
+        ..ProjectorConfig::internvl2_300m(4096)
+    };
+    let weights = Weights::<bf16>::random(&gpu, &mut rng, &cfg);
+    let projector = Projector::new(cfg.clone(), gpu.clone()).unwrap();
+    let mut ws = projector.workspace::<bf16>(1).unwrap();
+    let (input, _) = to_device::<bf16>(
+        &gpu,
+        &uniform(&mut rng, cfg.tokens_per_tile() * cfg.vit_hidden, 1.0),
+    );
+    let mut out = poisoned::<bf16>(&gpu, cfg.output_rows(1) * 8);
+    let err = projector
+        .forward(
+            &input.slice(..),
+            1,
+            &weights.views(),
+            &mut ws,
+            &mut out.slice_mut(..),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("not a multiple of 8"), "{err}");
+    assert!(download(&gpu, &out).iter().all(|v| v.is_nan()));
+}
+
 /// Bad inputs on the GPU path: an Err, and the output left as it was.
 #[test]
 fn projector_bad_inputs_fail_before_any_launch() {

@@ -289,6 +289,9 @@ impl Projector {
     /// Checks the config and loads cuBLASLt (an error without it).
     pub fn new(config: ProjectorConfig, gpu: Arc<Gpu>) -> Result<Projector> {
         config.validate()?;
+        if config.gelu == GeluMode::ExactErfHopperLinear && config.linear2_out.is_some() {
+            require_sm90a(&gpu, "GeluMode::ExactErfHopperLinear")?;
+        }
         let gemm = Gemm::new(&gpu)?;
         Ok(Projector {
             config,
@@ -392,6 +395,23 @@ impl Projector {
         gemm_operands.extend(weights.w2.as_ref().map(|w| ("Linear 2 weight", address(w))));
         gemm_operands.extend(weights.b2.as_ref().map(|b| ("Linear 2 bias", address(b))));
         check_operand_alignment(&gemm_operands)?;
+        // The sm_90a Linear's own limits (k % 8, even n, alignment), also
+        // before the front's launch.
+        if cfg.gelu == GeluMode::ExactErfHopperLinear
+            && let Some(hidden) = &ws.hidden
+        {
+            hopper::plan(
+                T::DTYPE,
+                [
+                    ws.front.device_ptr(stream).0,
+                    address(&weights.w1),
+                    weights.b1.as_ref().map_or(0, address),
+                    hidden.device_ptr(stream).0,
+                ],
+                gemm1,
+                true,
+            )?;
+        }
 
         let mut front = ws.front.slice_mut(..rows * k1);
         self.kernels.front(

@@ -47,8 +47,9 @@ pub enum GeluMode {
     CublasLtApproximate,
     /// The exact GELU in the epilogue of the crate's own sm_90a Linear
     /// (kernels/projector_hopper.cu) for Linear 1: no separate pass; the
-    /// bias and the GELU act on the f32 sums, rounded once. Needs
-    /// compute capability 9.0. Linear 2 stays on cuBLASLt.
+    /// bias and the GELU act on the f32 sums, rounded once. Linear 2 stays
+    /// on cuBLASLt. Needs compute capability 9.0 (`Projector::new` says so
+    /// otherwise) and 4C % 8 == 0 (`forward` says so before any launch).
     ExactErfHopperLinear,
 }
 
