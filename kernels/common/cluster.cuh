@@ -39,7 +39,11 @@ __device__ __forceinline__ void cluster_sync() {
 // One arrival on the mbarrier at `bar`'s shared-memory offset in CTA `cta`
 // of the cluster (this CTA's own when `cta` is its rank), by the threads
 // whose `arrive` is true. A predicate, not a branch, so that a warp that
-// arrives from one lane stays converged for the wgmmas around it.
+// arrives from one lane stays converged for the wgmmas around it. The
+// default semantics (release at CTA scope), as CUTLASS's consumer release:
+// what it signals is that wgmma reads of a stage are done, which the
+// wgmma wait already ensured; `.release.cluster` cost a MEMBAR.ALL.GPU
+// before every arrival in SASS.
 __device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t* bar, uint32_t cta, bool arrive) {
     asm volatile(
         "{\n"
@@ -47,7 +51,7 @@ __device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t* bar, uint32_t 
         ".reg .b32 remote;\n"
         "setp.ne.b32 p, %2, 0;\n"
         "mapa.shared::cluster.u32 remote, %0, %1;\n"
-        "@p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n"
+        "@p mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
         "}" ::"r"(smem_addr(bar)),
         "r"(cta), "r"(static_cast<uint32_t>(arrive))
         : "memory");
