@@ -285,6 +285,28 @@ pub(crate) fn sm90a_registers(report: &str) -> Vec<(String, u32)> {
     found
 }
 
+/// Asserts that the build has `count` sm_90a entries named `prefix*`, each
+/// with at least `needed` registers at entry (their setmaxnreg hand-over);
+/// skips in a build without kernels.
+#[cfg(test)]
+pub(crate) fn assert_entry_registers(prefix: &str, count: usize, needed: u32) {
+    let Some(report) = crate::cuda::ptxas_report() else {
+        println!("skipped: this build has no kernels (nvcc was not found)");
+        return;
+    };
+    let entries: Vec<_> = sm90a_registers(report)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .collect();
+    assert_eq!(entries.len(), count, "{entries:?}");
+    for (name, registers) in entries {
+        assert!(
+            registers >= needed,
+            "{name}: {registers} registers, setmaxnreg needs {needed}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -169,21 +169,7 @@ mod tests {
 
     #[test]
     fn every_linear_entry_has_the_registers_its_setmaxnreg_needs() {
-        let Some(report) = crate::cuda::ptxas_report() else {
-            println!("skipped: this build has no kernels (nvcc was not found)");
-            return;
-        };
-        let entries: Vec<_> = crate::hopper::sm90a_registers(report)
-            .into_iter()
-            .filter(|(name, _)| name.starts_with("linear_hopper_"))
-            .collect();
-        assert_eq!(entries.len(), 2, "{entries:?}");
-        for (name, registers) in entries {
-            assert!(
-                registers >= ENTRY_REGISTERS_NEEDED,
-                "{name}: {registers} registers, setmaxnreg needs {ENTRY_REGISTERS_NEEDED}"
-            );
-        }
+        crate::hopper::assert_entry_registers("linear_hopper_", 2, ENTRY_REGISTERS_NEEDED);
     }
 
     #[test]
@@ -203,29 +189,14 @@ mod tests {
         refused(Dtype::Bf16, ADDRS, shape(0, 8, 8), "1..=i32::MAX");
         refused(Dtype::Bf16, ADDRS, shape(8, 1 << 31, 8), "1..=i32::MAX");
         refused(Dtype::Bf16, ADDRS, shape(8, 65536 * 256, 8), "65536 tiles");
-        let mut addrs = ADDRS;
-        addrs[0] += 8;
-        refused(
-            Dtype::Bf16,
-            addrs,
-            shape(8, 8, 8),
-            "x at 0x100008 is not 16-byte aligned",
-        );
-        let mut addrs = ADDRS;
-        addrs[2] += 2;
-        refused(
-            Dtype::Bf16,
-            addrs,
-            shape(8, 8, 8),
-            "bias at 0x300002 is not 4-byte aligned",
-        );
-        let mut addrs = ADDRS;
-        addrs[3] += 2;
-        refused(
-            Dtype::Bf16,
-            addrs,
-            shape(8, 8, 8),
-            "y at 0x400002 is not 4-byte aligned",
-        );
+        for (operand, offset, needle) in [
+            (0, 8, "x at 0x100008 is not 16-byte aligned"),
+            (2, 2, "bias at 0x300002 is not 4-byte aligned"),
+            (3, 2, "y at 0x400002 is not 4-byte aligned"),
+        ] {
+            let mut addrs = ADDRS;
+            addrs[operand] += offset;
+            refused(Dtype::Bf16, addrs, shape(8, 8, 8), needle);
+        }
     }
 }
