@@ -253,9 +253,8 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                    static_cast<int>(p.kv_len) - kv_tile(j) * kKeyRows <= 16;
         };
 
-        // Issues S = Q K^T for tile j of the visit as one commit group; on
-        // the narrow path S's other columns keep stale values, all of keys
-        // past kv_len, which the softmax masks to -inf.
+        // Issues S = Q K^T for tile j of the visit as one commit group (the
+        // narrow path into s_narrow, see collect_narrow_s).
         const auto issue_qk = [&](int j, bool first) {
             const int stage = stage_of(j);
             const uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
@@ -288,14 +287,17 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         };
 
         // After a first tile's S is waited for: a narrow S (16 keys) into
-        // s, where the softmax reads it. It has accumulators of its own, not
-        // an alias of s's first 8: with the alias ptxas serialised the
-        // wgmmas (C7511, "insufficient register resources").
+        // s, where the softmax reads it, and zeros in s's other columns, all
+        // keys past kv_len, which the softmax masks to -inf (they are
+        // defined here, not at the item's start: zeroing s there drew
+        // C7515). It has accumulators of its own, not an alias of s's first
+        // 8: with the alias ptxas serialised the wgmmas (C7511,
+        // "insufficient register resources").
         const auto collect_narrow_s = [&](int j) {
             wgmma_fence_operands(s_narrow);
             if (narrow_qk(j, true)) {
 #pragma unroll
-                for (int i = 0; i < 8; ++i) s[i] = s_narrow[i];
+                for (int i = 0; i < kKeyRows / 2; ++i) s[i] = i < 8 ? s_narrow[i] : 0.0f;
             }
         };
 
