@@ -139,6 +139,10 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
     const bool narrow_first =
         kv_tiles > 1 && static_cast<int>(p.kv_len) - (kv_tiles - 1) * kKeyRows <= 16;
     const auto kv_tile = [&](int j) { return narrow_first ? (j + kv_tiles - 1) % kv_tiles : j; };
+    // Tile j of the visit holds at most 16 real keys (N = 1025's tail).
+    const auto at_most_16_keys = [&](int j) {
+        return static_cast<int>(p.kv_len) - kv_tile(j) * kKeyRows <= 16;
+    };
     // v4 strides over the items by its grid size; the others' grid is
     // (query tiles, heads, batch) and each block takes its one item.
     const int first_item = kPersistent ? static_cast<int>(blockIdx.x)
@@ -249,8 +253,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         // narrow path in its item loop ptxas serialised v4's wgmmas (C7515)
         // whichever way the n16 accumulators were held.
         const auto narrow_qk = [&](int j, bool first) {
-            return first && !kPersistent &&
-                   static_cast<int>(p.kv_len) - kv_tile(j) * kKeyRows <= 16;
+            return first && !kPersistent && at_most_16_keys(j);
         };
 
         // Issues S = Q K^T for tile j of the visit as one commit group (the
@@ -311,7 +314,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         const auto issue_pv = [&](int j) {
             const int stage = stage_of(j);
             const uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
-            const bool narrow = static_cast<int>(p.kv_len) - kv_tile(j) * kKeyRows <= 16;
+            const bool narrow = at_most_16_keys(j);
             // k16 step t: 16 V rows on; head_dim atoms kv_atom_bytes apart.
             const auto v_step = [&](int t) {
                 return wgmma_descriptor(v_tile + t * 16 * kAtomRowBytes, L::kv_atom_bytes, 1024,

@@ -276,6 +276,46 @@ fn bias_gelu_matches_cpu() {
     }
 }
 
+/// A Linear's random operands on the device and, rounded to `T`, on the
+/// host: x `[m, k]` in [-1, 1], w `[n, k]` scaled by sqrt(3 / k), bias `[n]`.
+struct LinearOperands<T> {
+    x: CudaSlice<T>,
+    w: CudaSlice<T>,
+    b: CudaSlice<T>,
+    xv: Vec<f32>,
+    wv: Vec<f32>,
+    bv: Vec<f32>,
+}
+
+fn linear_operands<T: Half>(
+    gpu: &nvlm_vision::cuda::Gpu,
+    rng: &mut Rng,
+    s: LinearShape,
+) -> LinearOperands<T> {
+    let scale = (3.0 / s.k as f32).sqrt();
+    let (x, xv) = to_device::<T>(gpu, &uniform(rng, s.m * s.k, 1.0));
+    let (w, wv) = to_device::<T>(gpu, &uniform(rng, s.n * s.k, scale));
+    let (b, bv) = to_device::<T>(gpu, &uniform(rng, s.n, 1.0));
+    LinearOperands {
+        x,
+        w,
+        b,
+        xv,
+        wv,
+        bv,
+    }
+}
+
+/// The f64 `x · wᵀ (+ bias)` of those operands, row-major `[m, n]`.
+fn linear_reference(xv: &[f32], wv: &[f32], bias: Option<&[f32]>, s: LinearShape) -> Vec<f64> {
+    xv.chunks(s.k)
+        .flat_map(|row| {
+            let row: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+            cpu::linear_row(&row, wv, bias, s.n)
+        })
+        .collect()
+}
+
 #[test]
 fn gemm_matches_cpu_with_and_without_bias() {
     let Some(gpu) = gpu_or_skip("gemm_matches_cpu_with_and_without_bias") else {
@@ -299,10 +339,14 @@ fn gemm_matches_cpu_with_and_without_bias() {
         },
     ] {
         for with_bias in [false, true] {
-            let scale = (3.0 / s.k as f32).sqrt();
-            let (x, xv) = to_device::<bf16>(&gpu, &uniform(&mut rng, s.m * s.k, 1.0));
-            let (w, wv) = to_device::<bf16>(&gpu, &uniform(&mut rng, s.n * s.k, scale));
-            let (b, bv) = to_device::<bf16>(&gpu, &uniform(&mut rng, s.n, 1.0));
+            let LinearOperands {
+                x,
+                w,
+                b,
+                xv,
+                wv,
+                bv,
+            } = linear_operands::<bf16>(&gpu, &mut rng, s);
             let mut y = poisoned::<bf16>(&gpu, s.m * s.n);
             let bias = with_bias.then(|| b.slice(..));
             gemm.linear(
@@ -315,11 +359,7 @@ fn gemm_matches_cpu_with_and_without_bias() {
             )
             .unwrap();
             let got = download(&gpu, &y);
-            let xd: Vec<f64> = xv.iter().map(|&v| f64::from(v)).collect();
-            let reference: Vec<f64> = xd
-                .chunks(s.k)
-                .flat_map(|row| cpu::linear_row(row, &wv, with_bias.then_some(&bv[..]), s.n))
-                .collect();
+            let reference = linear_reference(&xv, &wv, with_bias.then_some(&bv[..]), s);
             let (rel, _) = compare(&format!("gemm {s:?} bias={with_bias}"), &got, &reference);
             assert!(rel < 2.0 * bf16::EPS, "{rel}");
         }
@@ -696,10 +736,14 @@ fn hopper_linear_case<T: Half>(
         "sm_90a Linear {:?} {s:?} bias={with_bias} gelu={gelu}",
         T::DTYPE
     );
-    let scale = (3.0 / s.k as f32).sqrt();
-    let (x, xv) = to_device::<T>(gpu, &uniform(rng, s.m * s.k, 1.0));
-    let (w, wv) = to_device::<T>(gpu, &uniform(rng, s.n * s.k, scale));
-    let (b, bv) = to_device::<T>(gpu, &uniform(rng, s.n, 1.0));
+    let LinearOperands {
+        x,
+        w,
+        b,
+        xv,
+        wv,
+        bv,
+    } = linear_operands::<T>(gpu, rng, s);
     let tail = 64;
     let mut y = poisoned::<T>(gpu, s.m * s.n + tail);
     let bias = with_bias.then(|| b.slice(..));
@@ -714,10 +758,8 @@ fn hopper_linear_case<T: Half>(
         )
         .unwrap();
     let got = download(gpu, &y);
-    let xd: Vec<f64> = xv.iter().map(|&v| f64::from(v)).collect();
-    let reference: Vec<f64> = xd
-        .chunks(s.k)
-        .flat_map(|row| cpu::linear_row(row, &wv, with_bias.then_some(&bv[..]), s.n))
+    let reference: Vec<f64> = linear_reference(&xv, &wv, with_bias.then_some(&bv[..]), s)
+        .into_iter()
         .map(|v| if gelu { gelu_erf(v) } else { v })
         .collect();
     let (rel, _) = compare(&what, &got[..s.m * s.n], &reference);
