@@ -1,5 +1,5 @@
 //! The CUDA side: a context and stream, and the kernel modules compiled by
-//! build.rs and embedded in the crate, loaded once per context on first use.
+//! build.rs and embedded in the crate, loaded on first use.
 
 use crate::error::{Error, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr};
@@ -91,36 +91,79 @@ pub(crate) fn driver_error(call: &str) -> impl Fn(cudarc::driver::DriverError) -
     move |e| Error::Cuda(format!("{call}: {e}"))
 }
 
-/// One CUDA device: its primary context, the stream work is queued on, and
-/// the lazily loaded kernel modules.
+/// Fails with [`Error::CudaUnavailable`] when this build has no kernels or
+/// the driver library cannot be loaded.
+fn ensure_kernels_and_driver() -> Result<()> {
+    if KernelModule::ALL.iter().any(|m| m.fatbin().is_none()) {
+        return Err(Error::CudaUnavailable(
+            "this build of nvlm-vision has no CUDA kernels (nvcc was not found at build time)"
+                .into(),
+        ));
+    }
+    // SAFETY: only probes whether the driver library can be loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::CudaUnavailable(
+            "the CUDA driver library (libcuda) is not loadable".into(),
+        ));
+    }
+    Ok(())
+}
+
+type LoadedModules = [OnceLock<Arc<CudaModule>>; KernelModule::ALL.len()];
+
+/// One CUDA device: a context, the stream this crate's work is queued on,
+/// and the lazily loaded kernel modules (shared by every [`Gpu`] made from
+/// this one with [`Gpu::on_stream`]).
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    modules: [OnceLock<Arc<CudaModule>>; KernelModule::ALL.len()],
+    modules: Arc<LoadedModules>,
     compute_capability: (i32, i32),
     multiprocessors: u32,
 }
 
 impl Gpu {
-    /// Opens device `ordinal`. Fails with [`Error::CudaUnavailable`] when
-    /// this build has no kernels, the driver library is missing, or there is
-    /// no such device.
+    /// Opens device `ordinal` (its primary context); the work is queued on
+    /// the context's default (legacy) stream. Fails with
+    /// [`Error::CudaUnavailable`] when this build has no kernels, the driver
+    /// library is missing, or there is no such device.
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
-        if KernelModule::ALL.iter().any(|m| m.fatbin().is_none()) {
-            return Err(Error::CudaUnavailable(
-                "this build of nvlm-vision has no CUDA kernels (nvcc was not found at build time)"
-                    .into(),
-            ));
-        }
-        // SAFETY: only probes whether the driver library can be loaded.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(Error::CudaUnavailable(
-                "the CUDA driver library (libcuda) is not loadable".into(),
-            ));
-        }
+        ensure_kernels_and_driver()?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::CudaUnavailable(format!("no usable CUDA device {ordinal}: {e}")))?;
-        let stream = ctx.default_stream();
+        Gpu::open(ctx.default_stream())
+    }
+
+    /// The device of `stream`'s context, with this crate's work queued on
+    /// `stream`: for an engine that orders the vision path on a stream of
+    /// its own. Buffers used across streams are ordered by cudarc's event
+    /// tracking, as for any cudarc work.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Arc<Gpu>> {
+        ensure_kernels_and_driver()?;
+        Gpu::open(stream)
+    }
+
+    /// This device and its already loaded kernels, with the work queued on
+    /// `stream` instead: one [`Gpu`] per engine stream without loading the
+    /// modules again. `stream` must belong to this GPU's context.
+    pub fn on_stream(&self, stream: Arc<CudaStream>) -> Result<Arc<Gpu>> {
+        if **stream.context() != *self.ctx {
+            return Err(Error::StreamOfAnotherContext {
+                stream_device: stream.context().ordinal(),
+                gpu_device: self.ctx.ordinal(),
+            });
+        }
+        Ok(Arc::new(Gpu {
+            ctx: self.ctx.clone(),
+            stream,
+            modules: self.modules.clone(),
+            compute_capability: self.compute_capability,
+            multiprocessors: self.multiprocessors,
+        }))
+    }
+
+    fn open(stream: Arc<CudaStream>) -> Result<Arc<Gpu>> {
+        let ctx = stream.context().clone();
         use cudarc::driver::sys::CUdevice_attribute::{
             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
@@ -135,7 +178,7 @@ impl Gpu {
         Ok(Arc::new(Gpu {
             ctx,
             stream,
-            modules: std::array::from_fn(|_| OnceLock::new()),
+            modules: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             compute_capability,
             multiprocessors,
         }))

@@ -655,6 +655,46 @@ fn projector_matches_cpu_for_every_variant_at_small_dims() {
     }
 }
 
+/// An engine's own stream: the projector queued on it, built from the
+/// stream alone and from a `Gpu` that shares its loaded modules.
+#[test]
+fn projector_on_an_engine_stream_matches_cpu() {
+    let Some(gpu) = gpu_or_skip("projector_on_an_engine_stream_matches_cpu") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("projector_engine_stream");
+    let engine_stream = gpu.context().new_stream().unwrap();
+    let cfg = ProjectorConfig {
+        vit_hidden: 40,
+        linear1_out: 96,
+        linear2_out: Some(64),
+        ..ProjectorConfig::nvlm_d_72b()
+    };
+    let from_stream = nvlm_vision::cuda::Gpu::from_stream(engine_stream.clone()).unwrap();
+    let sharing_modules = gpu.on_stream(engine_stream.clone()).unwrap();
+    for on_engine in [from_stream, sharing_modules] {
+        assert!(Arc::ptr_eq(on_engine.stream(), &engine_stream));
+        projector_case::<bf16>(&on_engine, &mut rng, cfg.clone(), 3);
+    }
+    // A stream of another device's context is refused; it takes two GPUs.
+    let devices = cudarc::driver::CudaContext::device_count().unwrap();
+    if devices >= 2 {
+        let other = cudarc::driver::CudaContext::new(1)
+            .unwrap()
+            .new_stream()
+            .unwrap();
+        assert_eq!(
+            gpu.on_stream(other).err(),
+            Some(Error::StreamOfAnotherContext {
+                stream_device: 1,
+                gpu_device: 0
+            })
+        );
+    } else {
+        eprintln!("one CUDA device: the refusal of another context's stream is not exercised");
+    }
+}
+
 #[test]
 fn projector_nvlm_d_72b_sampled_rows_at_model_shapes() {
     let Some(gpu) = gpu_or_skip("projector_nvlm_d_72b_sampled_rows_at_model_shapes") else {
