@@ -10,8 +10,10 @@
 //!   (kernels/projector_hopper.cu): `nvlm-hopper-linear`, the whole
 //!   projector with Linear 1 + exact GELU in it; `linear1-hopper-gelu`
 //!   against `linear1-cublaslt-gelu-pass` (cuBLASLt, then the GELU kernel:
-//!   what it replaces); `linear2-hopper` against `linear2-cublaslt` (a plain
-//!   GEMM: its main loop against cuBLAS's).
+//!   what it replaces) and against `linear1-hopper-gelu-n256` (the 256-wide
+//!   tile, whichever width the GPU's waves pick for the row before);
+//!   `linear2-hopper` against `linear2-cublaslt` (a plain GEMM: its main
+//!   loop against cuBLAS's).
 //!
 //! Inputs rotate among sets larger than L2. Skips without a GPU.
 
@@ -24,6 +26,7 @@ use half::bf16;
 use nvlm_vision::cuda::Gpu;
 use nvlm_vision::gemm::{Epilogue, LinearShape};
 use nvlm_vision::projector::gpu::{Projector, ProjectorWeights};
+use nvlm_vision::projector::hopper::TileWidth;
 use nvlm_vision::projector::{GeluMode, ProjectorConfig};
 use std::sync::Arc;
 
@@ -235,6 +238,26 @@ fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig) {
                             true,
                         )
                         .expect("sm_90a linear 1")
+                })
+            })
+        });
+        // The 256-wide tile whatever the GPU: against the row above, what
+        // the width choice buys (PERF.md, projector v2.1).
+        group.bench_function(format!("linear1-hopper-gelu-n256/{case}"), |b| {
+            b.iter_custom(|iters| {
+                device_time(gpu, iters, |_| {
+                    exact
+                        .kernels()
+                        .linear_hopper_tiled(
+                            &x.slice(..),
+                            &weights.w1,
+                            None,
+                            &mut hidden.slice_mut(..),
+                            shape1,
+                            true,
+                            TileWidth::Wide,
+                        )
+                        .expect("sm_90a linear 1, 256-wide tiles")
                 })
             })
         });

@@ -302,18 +302,23 @@ static_assert(sizeof(NvlmBiasGelu) == 32, "NvlmBiasGelu layout");
 // y[m, n] = act(x[m, k] · w[n, k]^T + bias[n]), act = exact erf GELU or
 // none; x and w come through two CUtensorMap kernel parameters (2-D, k
 // innermost, 128-byte swizzle; x in boxes of 64 x BLOCK_M, w in boxes of
-// 64 x BLOCK_N / CLUSTER_M), y is row-major with n elements a row. Launch
-// shape: grid (ceil(m / BLOCK_M) rounded up to a multiple of CLUSTER_M,
-// ceil(n / BLOCK_N)), clusters of CLUSTER_M CTAs along x (compiled in),
-// THREADS threads, SMEM_BYTES bytes of dynamic shared memory (the stages,
-// their barriers and 1024 bytes to reach the swizzle alignment).
+// 64 x BLOCK_N / CLUSTER_M), y is row-major with n elements a row. BLOCK_N,
+// the output tile's width, is WIDE (entries linear_hopper_n256_*) or
+// NARROW (linear_hopper_n224_*), SMEM_BYTES_WIDE or _NARROW with it.
+// Launch shape: grid (ceil(m / BLOCK_M) rounded up to a multiple of
+// CLUSTER_M, ceil(n / BLOCK_N)), clusters of CLUSTER_M CTAs along x
+// (compiled in), THREADS threads, SMEM_BYTES bytes of dynamic shared memory
+// (the stages, their barriers and 1024 bytes to reach the swizzle
+// alignment).
 #define NVLM_HOPPER_LINEAR_THREADS 384
 #define NVLM_HOPPER_LINEAR_BLOCK_M 128
-#define NVLM_HOPPER_LINEAR_BLOCK_N 256
+#define NVLM_HOPPER_LINEAR_BLOCK_N_WIDE 256
+#define NVLM_HOPPER_LINEAR_BLOCK_N_NARROW 224
 #define NVLM_HOPPER_LINEAR_BLOCK_K 64
 #define NVLM_HOPPER_LINEAR_STAGES 4
 #define NVLM_HOPPER_LINEAR_CLUSTER_M 2
-#define NVLM_HOPPER_LINEAR_SMEM_BYTES 197696
+#define NVLM_HOPPER_LINEAR_SMEM_BYTES_WIDE 197696
+#define NVLM_HOPPER_LINEAR_SMEM_BYTES_NARROW 181312
 // setmaxnreg targets, as the attention kernel's: the kernel must start
 // with at least (PRODUCER * 128 + CONSUMER * 256) / THREADS = 168 registers.
 #define NVLM_HOPPER_LINEAR_PRODUCER_REGISTERS 24

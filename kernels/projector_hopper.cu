@@ -4,16 +4,17 @@
 // of by a cuBLASLt GEMM and then rewritten by kernels/projector.cu's GELU
 // pass.
 //
-// One CTA = a 128 x 256 tile of y. Two CTAs adjacent along m form a
-// cluster and share each weight tile, so that each reads 32 KiB a k step
-// from L2 instead of 48 (PERF.md: without the pair the kernel would be
-// bound by L2 bandwidth):
+// One CTA = a 128 x BN tile of y, BN = 256 or 224 (the host picks the
+// width that fills the GPU's waves better: NVLM-D-72B's 29568 = 132 x 224).
+// Two CTAs adjacent along m form a cluster and share each weight tile, so
+// that each reads 32 KiB a k step from L2 instead of 48 (BN = 256; PERF.md:
+// without the pair the kernel would be bound by L2 bandwidth):
 // - warpgroup 0, the producer: one thread streams k steps of 64 through a
 //   4-stage ring with TMA: its CTA's own 128 x 64 tile of x, and one half
-//   (128 rows) of the 256 x 64 tile of w, multicast to both CTAs of the
+//   (BN / 2 rows) of the BN x 64 tile of w, multicast to both CTAs of the
 //   pair (the other CTA loads the other half);
-// - warpgroups 1 and 2, the consumers: 64 rows each, m64n256k16 wgmmas
-//   from shared memory into 128 f32 accumulators a thread. One k step's
+// - warpgroups 1 and 2, the consumers: 64 rows each, m64nBNk16 wgmmas
+//   from shared memory into BN / 2 f32 accumulators a thread. One k step's
 //   group stays in flight while the next is issued; a stage is released
 //   once its group is done, to both CTAs' producers, as each writes into
 //   both CTAs' stages;
@@ -28,7 +29,7 @@
 //
 // Shared memory, dynamic only (the host emulation runs a cluster's CTAs
 // at once, and there __shared__ variables are one per process): per stage
-// a 16 KiB x tile and a 32 KiB w tile (rows of 128 bytes, 128-byte
+// a 16 KiB x tile and a BN x 128-byte w tile (rows of 128 bytes, 128-byte
 // swizzle, 1024-byte aligned: what TMA writes and the wgmma descriptors
 // read), then the stages' full and empty barriers.
 #include "abi.h"
@@ -44,21 +45,34 @@ using namespace nvlm;
 namespace {
 
 constexpr int kBlockM = NVLM_HOPPER_LINEAR_BLOCK_M;
-constexpr int kBlockN = NVLM_HOPPER_LINEAR_BLOCK_N;
 constexpr int kBlockK = NVLM_HOPPER_LINEAR_BLOCK_K;
 constexpr int kStages = NVLM_HOPPER_LINEAR_STAGES;
 constexpr uint32_t kCluster = NVLM_HOPPER_LINEAR_CLUSTER_M;
 constexpr int kThreads = NVLM_HOPPER_LINEAR_THREADS;
 constexpr uint32_t kRowBytes = 128;
 constexpr uint32_t kXTileBytes = kBlockM * kRowBytes;
-constexpr uint32_t kWTileBytes = kBlockN * kRowBytes;
-constexpr int kWPartRows = kBlockN / kCluster;  // the rows of a w tile each CTA of a pair loads
-constexpr uint32_t kStageBytes = kXTileBytes + kWTileBytes;
-constexpr uint32_t kBarrierOffset = kStages * kStageBytes;
 static_assert(kBlockK * 2 == kRowBytes, "a k step is one 128-byte swizzle row of 16-bit elements");
 static_assert(kBlockM == 128 && kThreads == 3 * 128, "two consumer warpgroups of 64 rows + a producer");
-static_assert(kWPartRows * kCluster == kBlockN && kCluster <= 16, "w tiles split evenly over the pair");
-static_assert(kBarrierOffset + 2 * kStages * 8 + 1024 == NVLM_HOPPER_LINEAR_SMEM_BYTES, "abi.h");
+
+// The shared-memory layout of a tile width.
+template <int BlockN>
+struct Tiling {
+    static constexpr uint32_t kWTileBytes = BlockN * kRowBytes;
+    // The rows of a w tile each CTA of a pair loads: whole 8-row swizzle
+    // atoms, so that each part starts 1024-byte aligned.
+    static constexpr int kWPartRows = BlockN / kCluster;
+    static constexpr uint32_t kStageBytes = kXTileBytes + kWTileBytes;
+    static constexpr uint32_t kBarrierOffset = kStages * kStageBytes;
+    static constexpr uint32_t kSmemBytes = kBarrierOffset + 2 * kStages * 8 + 1024;
+    static_assert(kWPartRows * kCluster == BlockN && kWPartRows % 8 == 0 && kCluster <= 16,
+                  "w tiles split evenly over the pair, in whole swizzle atoms");
+    static_assert(kStageBytes % 1024 == 0, "every stage's tiles 1024-byte aligned");
+};
+static_assert(Tiling<NVLM_HOPPER_LINEAR_BLOCK_N_WIDE>::kSmemBytes == NVLM_HOPPER_LINEAR_SMEM_BYTES_WIDE,
+              "abi.h");
+static_assert(Tiling<NVLM_HOPPER_LINEAR_BLOCK_N_NARROW>::kSmemBytes ==
+                  NVLM_HOPPER_LINEAR_SMEM_BYTES_NARROW,
+              "abi.h");
 static_assert(NVLM_HOPPER_LINEAR_PRODUCER_REGISTERS * 128 +
                       2 * 128 * NVLM_HOPPER_LINEAR_CONSUMER_REGISTERS <=
                   64 * 1024,
@@ -70,18 +84,20 @@ static_assert(NVLM_HOPPER_LINEAR_PRODUCER_REGISTERS * 128 +
 // has arrived on it.
 constexpr uint32_t kReleaseArrivals = kCluster * 2 * 4;
 
-template <typename T>
+template <typename T, int BlockN>
 __device__ __forceinline__ void linear_forward(const CUtensorMap* x_map, const CUtensorMap* w_map,
                                                const NvlmHopperLinear& p) {
+    using L = Tiling<BlockN>;
+    constexpr int kBlockN = BlockN;
     uint8_t* smem_raw = dynamic_smem();
     // The same offset in every CTA (the same kernel, the same static
     // layout), as multicast needs.
     const uint32_t misalign = smem_addr(smem_raw) % 1024;
     uint8_t* smem = smem_raw + (misalign ? 1024 - misalign : 0);
-    uint64_t* full = reinterpret_cast<uint64_t*>(smem + kBarrierOffset);
+    uint64_t* full = reinterpret_cast<uint64_t*>(smem + L::kBarrierOffset);
     uint64_t* empty = full + kStages;
-    const auto x_tile = [&](int stage) { return smem + stage * kStageBytes; };
-    const auto w_tile = [&](int stage) { return smem + stage * kStageBytes + kXTileBytes; };
+    const auto x_tile = [&](int stage) { return smem + stage * L::kStageBytes; };
+    const auto w_tile = [&](int stage) { return smem + stage * L::kStageBytes + kXTileBytes; };
 
     const int m = static_cast<int>(p.m), n = static_cast<int>(p.n);
     const int m0 = static_cast<int>(blockIdx.x) * kBlockM;
@@ -111,10 +127,10 @@ __device__ __forceinline__ void linear_forward(const CUtensorMap* x_map, const C
                 mbarrier_wait(&empty[s], (round & 1) ^ 1);
                 // The x tile, and both halves of the w tile (this CTA's
                 // multicast and the peer's).
-                mbarrier_arrive_expect_tx(&full[s], kStageBytes);
+                mbarrier_arrive_expect_tx(&full[s], L::kStageBytes);
                 tma_load_2d(x_tile(s), x_map, &full[s], step * kBlockK, m0);
-                tma_load_2d_multicast(w_tile(s) + rank * kWPartRows * kRowBytes, w_map, &full[s],
-                                      step * kBlockK, n0 + static_cast<int>(rank) * kWPartRows,
+                tma_load_2d_multicast(w_tile(s) + rank * L::kWPartRows * kRowBytes, w_map, &full[s],
+                                      step * kBlockK, n0 + static_cast<int>(rank) * L::kWPartRows,
                                       static_cast<uint16_t>((1u << kCluster) - 1));
             }
         }
@@ -185,18 +201,20 @@ __device__ __forceinline__ void linear_forward(const CUtensorMap* x_map, const C
 }  // namespace
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define NVLM_LINEAR_BODY(T) linear_forward<T>(&x_map, &w_map, p);
+#define NVLM_LINEAR_BODY(T, BlockN) linear_forward<T, BlockN>(&x_map, &w_map, p);
 #else
-#define NVLM_LINEAR_BODY(T) __trap();
+#define NVLM_LINEAR_BODY(T, BlockN) __trap();
 #endif
 
-#define NVLM_LINEAR_ENTRY(name, T)                                                        \
+#define NVLM_LINEAR_ENTRY(name, T, BlockN)                                                \
     extern "C" __global__ void NVLM_CLUSTER_DIMS(NVLM_HOPPER_LINEAR_CLUSTER_M, 1, 1)      \
         __launch_bounds__(kThreads, 1)                                                    \
             name(const __grid_constant__ CUtensorMap x_map,                               \
                  const __grid_constant__ CUtensorMap w_map, NvlmHopperLinear p) {         \
-        NVLM_LINEAR_BODY(T)                                                               \
+        NVLM_LINEAR_BODY(T, BlockN)                                                       \
     }
 
-NVLM_LINEAR_ENTRY(linear_hopper_bf16, __nv_bfloat16)
-NVLM_LINEAR_ENTRY(linear_hopper_f16, __half)
+NVLM_LINEAR_ENTRY(linear_hopper_n256_bf16, __nv_bfloat16, NVLM_HOPPER_LINEAR_BLOCK_N_WIDE)
+NVLM_LINEAR_ENTRY(linear_hopper_n256_f16, __half, NVLM_HOPPER_LINEAR_BLOCK_N_WIDE)
+NVLM_LINEAR_ENTRY(linear_hopper_n224_bf16, __nv_bfloat16, NVLM_HOPPER_LINEAR_BLOCK_N_NARROW)
+NVLM_LINEAR_ENTRY(linear_hopper_n224_f16, __half, NVLM_HOPPER_LINEAR_BLOCK_N_NARROW)

@@ -16,6 +16,7 @@ use nvlm_vision::dtype::{Dtype, TensorElement};
 use nvlm_vision::gemm::{Epilogue, Gemm, LinearShape};
 use nvlm_vision::projector::cpu::{self, HostWeights, gelu_erf, gelu_tanh};
 use nvlm_vision::projector::gpu::{Projector, ProjectorKernels, ProjectorWeights};
+use nvlm_vision::projector::hopper::TileWidth;
 use nvlm_vision::projector::{GeluMode, ProjectorConfig, PsVersion};
 use std::sync::Arc;
 
@@ -761,19 +762,20 @@ fn nvlm_d_72b_sampled_rows(gpu: &Arc<nvlm_vision::cuda::Gpu>, gelu: GeluMode) {
     assert!(rel < 4.0 * bf16::EPS, "rel {rel}");
 }
 
-/// The sm_90a Linear on `[m, n, k]` against the f64 reference (+ bias,
-/// exact GELU): one rounding of T in norm; `y` poisoned past `[m, n]`
-/// stays poisoned.
+/// The sm_90a Linear in tiles of `width` on `[m, n, k]` against the f64
+/// reference (+ bias, exact GELU): one rounding of T in norm; `y` poisoned
+/// past `[m, n]` stays poisoned.
 fn hopper_linear_case<T: Half>(
     gpu: &Arc<nvlm_vision::cuda::Gpu>,
     kernels: &ProjectorKernels,
     rng: &mut Rng,
     s: LinearShape,
+    width: TileWidth,
     with_bias: bool,
     gelu: bool,
 ) {
     let what = format!(
-        "sm_90a Linear {:?} {s:?} bias={with_bias} gelu={gelu}",
+        "sm_90a Linear {:?} {s:?} {width:?} bias={with_bias} gelu={gelu}",
         T::DTYPE
     );
     let LinearOperands {
@@ -788,13 +790,14 @@ fn hopper_linear_case<T: Half>(
     let mut y = poisoned::<T>(gpu, s.m * s.n + tail);
     let bias = with_bias.then(|| b.slice(..));
     kernels
-        .linear_hopper(
+        .linear_hopper_tiled(
             &x.slice(..),
             &w.slice(..),
             bias.as_ref(),
             &mut y.slice_mut(..),
             s,
             gelu,
+            width,
         )
         .unwrap();
     let got = download(gpu, &y);
@@ -818,19 +821,58 @@ fn hopper_linear_matches_cpu() {
     let kernels = ProjectorKernels::new(gpu.clone());
     let mut rng = Rng::from_env_or_time("hopper_linear");
     // Partial tiles in m (a pair's second CTA partly or wholly past m), n
-    // and k; one element pair; more k steps than stages; NVLM-D's k.
+    // (of both widths) and k; one element pair; more k steps than stages;
+    // NVLM-D's k.
     let shapes = [
         (130, 264, 328),
         (300, 18, 72),
         (1, 2, 8),
         (257, 512, 1288),
         (256, 264, 12800),
+        (130, 232, 328),
     ];
     for (i, (m, n, k)) in shapes.into_iter().enumerate() {
         let s = LinearShape { m, n, k };
         let (bias, gelu) = (i % 2 == 0, i != 1);
-        hopper_linear_case::<bf16>(&gpu, &kernels, &mut rng, s, bias, gelu);
-        hopper_linear_case::<f16>(&gpu, &kernels, &mut rng, s, !bias, gelu);
+        for width in [TileWidth::Wide, TileWidth::Narrow] {
+            hopper_linear_case::<bf16>(&gpu, &kernels, &mut rng, s, width, bias, gelu);
+            hopper_linear_case::<f16>(&gpu, &kernels, &mut rng, s, width, !bias, gelu);
+        }
+    }
+}
+
+/// The width `linear_hopper` picks comes from the GPU's cluster slots; on a
+/// 132-SM H100/H200 that is 66 pairs, and NVLM-D-72B's Linear 1 takes the
+/// 224-wide tile (PERF.md, projector v2.1).
+#[test]
+fn hopper_linear_width_follows_the_gpus_cluster_slots() {
+    let Some(gpu) = hopper_or_skip("hopper_linear_width_follows_the_gpus_cluster_slots") else {
+        return;
+    };
+    let kernels = ProjectorKernels::new(gpu.clone());
+    let slots = kernels.linear_hopper_cluster_slots(Dtype::Bf16).unwrap();
+    let sms = gpu.multiprocessor_count();
+    let nvlm = LinearShape {
+        m: 1792,
+        n: 29568,
+        k: 12800,
+    };
+    let width = kernels.linear_hopper_width(Dtype::Bf16, nvlm).unwrap();
+    eprintln!("{sms} SMs, {slots} CTA pairs at once: NVLM-D-72B's Linear 1 in {width:?} tiles");
+    assert!(slots >= 1 && slots <= sms / 2, "{slots} pairs on {sms} SMs");
+    if sms == 132 {
+        assert_eq!(slots, 66, "every SM of a 132-SM GPU holds a CTA of a pair");
+        assert_eq!(width, TileWidth::Narrow);
+        // InternVL's 4096 features: 2 waves of 256 against 3 of 224.
+        let internvl = LinearShape {
+            m: 1792,
+            n: 4096,
+            k: 4096,
+        };
+        assert_eq!(
+            kernels.linear_hopper_width(Dtype::Bf16, internvl).unwrap(),
+            TileWidth::Wide
+        );
     }
 }
 

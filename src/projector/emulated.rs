@@ -250,13 +250,14 @@ fn bias_gelu_source_on_the_cpu_matches_the_reference() {
     assert_eq!(kernels.len(), 4, "every bias_gelu kernel ran: {kernels:?}");
 }
 
-/// The sm_90a Linear ([`super::hopper::plan`]) on `[m, n, k]`, against the
-/// f64 sums of the dtype-rounded inputs (+ bias, GELU) rounded once to the
-/// dtype; `y` poisoned, every element of `[m, n]` written and nothing past
-/// it. Returns the kernel's name.
+/// The sm_90a Linear ([`super::hopper::plan`]) in tiles of `width` on
+/// `[m, n, k]`, against the f64 sums of the dtype-rounded inputs (+ bias,
+/// GELU) rounded once to the dtype; `y` poisoned, every element of `[m, n]`
+/// written and nothing past it. Returns the kernel's name.
 fn hopper_linear_case<T: Half>(
     exe: &Path,
     (m, n, k): (usize, usize, usize),
+    width: super::hopper::TileWidth,
     bias: bool,
     gelu: bool,
     seed: u64,
@@ -276,7 +277,7 @@ fn hopper_linear_case<T: Half>(
     let tail = 64;
     let y_at = memory.put(&vec![T::from_f32(f32::NAN); m * n + tail]);
     let shape = LinearShape { m, n, k };
-    let launch = hopper::plan(T::DTYPE, [x_at, w_at, bias_at, y_at], shape, gelu).unwrap();
+    let launch = hopper::plan(T::DTYPE, [x_at, w_at, bias_at, y_at], shape, gelu, width).unwrap();
     let file = LaunchFile {
         kernel: &launch.kernel,
         config: launch.config,
@@ -326,6 +327,7 @@ fn hopper_linear_case<T: Half>(
 
 #[test]
 fn hopper_linear_source_on_the_cpu_matches_the_reference() {
+    use super::hopper::TileWidth::{Narrow, Wide};
     let Some(exe) = host_emulation::emulator("projector_hopper_on_cpu", "address") else {
         return;
     };
@@ -333,35 +335,29 @@ fn hopper_linear_source_on_the_cpu_matches_the_reference() {
     // Partial tiles in m (a pair's second CTA partly or wholly past m), n
     // (8 columns of a second tile) and k (8 columns of a last step); more
     // k steps than stages, so the ring wraps.
-    kernels.insert(hopper_linear_case::<bf16>(
-        &exe,
-        (130, 264, 328),
-        true,
-        true,
-        1,
-    ));
-    kernels.insert(hopper_linear_case::<f16>(
-        &exe,
-        (300, 18, 72),
-        false,
-        false,
-        2,
-    ));
-    kernels.insert(hopper_linear_case::<bf16>(
-        &exe,
-        (64, 512, 8),
-        true,
-        false,
-        3,
-    ));
-    kernels.insert(hopper_linear_case::<f16>(
-        &exe,
-        (257, 256, 648),
-        true,
-        true,
+    let cases = [
+        ((130, 264, 328), Wide, true, true),
+        ((300, 18, 72), Wide, false, false),
+        ((64, 512, 8), Wide, true, false),
+        ((257, 256, 648), Wide, true, true),
+        // The narrow tile: 232 columns are a whole tile and 8 of the
+        // next; 448 are two whole tiles.
+        ((130, 232, 328), Narrow, true, true),
+        ((257, 448, 72), Narrow, false, false),
+    ];
+    // The dtypes alternate.
+    for (seed, (shape, width, bias, gelu)) in (1..).zip(cases) {
+        kernels.insert(if seed % 2 == 1 {
+            hopper_linear_case::<bf16>(&exe, shape, width, bias, gelu, seed)
+        } else {
+            hopper_linear_case::<f16>(&exe, shape, width, bias, gelu, seed)
+        });
+    }
+    assert_eq!(
+        kernels.len(),
         4,
-    ));
-    assert_eq!(kernels.len(), 2, "both dtypes ran: {kernels:?}");
+        "both dtypes at both widths ran: {kernels:?}"
+    );
 }
 
 #[test]
@@ -370,5 +366,10 @@ fn hopper_linear_source_on_the_cpu_has_no_data_race() {
         return;
     };
     // 6 k steps through 4 stages: every stage is refilled, by both CTAs.
-    hopper_linear_case::<bf16>(&exe, (200, 40, 384), true, true, 5);
+    for width in [
+        super::hopper::TileWidth::Wide,
+        super::hopper::TileWidth::Narrow,
+    ] {
+        hopper_linear_case::<bf16>(&exe, (200, 40, 384), width, true, true, 5);
+    }
 }

@@ -23,7 +23,7 @@ use cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg,
 };
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A projector's weights on the device, in the checkpoint's layout and
 /// dtype: `mlp1.0` LayerNorm `[4C]`, `mlp1.1` Linear `[H1, 4C]` (+ `[H1]`),
@@ -53,11 +53,16 @@ impl<T> ProjectorWeights<'_, T> {
 /// The projector's own kernels, usable without cuBLASLt.
 pub struct ProjectorKernels {
     gpu: Arc<Gpu>,
+    /// The sm_90a Linear's CTA pairs the GPU runs at once, asked on first use.
+    linear_cluster_slots: OnceLock<u32>,
 }
 
 impl ProjectorKernels {
     pub fn new(gpu: Arc<Gpu>) -> Self {
-        ProjectorKernels { gpu }
+        ProjectorKernels {
+            gpu,
+            linear_cluster_slots: OnceLock::new(),
+        }
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
@@ -162,7 +167,7 @@ impl ProjectorKernels {
     /// PyTorch stores it: the bias and the GELU act on the f32 sums, which
     /// are rounded once. Needs compute capability 9.0; what else it cannot
     /// take is listed at [`super::hopper::plan`]. `y` may be longer than
-    /// `m·n`.
+    /// `m·n`. The tiles' width is [`Self::linear_hopper_width`]'s.
     pub fn linear_hopper<T: TensorElement + DeviceRepr>(
         &self,
         x: &CudaView<'_, T>,
@@ -172,6 +177,61 @@ impl ProjectorKernels {
         shape: LinearShape,
         gelu: bool,
     ) -> Result<()> {
+        let width = self.linear_hopper_width(T::DTYPE, shape)?;
+        self.linear_hopper_tiled(x, w, bias, y, shape, gelu, width)
+    }
+
+    /// The sm_90a Linear's tile width for `shape` on this GPU: the one that
+    /// fills its waves better ([`hopper::TileWidth::for_shape`]). Needs
+    /// compute capability 9.0.
+    pub fn linear_hopper_width(
+        &self,
+        dtype: Dtype,
+        shape: LinearShape,
+    ) -> Result<hopper::TileWidth> {
+        let slots = self.linear_hopper_cluster_slots(dtype)?;
+        Ok(hopper::TileWidth::for_shape(shape, slots))
+    }
+
+    /// How many of the sm_90a Linear's CTA pairs this GPU runs at once
+    /// (`cuOccupancyMaxActiveClusters`; 66 where every one of 132 SMs
+    /// holds a CTA), asked once. Needs compute capability 9.0.
+    pub fn linear_hopper_cluster_slots(&self, dtype: Dtype) -> Result<u32> {
+        require_sm90a(&self.gpu, "the sm_90a Linear")?;
+        if let Some(&slots) = self.linear_cluster_slots.get() {
+            return Ok(slots);
+        }
+        // Both widths hold one CTA an SM, hence the same pairs.
+        let probe = hopper::plan(
+            dtype,
+            [0; 4],
+            LinearShape { m: 1, n: 2, k: 8 },
+            false,
+            hopper::TileWidth::Wide,
+        )?;
+        let f = self
+            .gpu
+            .function(KernelModule::ProjectorHopper, &probe.kernel)?;
+        allow_dynamic_smem(&f, probe.config.shared_mem_bytes)?;
+        let slots = f
+            .occupancy_max_active_clusters(probe.config, self.gpu.stream())
+            .map_err(driver_error("cuOccupancyMaxActiveClusters"))?;
+        Ok(*self.linear_cluster_slots.get_or_init(|| slots))
+    }
+
+    /// [`Self::linear_hopper`] in tiles of `width`, whatever fills the GPU
+    /// better: for comparing the widths.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_hopper_tiled<T: TensorElement + DeviceRepr>(
+        &self,
+        x: &CudaView<'_, T>,
+        w: &CudaView<'_, T>,
+        bias: Option<&CudaView<'_, T>>,
+        y: &mut CudaViewMut<'_, T>,
+        shape: LinearShape,
+        gelu: bool,
+        width: hopper::TileWidth,
+    ) -> Result<()> {
         check_linear(shape, x.len(), w.len(), bias.map(|b| b.len()), y.len())?;
         let stream = self.gpu.stream();
         // Guards held until the launch is queued, as in `front`.
@@ -180,7 +240,13 @@ impl ProjectorKernels {
         let bias_read = bias.map(|b| b.device_ptr(stream));
         let bias_addr = bias_read.as_ref().map_or(0, |(a, _)| *a);
         let (y_addr, _y_write) = y.device_ptr_mut(stream);
-        let launch = hopper::plan(T::DTYPE, [x_addr, w_addr, bias_addr, y_addr], shape, gelu)?;
+        let launch = hopper::plan(
+            T::DTYPE,
+            [x_addr, w_addr, bias_addr, y_addr],
+            shape,
+            gelu,
+            width,
+        )?;
         require_sm90a(&self.gpu, "the sm_90a Linear")?;
         let x_map = TensorMap::tiled(&self.gpu, &launch.x)?;
         let w_map = TensorMap::tiled(&self.gpu, &launch.w)?;
@@ -410,6 +476,7 @@ impl Projector {
                 ],
                 gemm1,
                 true,
+                self.kernels.linear_hopper_width(T::DTYPE, gemm1)?,
             )?;
         }
 
