@@ -102,7 +102,8 @@ __device__ __forceinline__ void linear_forward(const CUtensorMap* x_map, const C
     const int m = static_cast<int>(p.m), n = static_cast<int>(p.n);
     const int m0 = static_cast<int>(blockIdx.x) * kBlockM;
     const int n0 = static_cast<int>(blockIdx.y) * kBlockN;
-    const int k_steps = (static_cast<int>(p.k) + kBlockK - 1) / kBlockK;
+    // In unsigned arithmetic: k + 63 overflows an int for k near INT_MAX.
+    const int k_steps = static_cast<int>((p.k + kBlockK - 1) / kBlockK);
     const uint32_t rank = cluster_ctarank();
     const int warpgroup = threadIdx.x / 128;
 
