@@ -123,6 +123,9 @@ extern "C" __global__ void resample_to_tiles(const NvlmTileWrite p) {
 // consecutive samples: one weight per tap for the whole warp, and 32 byte
 // loads in 32 different banks. A target whose window is too wide to stage
 // (chunk_samples = 0, decided on the host) takes v2's first pass.
+//
+// v4 (preprocess_staged_dp4a) differs from v3 in the horizontal-first
+// staged first pass only: four taps a word and dp4a (first_pass_words).
 namespace {
 
 constexpr uint32_t kPatch = 32;                           // patch side, output pixels
@@ -251,7 +254,68 @@ __device__ __forceinline__ void first_pass_staged(const NvlmFusedTarget& t, cons
     }
 }
 
-template <int C, bool kVerticalFirst, bool kStaged, typename E>
+// v4's first pass, horizontal first: v3's with four taps at a time. A
+// staged row is contiguous along F, so one 32-bit word holds four taps'
+// bytes of a channel: two aligned words and a funnel shift by the window's
+// start modulo 4 (the same for the whole warp, whose lanes take samples of
+// one output). The host lays the weights out as byte planes (coeffs_f word
+// (4g + j) x out_f + f holds byte j of output f's taps 4g .. 4g + 3, taps
+// past its count zero), so four taps are four dp4a, one per plane. The sums
+// are taken modulo 2^32, where plane j weighs 2^(8j): the residue of
+// Pillow's int32 sum, which never overflows, hence its value. Reads run up
+// to 7 bytes past the window, times zero weights, inside the staged rows or
+// the 8 bytes of slack after them.
+template <int C>
+__device__ __forceinline__ void first_pass_words(const NvlmFusedTarget& t, const PatchSpan& span, uint32_t fa,
+                                                 const uint8_t* stage, uint32_t plane, uint8_t* slab,
+                                                 uint32_t rows, uint32_t slab_pitch) {
+    const uint32_t* first_f = reinterpret_cast<const uint32_t*>(t.first_f);
+    const uint32_t* count_f = reinterpret_cast<const uint32_t*>(t.count_f);
+    const uint32_t* planes = reinterpret_cast<const uint32_t*>(t.coeffs_f);
+    const uint32_t pitch = t.stage_pitch;
+    const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (uint32_t f_local = warp; f_local < span.nf; f_local += kFusedWarps) {
+        const uint32_t f = span.f0 + f_local;
+        const uint32_t start = __ldg(first_f + f) - fa;
+        const uint32_t groups = (__ldg(count_f + f) + 3) / 4;
+        const uint32_t shift = 8 * (start % 4);
+        const uint32_t* k = planes + f;
+        for (uint32_t s_local = lane; s_local < span.n; s_local += 32) {
+            // The pitch and the planes are whole words, so the row's words
+            // are aligned; the window starts `shift` bits into the first.
+            const uint32_t* words = reinterpret_cast<const uint32_t*>(stage + s_local * pitch + (start & ~3u));
+            uint32_t sum[C][4], low[C];
+#pragma unroll
+            for (int c = 0; c < C; ++c) {
+                low[c] = words[c * (plane / 4)];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) sum[c][j] = 0;
+            }
+            for (uint32_t g = 0; g < groups; ++g) {
+                uint32_t w[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) w[j] = __ldg(k + static_cast<uint64_t>(4 * g + j) * span.out_f);
+#pragma unroll
+                for (int c = 0; c < C; ++c) {
+                    const uint32_t high = words[c * (plane / 4) + g + 1];
+                    const uint32_t taps4 = __funnelshift_r(low[c], high, shift);
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) sum[c][j] = __dp4a(taps4, w[j], sum[c][j]);
+                    low[c] = high;
+                }
+            }
+            uint8_t* d = slab + slab_offset<C, false>(s_local, f_local, rows, slab_pitch);
+#pragma unroll
+            for (int c = 0; c < C; ++c) {
+                const uint32_t a = (1u << (kPrecisionBits - 1)) + sum[c][0] + (sum[c][1] << 8) +
+                                   (sum[c][2] << 16) + (sum[c][3] << 24);
+                d[c] = clip8(static_cast<int32_t>(a));
+            }
+        }
+    }
+}
+
+template <int C, bool kVerticalFirst, bool kStaged, typename E, bool kWordTaps>
 __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const NvlmFusedTarget& t,
                                             uint32_t patch, uint8_t* smem) {
     const uint32_t patches_across = (t.out_width + kPatch - 1) / kPatch;
@@ -309,7 +373,11 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
                 stage_input<C>(p, stage, plane, t.stage_pitch, c0, n, fa, fb - fa);
             }
             __syncthreads();
-            first_pass_staged<C, kVerticalFirst>(t, span, fa, stage, plane, slab, rows, slab_pitch);
+            if constexpr (kWordTaps && !kVerticalFirst) {
+                first_pass_words<C>(t, span, fa, stage, plane, slab, rows, slab_pitch);
+            } else {
+                first_pass_staged<C, kVerticalFirst>(t, span, fa, stage, plane, slab, rows, slab_pitch);
+            }
         } else {
             first_pass_global<C, kVerticalFirst>(p, t, span, slab, rows, slab_pitch);
         }
@@ -394,21 +462,22 @@ __device__ __forceinline__ void fused_patch(const NvlmFusedPreprocess& p, const 
     }
 }
 
-template <int C, bool kStaged>
+template <int C, bool kStaged, bool kWordTaps>
 __device__ __forceinline__ void fused_dispatch(const NvlmFusedPreprocess& p, const NvlmFusedTarget& t,
                                                uint32_t patch, uint8_t* smem) {
     if (t.vertical_first) {
-        if (p.elem_bytes == 4) fused_patch<C, true, kStaged, uint32_t>(p, t, patch, smem);
-        else fused_patch<C, true, kStaged, uint16_t>(p, t, patch, smem);
+        if (p.elem_bytes == 4) fused_patch<C, true, kStaged, uint32_t, kWordTaps>(p, t, patch, smem);
+        else fused_patch<C, true, kStaged, uint16_t, kWordTaps>(p, t, patch, smem);
     } else {
-        if (p.elem_bytes == 4) fused_patch<C, false, kStaged, uint32_t>(p, t, patch, smem);
-        else fused_patch<C, false, kStaged, uint16_t>(p, t, patch, smem);
+        if (p.elem_bytes == 4) fused_patch<C, false, kStaged, uint32_t, kWordTaps>(p, t, patch, smem);
+        else fused_patch<C, false, kStaged, uint16_t, kWordTaps>(p, t, patch, smem);
     }
 }
 
 // One block per patch of either target; blocks of the second target follow
-// the first's. v3 stages a target's input when the host gave it a chunk.
-template <bool kStagedKernel>
+// the first's. v3 and v4 stage a target's input when the host gave it a
+// chunk; v4 (kWordTaps) then reads four taps a word when horizontal first.
+template <bool kStagedKernel, bool kWordTaps>
 __device__ __forceinline__ void fused_block(const NvlmFusedPreprocess& p) {
     uint8_t* smem = nvlm::dynamic_smem();
     // Field by field rather than p.target[i], which would copy the
@@ -418,11 +487,11 @@ __device__ __forceinline__ void fused_block(const NvlmFusedPreprocess& p) {
     const uint32_t patch = blockIdx.x - t.first_block;
     const bool staged = kStagedKernel && t.chunk_samples != 0;
     if (p.channels == 3) {
-        if (staged) fused_dispatch<3, true>(p, t, patch, smem);
-        else fused_dispatch<3, false>(p, t, patch, smem);
+        if (staged) fused_dispatch<3, true, kWordTaps>(p, t, patch, smem);
+        else fused_dispatch<3, false, false>(p, t, patch, smem);
     } else {
-        if (staged) fused_dispatch<1, true>(p, t, patch, smem);
-        else fused_dispatch<1, false>(p, t, patch, smem);
+        if (staged) fused_dispatch<1, true, kWordTaps>(p, t, patch, smem);
+        else fused_dispatch<1, false, false>(p, t, patch, smem);
     }
 }
 
@@ -430,9 +499,14 @@ __device__ __forceinline__ void fused_block(const NvlmFusedPreprocess& p) {
 
 // 256 threads, `smem_bytes` of dynamic shared memory, one block per patch.
 extern "C" __global__ void __launch_bounds__(kFusedThreads, 2) preprocess_fused(const NvlmFusedPreprocess p) {
-    fused_block<false>(p);
+    fused_block<false, false>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(kFusedThreads, 2) preprocess_staged(const NvlmFusedPreprocess p) {
-    fused_block<true>(p);
+    fused_block<true, false>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(kFusedThreads, 2)
+    preprocess_staged_dp4a(const NvlmFusedPreprocess p) {
+    fused_block<true, true>(p);
 }

@@ -37,13 +37,18 @@ pub enum PreprocessKernel {
     /// each chunk's input region is copied first (a target whose window is
     /// too wide to stage in 64 KiB, scales above ~400, runs v2's first pass).
     StagedV3,
+    /// v4: v3 whose first pass, horizontal first, reads four taps' bytes a
+    /// word and sums them with `dp4a` on the weights' byte planes
+    /// (vertical-first targets run v3's code).
+    StagedDp4aV4,
 }
 
 impl PreprocessKernel {
-    pub const ALL: [PreprocessKernel; 3] = [
+    pub const ALL: [PreprocessKernel; 4] = [
         PreprocessKernel::TwoPassV1,
         PreprocessKernel::FusedV2,
         PreprocessKernel::StagedV3,
+        PreprocessKernel::StagedDp4aV4,
     ];
 
     /// A short name, used in benchmark ids.
@@ -52,6 +57,7 @@ impl PreprocessKernel {
             PreprocessKernel::TwoPassV1 => "v1",
             PreprocessKernel::FusedV2 => "v2",
             PreprocessKernel::StagedV3 => "v3",
+            PreprocessKernel::StagedDp4aV4 => "v4",
         }
     }
 }
@@ -376,9 +382,9 @@ impl CudaPreprocessor {
     ) -> Result<()> {
         match self.kernel {
             PreprocessKernel::TwoPassV1 => self.run_v1(source, plan, out),
-            PreprocessKernel::FusedV2 | PreprocessKernel::StagedV3 => {
-                self.run_fused(source, plan, out)
-            }
+            PreprocessKernel::FusedV2
+            | PreprocessKernel::StagedV3
+            | PreprocessKernel::StagedDp4aV4 => self.run_fused(source, plan, out),
         }
     }
 
@@ -756,6 +762,10 @@ const SLAB_BYTES: u32 = 24 * 1024;
 /// (as many as the registers allow) fit an SM of sm_80 (164 KiB) or sm_90.
 const STAGED_SMEM_BYTES: u32 = 64 * 1024;
 
+/// Bytes past a horizontal-first staged row that v4's first pass reads:
+/// its last group's taps padded to four, and the word after them.
+const STAGE_READ_SLACK: u64 = 8;
+
 /// How v3 lays out one target's chunk in shared memory (the `chunk_samples`
 /// and `stage_*` fields of `NvlmFusedTarget`; all zero: v2's first pass).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -811,10 +821,12 @@ impl StagedLayout {
         layout(n)
     }
 
-    /// Shared memory the layout uses.
+    /// Shared memory the layout uses, with 8 bytes after the staged rows
+    /// that v4's word reads may touch (times zero weights).
     fn bytes(&self, channels: u32) -> u64 {
         u64::from(self.stage_offset)
             + u64::from(channels * self.stage_rows) * u64::from(self.stage_pitch)
+            + STAGE_READ_SLACK
     }
 }
 
@@ -842,7 +854,8 @@ struct FusedLaunch {
 }
 
 impl FusedLaunch {
-    /// `kernel`: [`PreprocessKernel::FusedV2`] or [`PreprocessKernel::StagedV3`].
+    /// `kernel`: [`PreprocessKernel::FusedV2`], [`PreprocessKernel::StagedV3`]
+    /// or [`PreprocessKernel::StagedDp4aV4`].
     fn new<T: TensorElement>(
         kernel: PreprocessKernel,
         pre: &Preprocessor,
@@ -851,9 +864,10 @@ impl FusedLaunch {
         stride: usize,
         format: PixelFormat,
     ) -> FusedLaunch {
-        let staged = match kernel {
-            PreprocessKernel::FusedV2 => false,
-            PreprocessKernel::StagedV3 => true,
+        let (staged, word_taps, entry) = match kernel {
+            PreprocessKernel::FusedV2 => (false, false, "preprocess_fused"),
+            PreprocessKernel::StagedV3 => (true, false, "preprocess_staged"),
+            PreprocessKernel::StagedDp4aV4 => (true, true, "preprocess_staged_dp4a"),
             PreprocessKernel::TwoPassV1 => unreachable!("v1 is not a fused launch"),
         };
         let tables = normalization_tables::<T>(pre.normalization.mean, pre.normalization.std);
@@ -888,10 +902,17 @@ impl FusedLaunch {
             } else {
                 StagedLayout::default()
             };
+            // v4's staged horizontal-first pass reads its weights as byte
+            // planes (kernels/preprocess.cu, first_pass_words).
+            let coeffs_f = if word_taps && stage.chunk_samples != 0 && !axes.vertical_first {
+                byte_planes(&axes.first)
+            } else {
+                tap_major(&axes.first)
+            };
             *slot = NvlmFusedTarget {
                 first_f: blob.push_words(&axes.first.first),
                 count_f: blob.push_words(&axes.first.count),
-                coeffs_f: blob.push_words(&tap_major(&axes.first)),
+                coeffs_f: blob.push_words(&coeffs_f),
                 first_s: blob.push_words(&axes.second.first),
                 count_s: blob.push_words(&axes.second.count),
                 coeffs_s: blob.push_words(bytemuck::cast_slice(&axes.second.coeffs)),
@@ -911,11 +932,7 @@ impl FusedLaunch {
             blocks += out_w.div_ceil(PATCH) * out_h.div_ceil(PATCH);
         }
         FusedLaunch {
-            entry: if staged {
-                "preprocess_staged"
-            } else {
-                "preprocess_fused"
-            },
+            entry,
             blob: blob.words,
             params,
             blocks,
@@ -951,6 +968,27 @@ impl FusedLaunch {
         }
         p
     }
+}
+
+/// `axis.coeffs` as v4's first pass reads them: per output, its taps in
+/// groups of four (past its count, zero weights), each group as four words
+/// where word `j` holds byte `j` of the four weights (lowest tap in the
+/// lowest byte), at `[(4 group + j) * out_size + output]`: a warp's lanes
+/// share one output, so each load is one broadcast.
+fn byte_planes(axis: &AxisCoefficients) -> Vec<u32> {
+    let (taps, out) = (axis.taps as usize, axis.out_size as usize);
+    let groups = taps.div_ceil(4);
+    let mut words = vec![0u32; 4 * groups * out];
+    for (o, row) in axis.coeffs.chunks_exact(taps).enumerate() {
+        for (t, &k) in row.iter().enumerate().take(axis.count[o] as usize) {
+            let (group, lane) = (t / 4, t % 4);
+            for j in 0..4 {
+                let byte = (k as u32 >> (8 * j)) & 0xFF;
+                words[(4 * group + j) * out + o] |= byte << (8 * lane);
+            }
+        }
+    }
+    words
 }
 
 /// `axis.coeffs` transposed to `[taps][out_size]`, as 32-bit words: the
@@ -1298,8 +1336,8 @@ mod tests {
     }
 
     /// Checks one case with the model and, given `emulator`, with the
-    /// kernel sources on the CPU: v2 and v3 in f32, v3 in bf16 (the output
-    /// stores, the one place the types differ, are shared code).
+    /// kernel sources on the CPU: v2, v3 and v4 in f32, v4 in bf16 (the
+    /// output stores, the one place the types differ, are shared code).
     fn check(
         pre: Preprocessor,
         (w, h): (u32, u32),
@@ -1325,13 +1363,14 @@ mod tests {
             |kernel| FusedLaunch::new::<f32>(kernel, &pre, &want.plan, (w, h), stride, format);
         let v2 = launch(PreprocessKernel::FusedV2);
         let v3 = launch(PreprocessKernel::StagedV3);
+        let v4 = launch(PreprocessKernel::StagedDp4aV4);
         let mut got = vec![f32::NAN; want.data.len()];
         let v2_chunks = model(&v2, view.data(), &mut got);
         if let Some(i) = first_difference(bytemuck::cast_slice(&got), &want.data) {
             panic!("{what}: model: first differing byte {i}");
         }
         if let Some(exe) = emulator {
-            for launch in [&v2, &v3] {
+            for launch in [&v2, &v3, &v4] {
                 let got = emulate(exe, launch, view.data(), want.data.len() * 4);
                 if let Some(i) = first_difference(&got, &want.data) {
                     panic!(
@@ -1341,19 +1380,19 @@ mod tests {
                 }
             }
             let want = pre.run::<half::bf16>(&view).unwrap();
-            let v3 = FusedLaunch::new::<half::bf16>(
-                PreprocessKernel::StagedV3,
+            let v4 = FusedLaunch::new::<half::bf16>(
+                PreprocessKernel::StagedDp4aV4,
                 &pre,
                 &want.plan,
                 (w, h),
                 stride,
                 format,
             );
-            let got = emulate(exe, &v3, view.data(), want.data.len() * 2);
+            let got = emulate(exe, &v4, view.data(), want.data.len() * 2);
             if let Some(i) = first_difference(&got, &want.data) {
                 panic!(
                     "{what} bf16: {} on the CPU: first differing byte {i}",
-                    v3.entry
+                    v4.entry
                 );
             }
         }
@@ -1501,6 +1540,32 @@ mod tests {
             ],
             Some(&exe),
         );
+    }
+
+    /// v4's byte planes give back every tap's weight, Pillow's int32 from
+    /// its four bytes, and zeros past each output's count.
+    #[test]
+    fn byte_planes_hold_each_weight_and_zeros_past_the_count() {
+        for (input, output) in [(4032, 1344), (3024, 448), (640, 1344), (7, 3)] {
+            let axis = AxisCoefficients::bicubic(input, output);
+            let words = byte_planes(&axis);
+            let (taps, out) = (axis.taps as usize, axis.out_size as usize);
+            assert_eq!(words.len(), taps.next_multiple_of(4) * out);
+            for f in 0..out {
+                for t in 0..taps.next_multiple_of(4) {
+                    let (group, lane) = (t / 4, t % 4);
+                    let weight = (0..4).fold(0u32, |w, j| {
+                        w | ((words[(4 * group + j) * out + f] >> (8 * lane)) & 0xFF) << (8 * j)
+                    }) as i32;
+                    let want = if t < axis.count[f] as usize {
+                        axis.coeffs[f * taps + t]
+                    } else {
+                        0
+                    };
+                    assert_eq!(weight, want, "{input} -> {output}: output {f}, tap {t}");
+                }
+            }
+        }
     }
 
     #[test]

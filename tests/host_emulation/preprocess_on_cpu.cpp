@@ -1,5 +1,5 @@
-// Runs kernels/preprocess.cu's `preprocess_fused` (v2) and
-// `preprocess_staged` (v3) on the CPU: the kernels' own source over the
+// Runs kernels/preprocess.cu's `preprocess_fused` (v2), `preprocess_staged`
+// (v3) and `preprocess_staged_dp4a` (v4) on the CPU: the kernels' own source over the
 // emulated CUDA runtime (tests/host_emulation/cuda: 256 std::threads per
 // block, __syncthreads a barrier, blocks one after another). With no GPU in
 // reach this executes the kernels' indexing, chunking and barriers (a
@@ -18,5 +18,6 @@ int main(int argc, char** argv) {
                            {
                                {"preprocess_fused", emu::kernel(preprocess_fused)},
                                {"preprocess_staged", emu::kernel(preprocess_staged)},
+                               {"preprocess_staged_dp4a", emu::kernel(preprocess_staged_dp4a)},
                            });
 }
