@@ -224,43 +224,35 @@ fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig) {
                 })
             })
         });
-        group.bench_function(format!("linear1-hopper-gelu/{case}"), |b| {
-            b.iter_custom(|iters| {
-                device_time(gpu, iters, |_| {
-                    exact
-                        .kernels()
-                        .linear_hopper(
-                            &x.slice(..),
-                            &weights.w1,
-                            None,
-                            &mut hidden.slice_mut(..),
-                            shape1,
-                            true,
-                        )
-                        .expect("sm_90a linear 1")
+        // The width the GPU's waves pick, and the 256-wide tile whatever
+        // the GPU: what the choice buys (PERF.md, projector v2.1).
+        let chosen = exact
+            .kernels()
+            .linear_hopper_width(shape1)
+            .expect("sm_90a linear 1 width");
+        for (id, width) in [
+            ("linear1-hopper-gelu", chosen),
+            ("linear1-hopper-gelu-n256", TileWidth::Wide),
+        ] {
+            group.bench_function(format!("{id}/{case}"), |b| {
+                b.iter_custom(|iters| {
+                    device_time(gpu, iters, |_| {
+                        exact
+                            .kernels()
+                            .linear_hopper_tiled(
+                                &x.slice(..),
+                                &weights.w1,
+                                None,
+                                &mut hidden.slice_mut(..),
+                                shape1,
+                                true,
+                                width,
+                            )
+                            .expect("sm_90a linear 1")
+                    })
                 })
-            })
-        });
-        // The 256-wide tile whatever the GPU: against the row above, what
-        // the width choice buys (PERF.md, projector v2.1).
-        group.bench_function(format!("linear1-hopper-gelu-n256/{case}"), |b| {
-            b.iter_custom(|iters| {
-                device_time(gpu, iters, |_| {
-                    exact
-                        .kernels()
-                        .linear_hopper_tiled(
-                            &x.slice(..),
-                            &weights.w1,
-                            None,
-                            &mut hidden.slice_mut(..),
-                            shape1,
-                            true,
-                            TileWidth::Wide,
-                        )
-                        .expect("sm_90a linear 1, 256-wide tiles")
-                })
-            })
-        });
+            });
+        }
         group.bench_function(format!("linear2-cublaslt/{case}"), |b| {
             b.iter_custom(|iters| {
                 device_time(gpu, iters, |_| {

@@ -850,14 +850,14 @@ fn hopper_linear_width_follows_the_gpus_cluster_slots() {
         return;
     };
     let kernels = ProjectorKernels::new(gpu.clone());
-    let slots = kernels.linear_hopper_cluster_slots(Dtype::Bf16).unwrap();
+    let slots = kernels.linear_hopper_cluster_slots().unwrap();
     let sms = gpu.multiprocessor_count();
     let nvlm = LinearShape {
         m: 1792,
         n: 29568,
         k: 12800,
     };
-    let width = kernels.linear_hopper_width(Dtype::Bf16, nvlm).unwrap();
+    let width = kernels.linear_hopper_width(nvlm).unwrap();
     eprintln!("{sms} SMs, {slots} CTA pairs at once: NVLM-D-72B's Linear 1 in {width:?} tiles");
     assert!(slots >= 1 && slots <= sms / 2, "{slots} pairs on {sms} SMs");
     if sms == 132 {
@@ -870,7 +870,7 @@ fn hopper_linear_width_follows_the_gpus_cluster_slots() {
             k: 4096,
         };
         assert_eq!(
-            kernels.linear_hopper_width(Dtype::Bf16, internvl).unwrap(),
+            kernels.linear_hopper_width(internvl).unwrap(),
             TileWidth::Wide
         );
     }

@@ -177,33 +177,29 @@ impl ProjectorKernels {
         shape: LinearShape,
         gelu: bool,
     ) -> Result<()> {
-        let width = self.linear_hopper_width(T::DTYPE, shape)?;
+        let width = self.linear_hopper_width(shape)?;
         self.linear_hopper_tiled(x, w, bias, y, shape, gelu, width)
     }
 
     /// The sm_90a Linear's tile width for `shape` on this GPU: the one that
     /// fills its waves better ([`hopper::TileWidth::for_shape`]). Needs
     /// compute capability 9.0.
-    pub fn linear_hopper_width(
-        &self,
-        dtype: Dtype,
-        shape: LinearShape,
-    ) -> Result<hopper::TileWidth> {
-        let slots = self.linear_hopper_cluster_slots(dtype)?;
+    pub fn linear_hopper_width(&self, shape: LinearShape) -> Result<hopper::TileWidth> {
+        let slots = self.linear_hopper_cluster_slots()?;
         Ok(hopper::TileWidth::for_shape(shape, slots))
     }
 
     /// How many of the sm_90a Linear's CTA pairs this GPU runs at once
     /// (`cuOccupancyMaxActiveClusters`; 66 where every one of 132 SMs
     /// holds a CTA), asked once. Needs compute capability 9.0.
-    pub fn linear_hopper_cluster_slots(&self, dtype: Dtype) -> Result<u32> {
+    pub fn linear_hopper_cluster_slots(&self) -> Result<u32> {
         require_sm90a(&self.gpu, "the sm_90a Linear")?;
         if let Some(&slots) = self.linear_cluster_slots.get() {
             return Ok(slots);
         }
-        // Both widths hold one CTA an SM, hence the same pairs.
+        // Every entry holds one CTA an SM, hence the same pairs.
         let probe = hopper::plan(
-            dtype,
+            Dtype::Bf16,
             [0; 4],
             LinearShape { m: 1, n: 2, k: 8 },
             false,
@@ -476,7 +472,7 @@ impl Projector {
                 ],
                 gemm1,
                 true,
-                self.kernels.linear_hopper_width(T::DTYPE, gemm1)?,
+                self.kernels.linear_hopper_width(gemm1)?,
             )?;
         }
 

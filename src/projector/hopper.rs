@@ -224,42 +224,62 @@ mod tests {
 
     #[test]
     fn the_tile_width_fills_the_waves() {
-        // 66 pairs at once on 132 SMs. 72B: 14 waves of 224 against 13 of
-        // 256; 34B: 10 of 224 against 9 of 256.
-        assert_eq!(
-            TileWidth::for_shape(shape(1792, 29568, 12800), 66),
-            TileWidth::Narrow
-        );
-        assert_eq!(
-            TileWidth::for_shape(shape(1792, 20480, 12800), 66),
-            TileWidth::Narrow
-        );
-        // InternVL's 4096 features: 2 waves of 256 against 3 of 224.
-        assert_eq!(
-            TileWidth::for_shape(shape(1792, 4096, 4096), 66),
-            TileWidth::Wide
-        );
-        // One wave either way: the narrower tiles finish sooner.
-        assert_eq!(
-            TileWidth::for_shape(shape(256, 66 * 224, 64), 66),
-            TileWidth::Narrow
-        );
-        // 8 waves of 224 = 7 of 256: the tie goes to the wide tile.
-        assert_eq!(
-            TileWidth::for_shape(shape(256, 1792, 64), 1),
-            TileWidth::Wide
-        );
-        // 72B on 65 slots (a GPU whose clusters leave two SMs idle): 15
-        // waves of 224 lose to 13 of 256. No slots reported counts as one:
-        // 3 narrow tiles against 2 wide.
-        assert_eq!(
-            TileWidth::for_shape(shape(1792, 29568, 12800), 65),
-            TileWidth::Wide
-        );
-        assert_eq!(
-            TileWidth::for_shape(shape(256, 512, 64), 0),
-            TileWidth::Wide
-        );
+        use TileWidth::{Narrow, Wide};
+        // (m, n, CTA pairs at once, width, why); 66 pairs on 132 SMs.
+        let cases = [
+            (
+                1792,
+                29568,
+                66,
+                Narrow,
+                "72B: 14 waves of 224 against 13 of 256",
+            ),
+            (
+                1792,
+                20480,
+                66,
+                Narrow,
+                "34B: 10 waves of 224 against 9 of 256",
+            ),
+            (
+                1792,
+                4096,
+                66,
+                Wide,
+                "InternVL: 2 waves of 256 against 3 of 224",
+            ),
+            (
+                256,
+                66 * 224,
+                66,
+                Narrow,
+                "one wave either way: narrower tiles end sooner",
+            ),
+            (
+                256,
+                1792,
+                1,
+                Wide,
+                "8 waves of 224 = 7 of 256: ties go to 256",
+            ),
+            (
+                1792,
+                29568,
+                65,
+                Wide,
+                "72B on 65 pairs: 15 waves of 224 against 13 of 256",
+            ),
+            (
+                256,
+                512,
+                0,
+                Wide,
+                "no pairs reported counts as one: 3 tiles against 2",
+            ),
+        ];
+        for (m, n, slots, width, why) in cases {
+            assert_eq!(TileWidth::for_shape(shape(m, n, 64), slots), width, "{why}");
+        }
     }
 
     #[test]
