@@ -137,7 +137,10 @@ impl Gpu {
     /// The device of `stream`'s context, with this crate's work queued on
     /// `stream`: for an engine that orders the vision path on a stream of
     /// its own. Buffers used across streams are ordered by cudarc's event
-    /// tracking, as for any cudarc work.
+    /// tracking, as for any cudarc work; cudarc tracks only while
+    /// `ctx.is_managing_stream_synchronization()` (a stream made by
+    /// `new_stream` or `fork` exists and tracking is enabled), so an engine
+    /// that wraps its own streams, or disables tracking, orders them itself.
     pub fn from_stream(stream: Arc<CudaStream>) -> Result<Arc<Gpu>> {
         ensure_kernels_and_driver()?;
         Gpu::open(stream)
@@ -148,8 +151,9 @@ impl Gpu {
     /// modules again. `stream` must belong to this GPU's context.
     pub fn on_stream(&self, stream: Arc<CudaStream>) -> Result<Arc<Gpu>> {
         if **stream.context() != *self.ctx {
-            return Err(Error::StreamOfAnotherContext {
-                stream_device: stream.context().ordinal(),
+            return Err(Error::OfAnotherContext {
+                what: "stream",
+                its_device: stream.context().ordinal(),
                 gpu_device: self.ctx.ordinal(),
             });
         }
@@ -208,18 +212,92 @@ impl Gpu {
     /// low-level door to the kernels, for tests and for callers who launch
     /// them with their own cudarc code; the stage APIs use it internally.
     pub fn function(&self, module: KernelModule, name: &str) -> Result<CudaFunction> {
-        let slot = &self.modules[module as usize];
-        let loaded = match slot.get() {
-            Some(m) => m.clone(),
-            None => {
-                let fatbin = module.fatbin().expect("checked in Gpu::new");
-                let loaded = self
-                    .ctx
-                    .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
-                    .map_err(driver_error(module.file()))?;
-                slot.get_or_init(|| loaded).clone()
-            }
-        };
-        loaded.load_function(name).map_err(driver_error(name))
+        // cuModuleGetFunction and cuFuncSetAttribute, which callers apply
+        // to the function, run in the thread's current context; cudarc binds
+        // none for them.
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver_error("cuCtxSetCurrent"))?;
+        self.module(module)?
+            .load_function(name)
+            .map_err(driver_error(name))
     }
+
+    /// Loads every kernel module now rather than on first use: call it
+    /// before capturing this GPU's stream into a CUDA graph, since a module
+    /// is not loaded while a capture is under way.
+    pub fn load_kernels(&self) -> Result<()> {
+        KernelModule::ALL
+            .iter()
+            .try_for_each(|&m| self.module(m).map(drop))
+    }
+
+    fn module(&self, module: KernelModule) -> Result<Arc<CudaModule>> {
+        let slot = &self.modules[module as usize];
+        if let Some(m) = slot.get() {
+            return Ok(m.clone());
+        }
+        if self.is_capturing()? {
+            return Err(Error::Unsupported(format!(
+                "loading the {} kernels while the stream is being captured into a CUDA graph \
+                 (module loading is not a stream operation); call Gpu::load_kernels() before \
+                 capturing",
+                module.file()
+            )));
+        }
+        let fatbin = module.fatbin().expect("checked in Gpu::new");
+        let loaded = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
+            .map_err(driver_error(module.file()))?;
+        Ok(slot.get_or_init(|| loaded).clone())
+    }
+
+    /// Whether this GPU's stream is being captured into a CUDA graph.
+    pub fn is_capturing(&self) -> Result<bool> {
+        is_capturing(&self.stream)
+    }
+
+    /// Refuses `what` on a stream under capture while cudarc tracks
+    /// events (see [`check_capturable`]).
+    pub(crate) fn check_capturable(&self, what: &str) -> Result<()> {
+        check_capturable(&self.stream, what)
+    }
+
+    /// Refuses `what` (work that uploads from pageable host memory) on a
+    /// stream under capture.
+    pub(crate) fn check_not_capturing(&self, what: &str) -> Result<()> {
+        if self.is_capturing()? {
+            return Err(Error::Unsupported(format!(
+                "{what} while the stream is being captured into a CUDA graph: it copies tables \
+                 from pageable host memory on every call, which a graph cannot hold; run it \
+                 outside the capture"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn is_capturing(stream: &CudaStream) -> Result<bool> {
+    let status = stream
+        .capture_status()
+        .map_err(driver_error("cuStreamIsCapturing"))?;
+    Ok(status != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+}
+
+/// Refuses `what` on a stream under capture while cudarc tracks events
+/// (`is_managing_stream_synchronization`): every buffer access would then
+/// wait on an event recorded outside the capture, which invalidates it,
+/// and cudarc would report that only at some later, unrelated call. Without
+/// tracking nothing is checked, and a capture costs no driver call here.
+pub(crate) fn check_capturable(stream: &CudaStream, what: &str) -> Result<()> {
+    if stream.context().is_managing_stream_synchronization() && is_capturing(stream)? {
+        return Err(Error::Unsupported(format!(
+            "{what} while the stream is being captured into a CUDA graph with cudarc's event \
+             tracking on: its waits on events recorded before the capture would invalidate \
+             it; call `unsafe {{ ctx.disable_event_tracking() }}` before capturing, and order \
+             the streams yourself"
+        )));
+    }
+    Ok(())
 }

@@ -37,10 +37,12 @@ pub enum Error {
     /// build time) or with a kernel it cannot run safely, or no usable CUDA
     /// driver or device.
     CudaUnavailable(String),
-    /// A stream handed to [`crate::cuda::Gpu::on_stream`] that belongs to another
-    /// context than the GPU's.
-    StreamOfAnotherContext {
-        stream_device: usize,
+    /// A CUDA object made in another context than the GPU's: a stream
+    /// handed to [`crate::cuda::Gpu::on_stream`], or a
+    /// [`crate::preprocess::gpu::PinnedImage`] handed to a preprocessor.
+    OfAnotherContext {
+        what: &'static str,
+        its_device: usize,
         gpu_device: usize,
     },
     /// A CUDA driver call failed; the message names the call.
@@ -70,13 +72,14 @@ impl fmt::Display for Error {
             Error::InvalidShape(s) => write!(f, "invalid shape: {s}"),
             Error::Unsupported(s) => write!(f, "unsupported: {s}"),
             Error::CudaUnavailable(s) => write!(f, "CUDA unavailable: {s}"),
-            Error::StreamOfAnotherContext {
-                stream_device,
+            Error::OfAnotherContext {
+                what,
+                its_device,
                 gpu_device,
             } => write!(
                 f,
-                "the stream belongs to a context of device {stream_device}, not to this GPU's \
-                 context (device {gpu_device})"
+                "the {what} belongs to another CUDA context (on device {its_device}) than this \
+                 GPU's (on device {gpu_device})"
             ),
             Error::Cuda(s) => write!(f, "CUDA error: {s}"),
         }

@@ -184,6 +184,7 @@ impl Gemm {
         CudaBlasLT: Matmul<T>,
     {
         check_linear(shape, x.len(), w.len(), bias.map(|b| b.len()), y.len())?;
+        crate::cuda::check_capturable(&self.stream, "a cuBLASLt GEMM")?;
         let stream = &self.stream;
         let mut operands = vec![
             ("x", x.device_ptr(stream).0),

@@ -10,6 +10,7 @@ mod common;
 
 use common::Rng;
 use common::gpu::{gpu_or_skip, hopper_or_skip};
+use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use nvlm_vision::Error;
 use nvlm_vision::attention::{
@@ -576,12 +577,17 @@ fn bad_inputs_are_rejected_before_launch() {
 /// The attention sub-layer (qkv GEMM, qk-RMSNorm, flash attention, proj
 /// GEMM) against the CPU reference at small random shapes, for both
 /// kernels: 6B-like (qk-norm, padded heads, with and without the padded
-/// proj input) and 300M-like (qkv bias), bf16 and f16.
+/// proj input) and 300M-like (qkv bias), bf16 and f16. With
+/// `replay_from_graph` the forward compared is a CUDA graph's replay: one
+/// eager forward (cuBLASLt loads its kernels outside the capture), then
+/// the forward captured on `gpu`'s stream (an engine's, whose context tracks
+/// no events) and replayed into a re-poisoned output.
 fn attention_block_case<T: AttentionElement + cudarc::driver::ValidAsZeroBits>(
     gpu: &std::sync::Arc<Gpu>,
     kernel: AttentionKernel,
     rng: &mut Rng,
     tolerance: f64,
+    replay_from_graph: bool,
 ) where
     cudarc::cublaslt::CudaBlasLT: cudarc::cublaslt::Matmul<T>,
 {
@@ -656,18 +662,30 @@ fn attention_block_case<T: AttentionElement + cudarc::driver::ValidAsZeroBits>(
     };
     let block = AttentionBlock::new(cfg, kernel, gpu.clone()).unwrap();
     let mut workspace = block.workspace::<T>(batch, tokens).unwrap();
-    let mut out = stream
-        .clone_htod(&vec![T::from_f32(f32::NAN); batch * tokens * c])
-        .unwrap();
-    block
-        .forward(
+    let poison = vec![T::from_f32(f32::NAN); batch * tokens * c];
+    let mut out = stream.clone_htod(&poison).unwrap();
+    let mut forward = |out: &mut CudaSlice<T>| {
+        block.forward(
             &weights,
             &d_x.as_view(),
             (batch, tokens),
             &mut workspace,
             &mut out.as_view_mut(),
         )
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    };
+    forward(&mut out).unwrap_or_else(|e| panic!("{what}: {e}"));
+    if replay_from_graph {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        stream.memcpy_htod(&poison, &mut out).unwrap();
+        stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
+            .unwrap();
+        let captured = forward(&mut out);
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        captured.unwrap_or_else(|e| panic!("{what}: captured forward: {e}"));
+        let graph = graph.unwrap().expect("the capture recorded work");
+        graph.launch().unwrap();
+    }
     let got: Vec<T> = stream.clone_dtoh(&out).unwrap();
     // The proj weight, of the right length, one element into its buffer:
     // off cuBLASLt's 256-byte grid, refused before the qkv GEMM.
@@ -709,9 +727,73 @@ fn attention_block_matches(kernel: AttentionKernel, test: &str) {
     for _ in 0..6 {
         // Rounding to the dtype where the GPU stores (mirrored by the
         // reference) leaves the f32-vs-f64 sums and the final rounding.
-        attention_block_case::<bf16>(&gpu, kernel, &mut rng, 1.5e-2);
-        attention_block_case::<f16>(&gpu, kernel, &mut rng, 3e-3);
+        attention_block_case::<bf16>(&gpu, kernel, &mut rng, 1.5e-2, false);
+        attention_block_case::<f16>(&gpu, kernel, &mut rng, 3e-3, false);
     }
+}
+
+/// The sub-layer as an engine captures it into a CUDA graph: on its own
+/// stream, cudarc's event tracking off, the kernels loaded first. A capture
+/// with tracking on is refused by name before anything is queued.
+fn attention_block_replays(kernel: AttentionKernel, test: &str) {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let Some(gpu) = gpu_for(kernel, test) else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time(test);
+    let stream = gpu.context().new_stream().unwrap();
+    let engine = Gpu::from_stream(stream.clone()).unwrap();
+    engine.load_kernels().unwrap();
+
+    let layout = AttentionLayout::contiguous(1, 65, 2, 64);
+    let len = 65 * 2 * 64;
+    let qkv = stream
+        .clone_htod(&fill::<bf16>(&mut rng, len, 1.0))
+        .unwrap();
+    let mut out = stream.clone_htod(&vec![bf16::NAN; len]).unwrap();
+    stream.synchronize().unwrap();
+    assert!(gpu.context().is_managing_stream_synchronization());
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
+        .unwrap();
+    let refused = flash_attention_with(
+        kernel,
+        &engine,
+        AttentionTensor::new(&qkv, layout),
+        AttentionTensor::new(&qkv, layout),
+        AttentionTensor::new(&qkv, layout),
+        AttentionTensor::new(&mut out, layout),
+        None,
+        None,
+    );
+    stream.end_capture(CUgraphInstantiate_flags(0)).unwrap();
+    match refused {
+        Err(Error::Unsupported(m)) if m.contains("event tracking") => {}
+        other => panic!("{test}: a capture with event tracking on gave {other:?}"),
+    }
+
+    // SAFETY: every buffer of the cases lives on the engine's one stream.
+    unsafe { gpu.context().disable_event_tracking() };
+    for _ in 0..2 {
+        attention_block_case::<bf16>(&engine, kernel, &mut rng, 1.5e-2, true);
+        attention_block_case::<f16>(&engine, kernel, &mut rng, 3e-3, true);
+    }
+}
+
+#[test]
+fn attention_block_replays_from_a_cuda_graph() {
+    attention_block_replays(
+        AttentionKernel::Portable,
+        "attention_block_replays_from_a_cuda_graph",
+    );
+}
+
+#[test]
+fn hopper_attention_block_replays_from_a_cuda_graph() {
+    attention_block_replays(
+        AttentionKernel::Hopper,
+        "hopper_attention_block_replays_from_a_cuda_graph",
+    );
 }
 
 #[test]

@@ -360,6 +360,53 @@ fn pinned_batches_equal_the_cpu_reference() {
     }
 }
 
+/// With cudarc's event tracking off (an engine ordering its streams
+/// itself), `bytes_mut` still waits for the copy out of a pinned image: the
+/// last image of a batch, whose copy is queued behind the kernel of the
+/// image two before it, is rewritten as soon as the batch is queued, and
+/// the output is still that of the bytes it held then.
+#[test]
+fn pinned_images_wait_for_their_copies_without_event_tracking() {
+    let Some(gpu) = gpu_or_skip("pinned_images_wait_for_their_copies_without_event_tracking")
+    else {
+        return;
+    };
+    // SAFETY: this test's context object is its own (gpu_or_skip makes one
+    // per test), and the crate orders its staging copies with its own events.
+    unsafe { gpu.context().disable_event_tracking() };
+    assert!(!gpu.context().is_managing_stream_synchronization());
+    let mut rng = Rng::from_env_or_time("gpu pinned without tracking");
+    let sizes = [(4032, 3024), (1920, 1080), (4032, 3024)];
+    let mut images: Vec<PinnedImage> = sizes
+        .iter()
+        .map(|&(w, h)| PinnedImage::new(&gpu, w, h, PixelFormat::Rgb8).unwrap())
+        .collect();
+    let mut queued = Vec::new();
+    for image in &mut images {
+        let bytes = image.bytes_mut().unwrap();
+        bytes.copy_from_slice(&rng.bytes(bytes.len()));
+        queued.push(bytes.to_vec());
+    }
+    let pre = Preprocessor::default();
+    let cuda = CudaPreprocessor::new(pre, gpu.clone());
+    let mut outs: Vec<_> = images
+        .iter()
+        .map(|i| {
+            let len = pre.plan(i.width(), i.height()).unwrap().tensor_len();
+            gpu.stream().clone_htod(&vec![f32::NAN; len]).unwrap()
+        })
+        .collect();
+    let refs: Vec<&PinnedImage> = images.iter().collect();
+    let plans = cuda.run_pinned_batch_into(&refs, &mut outs).unwrap();
+    let last = images.last_mut().unwrap();
+    last.bytes_mut().unwrap().fill(0x5a);
+    for (n, (plan, out)) in plans.iter().zip(&outs).enumerate() {
+        let (w, h) = sizes[n];
+        let view = ImageView::packed(&queued[n], w, h, PixelFormat::Rgb8).unwrap();
+        check_batch_output(&gpu, pre, &view, plan, out, "pinned, no event tracking");
+    }
+}
+
 #[test]
 fn batch_with_mismatched_outputs_is_an_error_before_any_copy() {
     let Some(gpu) = gpu_or_skip("batch_with_mismatched_outputs_is_an_error_before_any_copy") else {

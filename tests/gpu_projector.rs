@@ -686,14 +686,110 @@ fn projector_on_an_engine_stream_matches_cpu() {
             .unwrap();
         assert_eq!(
             gpu.on_stream(other).err(),
-            Some(Error::StreamOfAnotherContext {
-                stream_device: 1,
+            Some(Error::OfAnotherContext {
+                what: "stream",
+                its_device: 1,
                 gpu_device: 0
             })
         );
     } else {
         eprintln!("one CUDA device: the refusal of another context's stream is not exercised");
     }
+}
+
+/// An engine's CUDA graph: on the engine's stream, with the kernels loaded
+/// and cuBLASLt warmed up by one eager forward, a capture is refused by
+/// name while cudarc tracks events, and, with tracking off, the captured
+/// forward replays to the CPU reference, once more after new input is
+/// written into the captured buffer.
+fn projector_graph_case(gpu: &Arc<nvlm_vision::cuda::Gpu>, gelu: GeluMode, test: &str) {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let mut rng = Rng::from_env_or_time(test);
+    let cfg = ProjectorConfig {
+        vit_hidden: 40,
+        linear1_out: 96,
+        linear2_out: Some(64),
+        gelu,
+        ..ProjectorConfig::nvlm_d_72b()
+    };
+    let tiles = 3;
+    let stream = gpu.context().new_stream().unwrap();
+    let engine = nvlm_vision::cuda::Gpu::from_stream(stream.clone()).unwrap();
+    engine.load_kernels().unwrap();
+    let weights = Weights::<bf16>::random(&engine, &mut rng, &cfg);
+    let n_in = tiles * cfg.tokens_per_tile() * cfg.vit_hidden;
+    let (mut input, mut in_vals) = to_device::<bf16>(&engine, &uniform(&mut rng, n_in, 2.0));
+    let projector = Projector::new(cfg.clone(), engine.clone()).unwrap();
+    let mut ws = projector.workspace::<bf16>(tiles).unwrap();
+    let n_out = cfg.output_rows(tiles) * cfg.output_width();
+    let mut out = poisoned::<bf16>(&engine, n_out);
+    let mut forward = |input: &CudaSlice<bf16>, out: &mut CudaSlice<bf16>| {
+        projector.forward(
+            &input.slice(..),
+            tiles,
+            &weights.views(),
+            &mut ws,
+            &mut out.slice_mut(..),
+        )
+    };
+    forward(&input, &mut out).unwrap();
+    stream.synchronize().unwrap();
+    let capture = || {
+        stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
+            .unwrap()
+    };
+    let end_capture = || stream.end_capture(CUgraphInstantiate_flags(0));
+
+    assert!(gpu.context().is_managing_stream_synchronization());
+    capture();
+    let refused = forward(&input, &mut out);
+    end_capture().unwrap();
+    match refused {
+        Err(Error::Unsupported(m)) if m.contains("event tracking") => {}
+        other => panic!("{test}: a capture with event tracking on gave {other:?}"),
+    }
+
+    // SAFETY: every buffer here lives on the engine's one stream.
+    unsafe { gpu.context().disable_event_tracking() };
+    capture();
+    let captured = forward(&input, &mut out);
+    let graph = end_capture();
+    captured.unwrap_or_else(|e| panic!("{test}: captured forward: {e}"));
+    let graph = graph.unwrap().expect("the capture recorded work");
+    for round in 0..2 {
+        if round == 1 {
+            let (fresh, vals) = to_device::<bf16>(&engine, &uniform(&mut rng, n_in, 2.0));
+            stream.memcpy_dtod(&fresh, &mut input).unwrap();
+            in_vals = vals;
+        }
+        stream
+            .memcpy_htod(&vec![bf16::nan(); n_out], &mut out)
+            .unwrap();
+        graph.launch().unwrap();
+        let got = download(&engine, &out);
+        let want = cpu::projector(&cfg, &in_vals, tiles, &weights.host, Some(Dtype::Bf16));
+        let (rel, _) = compare(&format!("{test} replay {round}"), &got, &want);
+        assert!(rel < 4.0 * bf16::EPS, "{test} replay {round}: rel {rel}");
+    }
+}
+
+#[test]
+fn projector_replays_from_a_cuda_graph() {
+    let test = "projector_replays_from_a_cuda_graph";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    projector_graph_case(&gpu, GeluMode::ExactErf, test);
+}
+
+#[test]
+fn projector_with_the_hopper_linear_replays_from_a_cuda_graph() {
+    let test = "projector_with_the_hopper_linear_replays_from_a_cuda_graph";
+    let Some(gpu) = hopper_or_skip(test) else {
+        return;
+    };
+    projector_graph_case(&gpu, GeluMode::ExactErfHopperLinear, test);
 }
 
 #[test]

@@ -337,6 +337,7 @@ impl AttentionBlock {
             out.len(),
             (workspace.qkv.len(), workspace.attended.len()),
         )?;
+        self.gpu.check_capturable("the attention block")?;
         let stream = self.gpu.stream();
         // The GEMMs' operands that the caller supplies (the workspace's are
         // whole allocations), checked here so a bad one fails before the

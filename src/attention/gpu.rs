@@ -131,6 +131,7 @@ pub fn flash_attention_with<T: AttentionElement>(
     if kernel.is_hopper() {
         require_sm90a(gpu, "the Hopper attention kernel")?;
     }
+    gpu.check_capturable("flash attention")?;
     let stream = gpu.stream();
     let (q_addr, _q_sync) = q.data.device_ptr(stream);
     let (k_addr, _k_sync) = k.data.device_ptr(stream);
@@ -273,6 +274,7 @@ pub fn qk_rms_norm<T: AttentionElement>(
     eps: f32,
 ) -> Result<()> {
     check_qk_rms_norm(rows, qkv.len(), [q_weight.len(), k_weight.len()], eps)?;
+    gpu.check_capturable("qk-RMSNorm")?;
     let name = format!("qk_rms_norm_{}", T::KERNEL_SUFFIX);
     let function = gpu.function(KernelModule::Attention, &name)?;
     let stream = gpu.stream();

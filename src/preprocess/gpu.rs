@@ -106,6 +106,10 @@ impl DeviceImage {
 /// write-combined), so a decoder may read back what it wrote.
 pub struct PinnedImage {
     bytes: PinnedHostSlice<u8>,
+    /// Recorded after each copy out of `bytes`; the host waits for it
+    /// before writing or freeing them. The crate's own event, not cudarc's:
+    /// cudarc records its pinned slices' events only while it tracks streams.
+    copied: CudaEvent,
     width: u32,
     height: u32,
     format: PixelFormat,
@@ -124,8 +128,13 @@ impl PinnedImage {
         let ptr = bytes.as_mut_ptr().map_err(driver_error("pinned image"))?;
         // SAFETY: `ptr` points to `len` bytes this function owns.
         unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        let copied = gpu
+            .context()
+            .new_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC))
+            .map_err(driver_error("create event"))?;
         Ok(PinnedImage {
             bytes,
+            copied,
             width,
             height,
             format,
@@ -135,6 +144,7 @@ impl PinnedImage {
     /// The pixel bytes, row after row, once any copy out of them still
     /// queued has finished.
     pub fn bytes_mut(&mut self) -> Result<&mut [u8]> {
+        self.wait_for_copies()?;
         self.bytes
             .as_mut_slice()
             .map_err(driver_error("wait for the pinned image's copy"))
@@ -143,6 +153,7 @@ impl PinnedImage {
     /// The image as a view (for the CPU path, say), once any copy out of
     /// it still queued has finished.
     pub fn view(&self) -> Result<ImageView<'_>> {
+        self.wait_for_copies()?;
         let bytes = self
             .bytes
             .as_slice()
@@ -164,6 +175,19 @@ impl PinnedImage {
 
     fn row_bytes(&self) -> usize {
         self.width as usize * self.format.bytes_per_pixel()
+    }
+
+    fn wait_for_copies(&self) -> Result<()> {
+        self.copied
+            .synchronize()
+            .map_err(driver_error("wait for the pinned image's copy"))
+    }
+}
+
+impl Drop for PinnedImage {
+    /// The page-locked memory may be freed only once no copy reads it.
+    fn drop(&mut self) {
+        let _ = self.copied.synchronize();
     }
 }
 
@@ -265,13 +289,28 @@ impl CudaPreprocessor {
             .iter()
             .zip(outs.iter())
             .map(|(image, out)| {
+                if let HostImage::Pinned(pinned) = image {
+                    let ctx = pinned.bytes.context();
+                    if **ctx != **self.gpu.context() {
+                        return Err(Error::OfAnotherContext {
+                            what: "pinned image",
+                            its_device: ctx.ordinal(),
+                            gpu_device: self.gpu.context().ordinal(),
+                        });
+                    }
+                }
                 let (width, height) = image.size();
                 let plan = self.preprocessor.plan(width, height)?;
                 self.check(width, height, &plan, out)?;
                 Ok(plan)
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut staging = self.staging.lock().expect("staging lock");
+        // A panic in an earlier batch leaves the buffers reusable: each use
+        // waits for the events that guard it first.
+        let mut staging = self
+            .staging
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if staging.is_none() {
             *staging = Some(Staging::new(&self.gpu)?);
         }
@@ -320,11 +359,26 @@ impl CudaPreprocessor {
                     copy_stream
                         .wait(&slot.consumed)
                         .map_err(driver_error("copy stream wait"))?;
-                    // cudarc orders the copy after earlier work on the pinned
-                    // buffer and records its end there: bytes_mut waits for it.
-                    copy_stream
-                        .memcpy_htod(&pinned.bytes, &mut device.slice_mut(..len))
-                        .map_err(driver_error("copy pinned image to device"))?;
+                    let host = pinned
+                        .bytes
+                        .as_slice()
+                        .map_err(driver_error("pinned image"))?;
+                    let (dst, _write) = device.device_ptr_mut(copy_stream);
+                    // SAFETY: `dst` holds at least `len` bytes (reserved),
+                    // `host` is the whole page-locked image, and the host
+                    // writes or frees it only after `copied`, recorded below.
+                    unsafe {
+                        cudarc::driver::result::memcpy_htod_async(
+                            dst,
+                            host,
+                            copy_stream.cu_stream(),
+                        )
+                    }
+                    .map_err(driver_error("copy pinned image to device"))?;
+                    pinned
+                        .copied
+                        .record(copy_stream)
+                        .map_err(driver_error("record pinned image copy"))?;
                 }
             }
             slot.copied
@@ -394,7 +448,8 @@ impl CudaPreprocessor {
             plan,
             out.len(),
             "device output tensor (elements, must be exact)",
-        )
+        )?;
+        self.gpu.check_not_capturing("preprocessing")
     }
 
     /// v2 or v3: one launch.
@@ -524,6 +579,9 @@ impl CudaPreprocessor {
             source
         };
         let (axis, is_vertical) = last;
+        // The guard lives until after the launch, so cudarc records the
+        // kernel's write (and makes it wait for readers on other streams).
+        let (out_addr, _out_write) = out.device_ptr_mut(stream);
         let params = NvlmTileWrite {
             pass: pass_params(
                 &last_source,
@@ -533,7 +591,7 @@ impl CudaPreprocessor {
                 (out_w, out_h),
                 stream,
             ),
-            out: device_addr(out, stream),
+            out: out_addr,
             table: device_addr(table, stream),
             elem_bytes: T::DTYPE.size_bytes() as u32,
             tile_size: self.preprocessor.config.tile_size,
@@ -1112,6 +1170,8 @@ fn pass_params(
     }
 }
 
+/// The address of a buffer only this stream uses (v1's tables and
+/// intermediate), so no event needs recording after the launch.
 fn device_addr<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     let (addr, _sync) = slice.device_ptr(stream);
     addr

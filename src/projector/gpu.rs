@@ -91,6 +91,7 @@ impl ProjectorKernels {
                 needed: need,
             });
         }
+        self.gpu.check_capturable("the projector front")?;
         let stream = self.gpu.stream();
         // The guards live until the launch is queued, so cudarc records
         // the kernel's reads and writes for work on other streams.
@@ -144,6 +145,7 @@ impl ProjectorKernels {
                 b.len()
             )));
         }
+        self.gpu.check_capturable("bias + GELU")?;
         let stream = self.gpu.stream();
         // Guards held until the launch is queued, as in `front`.
         let (data_addr, _data_write) = data.device_ptr_mut(stream);
@@ -234,6 +236,7 @@ impl ProjectorKernels {
         width: hopper::TileWidth,
     ) -> Result<()> {
         check_linear(shape, x.len(), w.len(), bias.map(|b| b.len()), y.len())?;
+        self.gpu.check_capturable("the sm_90a Linear")?;
         let stream = self.gpu.stream();
         // Guards held until the launch is queued, as in `front`.
         let (x_addr, _x_read) = x.device_ptr(stream);
@@ -450,6 +453,7 @@ impl Projector {
                 out.len(),
             )?;
         }
+        self.kernels.gpu.check_capturable("the projector")?;
         // The GEMMs' operands that the caller supplies (the workspace's are
         // whole allocations), checked before the front's launch.
         let stream = self.kernels.gpu.stream();
