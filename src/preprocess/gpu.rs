@@ -548,7 +548,7 @@ impl CudaPreprocessor {
                 (out_w, in_h)
             };
             let buf = stream
-                .alloc_zeros::<u8>((w * h * channels) as usize)
+                .alloc_zeros::<u8>(w as usize * h as usize * channels as usize)
                 .map_err(driver_error("alloc intermediate"))?;
             let params = NvlmIntermediate {
                 pass: pass_params(&source, axis, is_vertical, channels, (w, h), stream),
@@ -820,8 +820,11 @@ const SLAB_BYTES: u32 = 24 * 1024;
 /// (as many as the registers allow) fit an SM of sm_80 (164 KiB) or sm_90.
 const STAGED_SMEM_BYTES: u32 = 64 * 1024;
 
-/// Bytes past a horizontal-first staged row that v4's first pass reads:
-/// its last group's taps padded to four, and the word after them.
+/// Bytes after the last staged row, for v4's first pass. Its last word
+/// read for a window starts at a multiple of 4 no further than the window's
+/// end + 3, so at most at `round_up4(window)` ≤ the pitch: it ends at most 4
+/// bytes past its row. Those bytes are the next row's, or for the last row
+/// this slack's (8, a word to spare); all meet zero weights.
 const STAGE_READ_SLACK: u64 = 8;
 
 /// How v3 lays out one target's chunk in shared memory (the `chunk_samples`
