@@ -87,6 +87,19 @@ pub(crate) fn allow_dynamic_smem(function: &CudaFunction, bytes: u32) -> Result<
         .map_err(driver_error("cuFuncSetAttribute(max dynamic shared memory)"))
 }
 
+/// Makes `ctx` current on this thread. cudarc first returns (and clears)
+/// any error it stored from a call that could not return one, such as an
+/// event record in a buffer guard's drop; the message says so, since that
+/// error is not the binding's.
+pub(crate) fn bind_context(ctx: &CudaContext) -> Result<()> {
+    ctx.bind_to_thread().map_err(|e| {
+        Error::Cuda(format!(
+            "cuCtxSetCurrent, or an earlier asynchronous call whose error cudarc stored \
+             (an event record or wait on a buffer's use): {e}"
+        ))
+    })
+}
+
 pub(crate) fn driver_error(call: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Cuda(format!("{call}: {e}"))
 }
@@ -212,12 +225,10 @@ impl Gpu {
     /// low-level door to the kernels, for tests and for callers who launch
     /// them with their own cudarc code; the stage APIs use it internally.
     pub fn function(&self, module: KernelModule, name: &str) -> Result<CudaFunction> {
-        // cuModuleGetFunction and cuFuncSetAttribute, which callers apply
-        // to the function, run in the thread's current context; cudarc binds
-        // none for them.
-        self.ctx
-            .bind_to_thread()
-            .map_err(driver_error("cuCtxSetCurrent"))?;
+        // cuModuleGetFunction, and what callers then ask of the function
+        // (cuFuncSetAttribute, cuOccupancy*), run in the thread's current
+        // context; cudarc binds none for them.
+        bind_context(&self.ctx)?;
         self.module(module)?
             .load_function(name)
             .map_err(driver_error(name))

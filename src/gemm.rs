@@ -215,10 +215,7 @@ impl Gemm {
 }
 
 fn bind(stream: &CudaStream) -> Result<()> {
-    stream
-        .context()
-        .bind_to_thread()
-        .map_err(|e| Error::Cuda(format!("cuCtxSetCurrent: {e}")))
+    crate::cuda::bind_context(stream.context())
 }
 
 #[cfg(test)]

@@ -210,12 +210,9 @@ impl ProjectorKernels {
         let f = self
             .gpu
             .function(KernelModule::ProjectorHopper, &probe.kernel)?;
+        // `function` made the context current, which the occupancy query
+        // (unlike cudarc's launches) does not.
         allow_dynamic_smem(&f, probe.config.shared_mem_bytes)?;
-        // cudarc makes the context current for its launches, not for this.
-        self.gpu
-            .context()
-            .bind_to_thread()
-            .map_err(driver_error("cuCtxSetCurrent"))?;
         let slots = f
             .occupancy_max_active_clusters(probe.config, self.gpu.stream())
             .map_err(driver_error("cuOccupancyMaxActiveClusters"))?;
