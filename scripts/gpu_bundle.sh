@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the GPU bundle: release, stripped executables of every test target
-# and every bench target named `gpu_*` (kernels embedded), every
+# and every bench target named `gpu_*` (kernels embedded), the `preprocess`
+# example (run.sh compares its `--device cuda` output with `--device cpu`'s), every
 # `scripts/peer_*.py`, the fixtures, the ptxas report, the summariser and
 # run.sh, in one folder small enough to carry to a GPU host that has no Rust
 # toolchain.
@@ -30,13 +31,13 @@ if [ ${#selectors[@]} -eq 0 ]; then
 fi
 
 rm -rf "$bundle"
-mkdir -p "$bundle/bin/tests" "$bundle/bin/benches" "$bundle/peers"
-# One build for all of them. Cargo's JSON messages name each executable and
+mkdir -p "$bundle/bin/tests" "$bundle/bin/benches" "$bundle/bin/examples" "$bundle/peers"
+# Two builds: the tests and benches, then the example. Cargo's JSON messages name each executable and
 # the build script's output folder (the ptxas report), so no path is guessed.
 # A harness = false bench built by `cargo test` is the same program `cargo
 # bench` builds: criterion's main, which benchmarks when given `--bench`.
-cargo test --release --no-run "${selectors[@]}" --message-format=json-render-diagnostics \
-    | python3 -c '
+list_artifacts() {
+    python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -44,12 +45,18 @@ for line in sys.stdin:
         print(m["target"]["kind"][0], m["target"]["name"], m["executable"])
     elif m.get("reason") == "build-script-executed" and "nvlm-vision" in m["package_id"]:
         print("out_dir", "-", m["out_dir"])
-' > "$bundle/artifacts.txt"
+'
+}
+cargo test --release --no-run "${selectors[@]}" --message-format=json-render-diagnostics \
+    | list_artifacts > "$bundle/artifacts.txt"
+cargo build --release --example preprocess --message-format=json-render-diagnostics \
+    | list_artifacts >> "$bundle/artifacts.txt"
 
 while read -r kind name path; do
     case $kind in
         test) cp "$path" "$bundle/bin/tests/$name" ;;
         bench) cp "$path" "$bundle/bin/benches/$name" ;;
+        example) cp "$path" "$bundle/bin/examples/$name" ;;
         out_dir) cp "$path/ptxas_report.txt" "$bundle/ptxas_report.txt" ;;
     esac
 done < "$bundle/artifacts.txt"

@@ -3,7 +3,9 @@
 #
 #   run.sh RESULTS_DIR [PHASE...]      PHASE: tests sanitize bench peers all
 #
-#   tests     every gpu test binary, GPU required, one test at a time
+#   tests     every gpu test binary, GPU required, one test at a time, and
+#             the preprocess example's --device cuda .npy against its
+#             --device cpu one, byte for byte, on fixture images
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck, initcheck
 #             (each tool over every gpu test binary before the next tool),
 #             skipping tests named `*_at_model_shapes*`
@@ -81,6 +83,28 @@ tests=("$here"/bin/tests/*)
 benches=("$here"/bin/benches/*)
 peers=("$here"/peers/peer_*.py)
 
+# The preprocess example on the GPU and on the CPU: equal .npy files.
+# Arguments: the example, the fixture images folder.
+example_parity='
+set -eu
+example=$1 images=$2
+work=$(mktemp -d)
+trap "rm -rf $work" EXIT
+for case in photo_rocket.jpg:f32 photo_logo_RGBA.png:f32 photo_camera_L.png:f32 \
+    synth_1920x1080.png:f32 synth_1x4000.png:f32 photo_rocket.jpg:bf16 photo_rocket.jpg:f16; do
+    image=${case%%:*} dtype=${case##*:}
+    for device in cpu cuda; do
+        "$example" "$images/$image" --dtype "$dtype" --device "$device" \
+            --npy "$work/$device.npy" --sheet "$work/$device.png" > "$work/$device.txt"
+    done
+    if ! cmp "$work/cpu.npy" "$work/cuda.npy"; then
+        echo "$image $dtype: --device cuda and --device cpu .npy differ"
+        exit 1
+    fi
+    echo "$image $dtype: --device cuda .npy equals --device cpu, $(wc -c < "$work/cpu.npy") bytes"
+done
+'
+
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 
 for phase in "${phases[@]}"; do
@@ -96,6 +120,11 @@ for phase in "${phases[@]}"; do
             step "test-$(basename "$t")" "${NVLM_VISION_TEST_TIMEOUT:-300}" \
                 "$t" --test-threads=1 --skip hopper
         done
+        example="$here/bin/examples/preprocess"
+        if [ -x "$example" ]; then
+            step example-preprocess "${NVLM_VISION_TEST_TIMEOUT:-300}" \
+                bash -c "$example_parity" example "$example" "$here/fixtures/images"
+        fi
         for t in "${tests[@]}"; do
             case $(basename "$t") in
             *hopper*)

@@ -70,6 +70,15 @@ fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
         &bundle.join("bin/tests/gpu_hopper_prims"),
         "#!/bin/sh\necho \"args: $*\"\n",
     );
+    // The preprocess example: its .npy holds the image's name and the dtype,
+    // so the two devices agree, unless FAKE_DEVICES_DIFFER adds the device.
+    write_exe(
+        &bundle.join("bin/examples/preprocess"),
+        "#!/bin/sh\nimage=$1; shift\nwhile [ $# -gt 0 ]; do case $1 in\n\
+         --dtype) dtype=$2 ;; --device) device=$2 ;; --npy) npy=$2 ;; esac; shift 2; done\n\
+         echo \"$(basename \"$image\") $dtype\" > \"$npy\"\n\
+         if [ -n \"$FAKE_DEVICES_DIFFER\" ]; then echo \"$device\" >> \"$npy\"; fi\n",
+    );
     write_exe(
         &bundle.join("bin/tests/gpu_bad"),
         "#!/bin/sh\necho \"args: $*\"\necho 'assertion failed: kernel wrote NaN'\nexit 3\n",
@@ -152,6 +161,7 @@ fn run_script_runs_every_phase_and_summarises() {
         [
             "test-gpu_bad",
             "test-gpu_good",
+            "example-preprocess",
             "test-gpu_good-hopper",
             "test-gpu_hopper_prims",
             "bench-gpu_stage",
@@ -174,6 +184,12 @@ fn run_script_runs_every_phase_and_summarises() {
     assert!(log("test-gpu_good").contains("args: --test-threads=1 --skip hopper\nrequire: 1"));
     assert!(log("test-gpu_good-hopper").contains("args: --test-threads=1 hopper\n"));
     assert!(log("test-gpu_hopper_prims").contains("args: --test-threads=1\n"));
+    assert!(
+        log("example-preprocess")
+            .contains("photo_rocket.jpg bf16: --device cuda .npy equals --device cpu"),
+        "{}",
+        log("example-preprocess")
+    );
     assert!(log("memcheck-gpu_good").contains("args: --test-threads=1 --skip _at_model_shapes"));
     assert!(log("racecheck-gpu_good").starts_with("sanitizer racecheck"));
     assert!(log("synccheck-gpu_hopper_prims").starts_with("sanitizer synccheck"));
@@ -284,6 +300,37 @@ fn run_script_without_a_gpu_fails_clearly() {
     );
     let summary = fs::read_to_string(results.join("summary.md")).unwrap();
     assert!(summary.contains("no GPU: nvidia-smi failed"), "{summary}");
+}
+
+/// The example's GPU output differing from its CPU output fails the step,
+/// naming the image and dtype.
+#[test]
+fn run_script_fails_when_the_example_devices_differ() {
+    if !python3_or_skip("run_script_fails_when_the_example_devices_differ") {
+        return;
+    }
+    let dir = scratch("run_example_differs");
+    let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA H200"));
+    fs::remove_file(bundle.join("bin/tests/gpu_bad")).unwrap();
+    let results = dir.join("results");
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(bundle.join("run.sh"))
+        .arg(&results)
+        .arg("tests")
+        .env("PATH", path)
+        .env("FAKE_DEVICES_DIFFER", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let log = fs::read_to_string(results.join("example-preprocess.log")).unwrap();
+    assert!(
+        log.contains("photo_rocket.jpg f32: --device cuda and --device cpu .npy differ"),
+        "{log}"
+    );
 }
 
 #[test]
