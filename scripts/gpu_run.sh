@@ -59,6 +59,25 @@ if ! card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 fi
 echo "$card" > "$results/card.txt"
 
+# cuBLASLt (the GEMMs) is loaded by name at run time. When the loader does
+# not know it, look where a CUDA toolkit or the pip wheels (a PyTorch
+# image's nvidia-cublas) keep it, and put that folder on LD_LIBRARY_PATH.
+if ! ldconfig -p 2> /dev/null | grep -q 'libcublasLt\.so'; then
+    roots=()
+    for home in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda; do
+        [ -n "$home" ] && roots+=("$home/lib64" "$home/lib" "$home/targets/x86_64-linux/lib")
+    done
+    mapfile -t -O ${#roots[@]} roots < <(python3 -c 'import site; print("\n".join(p + "/nvidia" for p in site.getsitepackages()))' 2> /dev/null)
+    for root in "${roots[@]}"; do
+        found=$(find "$root" -maxdepth 3 -name 'libcublasLt.so*' 2> /dev/null | sort | head -n 1)
+        if [ -n "$found" ]; then
+            export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            break
+        fi
+    done
+fi
+echo "cuBLASLt: $(ldconfig -p 2> /dev/null | grep -m 1 -o '/[^ ]*libcublasLt\.so[^ ]*' || echo "not known to the loader"); LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" > "$results/libraries.txt"
+
 failed=0
 budget=${NVLM_VISION_RUN_BUDGET:-540}
 step() {  # step NAME TIMEOUT_S COMMAND...

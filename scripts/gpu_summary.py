@@ -4,6 +4,7 @@ and prints it. Standard library only: the GPU host has no packages to spare.
 
 Reads, all under RESULTS_DIR and all optional:
   card.txt             nvidia-smi's line for the card
+  libraries.txt        where run.sh found cuBLASLt
   steps.tsv            one `name<TAB>exit code<TAB>seconds<TAB>log` line per step
                        (exit code `skipped` past the run's time budget)
   criterion/**/new/{benchmark,estimates}.json
@@ -130,6 +131,9 @@ def main(argv):
     ours = criterion_results(results / "criterion")
     theirs, peers, errors = peer_results(results / "peers")
     lines = [f"# GPU bundle run: {card}", ""]
+    libraries = results / "libraries.txt"
+    if libraries.is_file():
+        lines += [libraries.read_text().strip(), ""]
     lines += steps_table(results / "steps.tsv")
     lines.append("## Timings (median; ratio = peer time ÷ this time, >1 is faster)")
     lines.append("")

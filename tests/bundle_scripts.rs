@@ -64,7 +64,7 @@ fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
     write_exe(
         &bundle.join("bin/tests/gpu_good"),
         "#!/bin/sh\nif [ \"$1\" = --list ]; then echo 'plain: test'; echo 'hopper_case: test'; exit 0; fi\n\
-         echo \"args: $*\"\necho \"require: $NVLM_VISION_REQUIRE_GPU\"\n",
+         echo \"args: $*\"\necho \"require: $NVLM_VISION_REQUIRE_GPU\"\necho \"ld: $LD_LIBRARY_PATH\"\n",
     );
     write_exe(
         &bundle.join("bin/tests/gpu_hopper_prims"),
@@ -300,6 +300,52 @@ fn run_script_without_a_gpu_fails_clearly() {
     );
     let summary = fs::read_to_string(results.join("summary.md")).unwrap();
     assert!(summary.contains("no GPU: nvidia-smi failed"), "{summary}");
+}
+
+/// A cuBLASLt the loader does not know is found in a toolkit's folder and
+/// put on LD_LIBRARY_PATH for the tests, and the summary says where.
+#[test]
+fn run_script_puts_a_toolkits_cublaslt_on_the_loader_path() {
+    let test = "run_script_puts_a_toolkits_cublaslt_on_the_loader_path";
+    if !python3_or_skip(test) {
+        return;
+    }
+    let known = Command::new("sh")
+        .args(["-c", "ldconfig -p | grep -q 'libcublasLt\\.so'"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if known {
+        eprintln!("skipped: this machine's loader already knows libcublasLt ({test})");
+        return;
+    }
+    let dir = scratch("run_cublaslt");
+    let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA H200"));
+    let toolkit = dir.join("cuda");
+    fs::create_dir_all(toolkit.join("lib64")).unwrap();
+    fs::write(toolkit.join("lib64/libcublasLt.so.13"), "").unwrap();
+    let results = dir.join("results");
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(bundle.join("run.sh"))
+        .arg(&results)
+        .arg("tests")
+        .env("PATH", path)
+        .env("CUDA_HOME", &toolkit)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "gpu_bad fails");
+    let lib = toolkit.join("lib64");
+    let log = fs::read_to_string(results.join("test-gpu_good.log")).unwrap();
+    assert!(log.contains(&format!("ld: {}\n", lib.display())), "{log}");
+    let summary = fs::read_to_string(results.join("summary.md")).unwrap();
+    assert!(
+        summary.contains(&format!("LD_LIBRARY_PATH={}", lib.display())),
+        "{summary}"
+    );
 }
 
 /// The example's GPU output differing from its CPU output fails the step,
