@@ -657,16 +657,20 @@ struct StagingSlot {
 impl Staging {
     fn new(gpu: &Gpu) -> Result<Staging> {
         let ctx = gpu.context();
-        let event = || {
-            ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))
+        // The host waits for `copied` before it rewrites a pinned buffer:
+        // blocking, so the wait sleeps instead of spinning a core a decoder
+        // could use. `consumed` orders the streams (the host waits on it
+        // only before replacing a buffer).
+        let event = |flags| {
+            ctx.new_event(Some(flags))
                 .map_err(driver_error("create event"))
         };
         let slot = || {
             Ok(StagingSlot {
                 host: None,
                 device: None,
-                copied: event()?,
-                consumed: event()?,
+                copied: event(CUevent_flags::CU_EVENT_BLOCKING_SYNC)?,
+                consumed: event(CUevent_flags::CU_EVENT_DISABLE_TIMING)?,
             })
         };
         Ok(Staging {
