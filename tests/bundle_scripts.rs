@@ -124,16 +124,21 @@ fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
     (bundle, tools)
 }
 
-fn run_bundle(bundle: &Path, tools: &Path, results: &Path, phases: &[&str]) -> Output {
+/// `run.sh RESULTS PHASES...` with the stand-in tools first on PATH, for
+/// a test to add its own environment to.
+fn bundle_command(bundle: &Path, tools: &Path, results: &Path, phases: &[&str]) -> Command {
     let path = format!(
         "{}:{}",
         tools.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    Command::new(bundle.join("run.sh"))
-        .arg(results)
-        .args(phases)
-        .env("PATH", path)
+    let mut command = Command::new(bundle.join("run.sh"));
+    command.arg(results).args(phases).env("PATH", path);
+    command
+}
+
+fn run_bundle(bundle: &Path, tools: &Path, results: &Path, phases: &[&str]) -> Output {
+    bundle_command(bundle, tools, results, phases)
         .output()
         .unwrap()
 }
@@ -259,15 +264,7 @@ fn run_script_skips_steps_past_its_budget() {
     let dir = scratch("run_budget");
     let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA H200"));
     let results = dir.join("results");
-    let path = format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = Command::new(bundle.join("run.sh"))
-        .arg(&results)
-        .args(["tests", "peers"])
-        .env("PATH", path)
+    let out = bundle_command(&bundle, &tools, &results, &["tests", "peers"])
         .env("NVLM_VISION_RUN_BUDGET", "5")
         .output()
         .unwrap();
@@ -324,15 +321,7 @@ fn run_script_puts_a_toolkits_cublaslt_on_the_loader_path() {
     fs::create_dir_all(toolkit.join("lib64")).unwrap();
     fs::write(toolkit.join("lib64/libcublasLt.so.13"), "").unwrap();
     let results = dir.join("results");
-    let path = format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = Command::new(bundle.join("run.sh"))
-        .arg(&results)
-        .arg("tests")
-        .env("PATH", path)
+    let out = bundle_command(&bundle, &tools, &results, &["tests"])
         .env("CUDA_HOME", &toolkit)
         .env_remove("LD_LIBRARY_PATH")
         .output()
@@ -359,15 +348,7 @@ fn run_script_fails_when_the_example_devices_differ() {
     let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA H200"));
     fs::remove_file(bundle.join("bin/tests/gpu_bad")).unwrap();
     let results = dir.join("results");
-    let path = format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = Command::new(bundle.join("run.sh"))
-        .arg(&results)
-        .arg("tests")
-        .env("PATH", path)
+    let out = bundle_command(&bundle, &tools, &results, &["tests"])
         .env("FAKE_DEVICES_DIFFER", "1")
         .output()
         .unwrap();

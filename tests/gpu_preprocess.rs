@@ -74,6 +74,20 @@ fn check_batch_output(
     }
 }
 
+/// A NaN-filled f32 output tensor on the device for each image size.
+fn poisoned_outputs(
+    gpu: &Arc<Gpu>,
+    pre: Preprocessor,
+    sizes: impl Iterator<Item = (u32, u32)>,
+) -> Vec<CudaSlice<f32>> {
+    sizes
+        .map(|(w, h)| {
+            let len = pre.plan(w, h).unwrap().tensor_len();
+            gpu.stream().clone_htod(&vec![f32::NAN; len]).unwrap()
+        })
+        .collect()
+}
+
 /// Every size in `sizes` in a rotating pixel format with padded rows, three
 /// tile limits, a random Pillow version, all three dtypes.
 fn check_random_images(gpu: &Arc<Gpu>, rng: &mut Rng, sizes: &[(u32, u32)]) {
@@ -282,13 +296,8 @@ fn batches_equal_the_cpu_reference() {
         let cuda = CudaPreprocessor::new(pre, gpu.clone()).with_kernel(kernel);
         // Twice, so the second batch reuses the buffers the first one made.
         for round in 0..2 {
-            let mut outs: Vec<_> = views
-                .iter()
-                .map(|v| {
-                    let len = pre.plan(v.width(), v.height()).unwrap().tensor_len();
-                    gpu.stream().clone_htod(&vec![f32::NAN; len]).unwrap()
-                })
-                .collect();
+            let sizes = views.iter().map(|v| (v.width(), v.height()));
+            let mut outs = poisoned_outputs(&gpu, pre, sizes);
             let plans = cuda.run_batch_into(&views, &mut outs).unwrap();
             for ((view, plan), out) in views.iter().zip(&plans).zip(&outs) {
                 let what = format!("{kernel:?} round {round}");
@@ -333,13 +342,8 @@ fn pinned_batches_equal_the_cpu_reference() {
             .map(|i| i.view().unwrap().data().to_vec())
             .collect();
         for round in 0..2 {
-            let mut outs: Vec<_> = images
-                .iter()
-                .map(|i| {
-                    let len = pre.plan(i.width(), i.height()).unwrap().tensor_len();
-                    gpu.stream().clone_htod(&vec![f32::NAN; len]).unwrap()
-                })
-                .collect();
+            let sizes = images.iter().map(|i| (i.width(), i.height()));
+            let mut outs = poisoned_outputs(&gpu, pre, sizes);
             let refs: Vec<&PinnedImage> = images.iter().collect();
             let plans = cuda.run_pinned_batch_into(&refs, &mut outs).unwrap();
             let queued_now = queued.clone();
@@ -389,13 +393,7 @@ fn pinned_images_wait_for_their_copies_without_event_tracking() {
     }
     let pre = Preprocessor::default();
     let cuda = CudaPreprocessor::new(pre, gpu.clone());
-    let mut outs: Vec<_> = images
-        .iter()
-        .map(|i| {
-            let len = pre.plan(i.width(), i.height()).unwrap().tensor_len();
-            gpu.stream().clone_htod(&vec![f32::NAN; len]).unwrap()
-        })
-        .collect();
+    let mut outs = poisoned_outputs(&gpu, pre, sizes.iter().copied());
     let refs: Vec<&PinnedImage> = images.iter().collect();
     let plans = cuda.run_pinned_batch_into(&refs, &mut outs).unwrap();
     let last = images.last_mut().unwrap();

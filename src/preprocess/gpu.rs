@@ -321,7 +321,7 @@ impl CudaPreprocessor {
             let slot = &mut slots[i % 2];
             let len = image.len();
             slot.reserve_device(&self.gpu, len)?;
-            match image {
+            let host: &[u8] = match image {
                 HostImage::Pageable(view) => {
                     slot.reserve_host(&self.gpu, len)?;
                     // The copy out of this host buffer two images ago has finished.
@@ -335,51 +335,35 @@ impl CudaPreprocessor {
                         .as_mut_slice()
                         .map_err(driver_error("pinned staging buffer"))?[..len];
                     host.copy_from_slice(view.data());
-                    let device = slot.device.as_mut().expect("reserved");
-                    // ... and so has the kernel that read this device buffer.
-                    copy_stream
-                        .wait(&slot.consumed)
-                        .map_err(driver_error("copy stream wait"))?;
-                    let (dst, _write) = device.device_ptr_mut(copy_stream);
-                    // SAFETY: `dst` holds at least `host.len()` bytes (reserved);
-                    // `host` is pinned and stays unwritten until `copied` has
-                    // passed (synchronized above before the next write, and on drop).
-                    unsafe {
-                        cudarc::driver::result::memcpy_htod_async(
-                            dst,
-                            host,
-                            copy_stream.cu_stream(),
-                        )
-                    }
-                    .map_err(driver_error("copy image to device"))?;
+                    host
                 }
-                HostImage::Pinned(pinned) => {
-                    let device = slot.device.as_mut().expect("reserved");
-                    // The kernel that read this device buffer has finished.
-                    copy_stream
-                        .wait(&slot.consumed)
-                        .map_err(driver_error("copy stream wait"))?;
-                    let host = pinned
-                        .bytes
-                        .as_slice()
-                        .map_err(driver_error("pinned image"))?;
-                    let (dst, _write) = device.device_ptr_mut(copy_stream);
-                    // SAFETY: `dst` holds at least `len` bytes (reserved),
-                    // `host` is the whole page-locked image, and the host
-                    // writes or frees it only after `copied`, recorded below.
-                    unsafe {
-                        cudarc::driver::result::memcpy_htod_async(
-                            dst,
-                            host,
-                            copy_stream.cu_stream(),
-                        )
-                    }
-                    .map_err(driver_error("copy pinned image to device"))?;
-                    pinned
-                        .copied
-                        .record(copy_stream)
-                        .map_err(driver_error("record pinned image copy"))?;
+                HostImage::Pinned(pinned) => pinned
+                    .bytes
+                    .as_slice()
+                    .map_err(driver_error("pinned image"))?,
+            };
+            {
+                let device = slot.device.as_mut().expect("reserved");
+                // The kernel that last read this device buffer has finished.
+                copy_stream
+                    .wait(&slot.consumed)
+                    .map_err(driver_error("copy stream wait"))?;
+                let (dst, _write) = device.device_ptr_mut(copy_stream);
+                // SAFETY: `dst` holds at least `len` bytes (reserved). `host` is
+                // page-locked, and the host writes or frees it only once the copy
+                // is done: a staging buffer after `slot.copied` (synchronized
+                // above before the next write, and on drop), a pinned image after
+                // its own `copied`; both are recorded below.
+                unsafe {
+                    cudarc::driver::result::memcpy_htod_async(dst, host, copy_stream.cu_stream())
                 }
+                .map_err(driver_error("copy image to device"))?;
+            }
+            if let HostImage::Pinned(pinned) = image {
+                pinned
+                    .copied
+                    .record(copy_stream)
+                    .map_err(driver_error("record pinned image copy"))?;
             }
             slot.copied
                 .record(copy_stream)
