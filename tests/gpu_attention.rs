@@ -766,7 +766,9 @@ fn attention_block_replays(kernel: AttentionKernel, test: &str) {
         None,
         None,
     );
-    stream.end_capture(CUgraphInstantiate_flags(0)).unwrap();
+    // An empty graph, if any: only that the capture ended matters.
+    drop(stream.end_capture(CUgraphInstantiate_flags(0)));
+    assert!(!engine.is_capturing().unwrap());
     match refused {
         Err(Error::Unsupported(m)) if m.contains("event tracking") => {}
         other => panic!("{test}: a capture with event tracking on gave {other:?}"),

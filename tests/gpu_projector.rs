@@ -744,7 +744,9 @@ fn projector_graph_case(gpu: &Arc<nvlm_vision::cuda::Gpu>, gelu: GeluMode, test:
     assert!(gpu.context().is_managing_stream_synchronization());
     capture();
     let refused = forward(&input, &mut out);
-    end_capture().unwrap();
+    // An empty graph, if any: only that the capture ended matters.
+    drop(end_capture());
+    assert!(!engine.is_capturing().unwrap());
     match refused {
         Err(Error::Unsupported(m)) if m.contains("event tracking") => {}
         other => panic!("{test}: a capture with event tracking on gave {other:?}"),
