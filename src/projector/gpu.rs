@@ -210,9 +210,9 @@ impl ProjectorKernels {
         let f = self
             .gpu
             .function(KernelModule::ProjectorHopper, &probe.kernel)?;
+        allow_dynamic_smem(&f, probe.config.shared_mem_bytes)?;
         // The occupancy query runs in the thread's current context and
         // binds none itself; `function` made ours current.
-        allow_dynamic_smem(&f, probe.config.shared_mem_bytes)?;
         let slots = f
             .occupancy_max_active_clusters(probe.config, self.gpu.stream())
             .map_err(driver_error("cuOccupancyMaxActiveClusters"))?;
