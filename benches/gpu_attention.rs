@@ -1,24 +1,23 @@
 //! Flash attention on the GPU at InternViT's shapes (N = 1025, bf16), q/k/v
 //! read straight from the packed qkv buffer `[B, N, 3, H, D]` as the model
 //! produces it, output `[B, N, H, D]`. The same cases as
-//! `scripts/peer_attention.py` (torch SDPA per backend). Prints TFLOP/s
-//! counted as 4·B·H·N²·D per call. The N = 1024 cases measure what the
-//! 1025 tail costs (ideal: (1025/1024)² = +0.2%). Runs the portable
-//! kernel, and on compute capability 9.0 the Hopper kernel's four
-//! versions (`nvlm-hopper-serial` v1, `nvlm-hopper` v2,
-//! `nvlm-hopper-pingpong` v3, `nvlm-hopper-persistent` v4). Skips without
-//! a GPU.
+//! `scripts/peer_attention.py` (torch SDPA per backend); the run's summary
+//! (scripts/gpu_summary.py) gives TFLOP/s, 4·B·H·N²·D per call, from the
+//! ids' case names. The N = 1024 cases measure what the 1025 tail costs
+//! (ideal: (1025/1024)² = +0.2%). Runs the portable kernel, and on compute
+//! capability 9.0 the Hopper kernel's four versions (`nvlm-hopper-serial`
+//! v1, `nvlm-hopper` v2, `nvlm-hopper-pingpong` v3,
+//! `nvlm-hopper-persistent` v4) unless `NVLM_VISION_BENCH_SKIP_HOPPER` is
+//! set. Skips without a GPU.
 
 mod common;
 
-use common::{device_time, gpu_or_skip};
+use common::{bench_hopper, device_time, gpu_or_skip};
 use criterion::{Criterion, criterion_group, criterion_main};
 use half::bf16;
 use nvlm_vision::attention::{
     AttentionKernel, AttentionLayout, AttentionTensor, QkvPart, flash_attention_with,
 };
-use std::cell::RefCell;
-use std::time::Duration;
 
 /// (batch, heads, head_dim, tokens): InternViT-6B (25 x 128) and -300M
 /// (16 x 64) at 7 tiles (NVLM-D's maximum) and 13 (InternVL's), 1025 tokens
@@ -40,14 +39,13 @@ fn attention(c: &mut Criterion) {
         return;
     };
     let mut kernels = vec![(AttentionKernel::Portable, "nvlm-portable")];
-    match nvlm_vision::hopper::require_sm90a(&gpu, "the Hopper attention bench") {
-        Ok(()) => kernels.extend([
+    if bench_hopper(&gpu, "the Hopper attention bench") {
+        kernels.extend([
             (AttentionKernel::HopperSerial, "nvlm-hopper-serial"),
             (AttentionKernel::Hopper, "nvlm-hopper"),
             (AttentionKernel::HopperPingPong, "nvlm-hopper-pingpong"),
             (AttentionKernel::HopperPersistent, "nvlm-hopper-persistent"),
-        ]),
-        Err(e) => eprintln!("skipped: {e}"),
+        ]);
     }
     let stream = gpu.stream();
     let mut group = c.benchmark_group("attention");
@@ -81,10 +79,9 @@ fn attention(c: &mut Criterion) {
                 })
                 .collect();
             let part = |p| AttentionLayout::packed_qkv(batch, tokens, heads, head_dim, p);
-            let samples = RefCell::new(Vec::new());
             group.bench_function(format!("{name}/{case}"), |b| {
                 b.iter_custom(|iters| {
-                    let time = device_time(&gpu, iters, |i| {
+                    device_time(&gpu, iters, |i| {
                         let s = i as usize % sets;
                         flash_attention_with(
                             kernel,
@@ -97,20 +94,9 @@ fn attention(c: &mut Criterion) {
                             None,
                         )
                         .expect("flash_attention");
-                    });
-                    samples.borrow_mut().push(time / iters as u32);
-                    time
+                    })
                 })
             });
-            let mut per_call: Vec<Duration> = samples.into_inner();
-            per_call.sort();
-            let median = per_call[per_call.len() / 2].as_secs_f64();
-            let flops = 4.0 * (batch * heads * tokens * tokens * head_dim) as f64;
-            println!(
-                "attention/{name}/{case}: median {:.1} us over criterion's samples, {:.1} TFLOP/s",
-                median * 1e6,
-                flops / median * 1e-12
-            );
         }
     }
     group.finish();

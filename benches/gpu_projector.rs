@@ -6,7 +6,8 @@
 //! - `nvlm-cublaslt-gelu`: the whole projector with cuBLASLt's fused GELU
 //!   epilogue (approximate);
 //! - `cublaslt-gemms-only`: the two GEMMs alone (the floor of the rest);
-//! - on compute capability 9.0, the crate's sm_90a Linear
+//! - on compute capability 9.0 (unless `NVLM_VISION_BENCH_SKIP_HOPPER` is
+//!   set), the crate's sm_90a Linear
 //!   (kernels/projector_hopper.cu): `nvlm-hopper-linear`, the whole
 //!   projector with Linear 1 + exact GELU in it; `linear1-hopper-gelu`
 //!   against `linear1-cublaslt-gelu-pass` (cuBLASLt, then the GELU kernel:
@@ -19,7 +20,7 @@
 
 mod common;
 
-use common::{device_time, gpu_or_skip};
+use common::{bench_hopper, device_time, gpu_or_skip};
 use criterion::{Criterion, criterion_group, criterion_main};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -174,7 +175,7 @@ fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig) {
             })
         })
     });
-    if nvlm_vision::hopper::require_sm90a(gpu, "the sm_90a Linear").is_ok() {
+    if bench_hopper(gpu, "the sm_90a Linear") {
         let hopper = Projector::new(
             ProjectorConfig {
                 gelu: GeluMode::ExactErfHopperLinear,

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the GPU bundle: release, stripped executables of every test target
 # and every bench target named `gpu_*` (kernels embedded), the `preprocess`
-# example (run.sh compares its `--device cuda` output with `--device cpu`'s), every
-# `scripts/peer_*.py`, the fixtures, the ptxas report, the summariser and
-# run.sh, in one folder small enough to carry to a GPU host that has no Rust
-# toolchain.
+# example (run.sh compares its `--device cuda` output with `--device cpu`'s),
+# every `scripts/peer_*.py` and the timing module they share, the fixtures,
+# the ptxas report, the summariser and run.sh, in one folder small enough to
+# carry to a GPU host that has no Rust toolchain.
 #
 #   scripts/gpu_bundle.sh [BUNDLE_DIR]     (default: bundle/)
 #   then, on the GPU host:  BUNDLE_DIR/run.sh RESULTS_DIR [tests|sanitize|bench|peers|all ...]
@@ -71,11 +71,12 @@ shopt -s nullglob
 for peer in scripts/peer_*.py; do
     cp "$peer" "$bundle/peers/"
 done
+cp scripts/gpu_timing.py "$bundle/peers/"  # the peers' timing, imported beside them
 cp -r tests/fixtures "$bundle/fixtures"
 cp scripts/gpu_run.sh "$bundle/run.sh"
 cp scripts/gpu_summary.py "$bundle/gpu_summary.py"
 
-echo "gpu_bundle: $(ls "$bundle/bin/tests" | wc -l) tests, $(ls "$bundle/bin/benches" | wc -l) benches, $(ls "$bundle/peers" | wc -l) peer scripts"
+echo "gpu_bundle: $(ls "$bundle/bin/tests" | wc -l) tests, $(ls "$bundle/bin/benches" | wc -l) benches, $(ls "$bundle"/peers/peer_*.py | wc -l) peer scripts"
 ls "$bundle"/bin/* "$bundle/peers"
 size_mib=$(du -sm "$bundle" | cut -f1)
 echo "gpu_bundle: $bundle is $size_mib MiB"

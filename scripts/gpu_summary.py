@@ -12,15 +12,47 @@ Reads, all under RESULTS_DIR and all optional:
                        benchmark.json's full_id, the time estimates.json's median
   peers/*.jsonl        peer scripts' JSON lines: {"stage","impl","case","median_us",...}
 
-Per stage, one table: a row per (case, impl) with its median in µs and its
-ratio to each peer of that stage on the same case, as peer time ÷ this time
-(above 1: faster than that peer).
+Per stage, one table: a row per (case, impl) with its median in µs, its
+TFLOP/s where the case names the work (attention: 4·B·H·N²·D from
+`B7_H25_D128_N1025`; the projector's GEMMs from the config's dims), and its
+ratio to the rows COMPARE pairs it with on the same case, as their time ÷
+this time (above 1: faster than that row). A stage COMPARE does not name
+compares our rows with each of its peers.
 
   gpu_summary.py RESULTS_DIR
 """
+import fnmatch
 import json
+import re
 import sys
 from pathlib import Path
+
+# Per stage, (pattern of an impl, the impls its row is compared with); the
+# first pattern that matches wins, and a row no pattern matches gets no ratio.
+COMPARE = {
+    "attention": [
+        ("nvlm-*", ["torch-sdpa-cudnn", "torch-sdpa-flash", "torch-sdpa-efficient"]),
+    ],
+    "projector": [
+        ("nvlm-front", ["torch-eager-shuffle-ln"]),
+        ("nvlm-hopper-linear", ["torch-eager", "nvlm-exact-gelu"]),
+        ("nvlm-*", ["torch-eager", "cublaslt-gemms-only"]),
+        ("cublaslt-gemms-only", ["torch-linears-only"]),
+        ("linear1-hopper-gelu*", ["torch-linear1-gelu", "linear1-cublaslt-gelu-pass"]),
+        ("linear1-*", ["torch-linear1-gelu"]),
+        ("linear2-hopper", ["torch-linear2", "linear2-cublaslt"]),
+        ("linear2-*", ["torch-linear2"]),
+    ],
+    "preprocess": [
+        ("nvlm-v?", ["torch-interpolate", "d2d-copy-floor"]),
+        ("nvlm-v?-first-sight", ["nvlm-v2", "torch-interpolate"]),
+        ("nvlm-v?-host", ["h2d-copy-pageable", "pil-torchvision-cpu"]),
+        ("nvlm-v?-pinned-*", ["h2d-copy-pinned", "pil-torchvision-cpu"]),
+    ],
+}
+
+# The projector cases' dims: C, Linear 1's and Linear 2's outputs.
+PROJECTOR_DIMS = {"NVLM-D-72B": (3200, 29568, 8192), "NVLM-D-34B": (3200, 20480, 7168)}
 
 
 def criterion_results(root):
@@ -75,6 +107,38 @@ def fmt_us(us):
     return f"{us:.1f}" if us < 1000 else f"{us:.0f}"
 
 
+def flop(stage, impl, case):
+    """The FLOPs one call does, where the case's name says; else None."""
+    if stage == "attention":
+        m = re.fullmatch(r"B(\d+)_H(\d+)_D(\d+)_N(\d+)", case)
+        if m:
+            b, h, d, n = map(int, m.groups())
+            return 4 * b * h * n * n * d
+    if stage == "projector":
+        m = re.fullmatch(r"(.+)_T(\d+)", case)
+        if m and m.group(1) in PROJECTOR_DIMS:
+            c, h1, h2 = PROJECTOR_DIMS[m.group(1)]
+            rows = int(m.group(2)) * 256
+            linear1, linear2 = 2 * rows * 4 * c * h1, 2 * rows * h1 * h2
+            if impl.startswith("linear1-") or impl == "torch-linear1-gelu":
+                return linear1
+            if impl.startswith("linear2-") or impl == "torch-linear2":
+                return linear2
+            if "front" in impl or "shuffle-ln" in impl:
+                return None
+            return linear1 + linear2
+    return None
+
+
+def compared_with(stage, impl, stage_peers, is_peer):
+    for pattern, others in COMPARE.get(stage, []):
+        if fnmatch.fnmatchcase(impl, pattern):
+            return others
+    if stage in COMPARE or is_peer:
+        return []
+    return stage_peers
+
+
 def timing_tables(ours, theirs, peers):
     times = {**ours, **theirs}
     lines = []
@@ -82,9 +146,8 @@ def timing_tables(ours, theirs, peers):
         stage_peers = sorted(impl for s, impl in peers if s == stage)
         lines.append(f"### {stage}")
         lines.append("")
-        head = ["case", "impl", "median µs"] + [f"vs {p}" for p in stage_peers]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
+        lines.append("| case | impl | median µs | TFLOP/s | compared with (their time ÷ this) |")
+        lines.append("|---|---|---|---|---|")
         cases = sorted({k[2] for k in times if k[0] == stage})
         for case in cases:
             rows = sorted(
@@ -93,16 +156,14 @@ def timing_tables(ours, theirs, peers):
                 key=lambda r: ((stage, r[0]) in peers, r[1]),
             )
             for impl, us in rows:
-                cells = [case, impl, fmt_us(us)]
-                for p in stage_peers:
-                    peer_us = times.get((stage, p, case))
-                    if p == impl:
-                        cells.append("—")
-                    elif peer_us is None or us <= 0:
-                        cells.append("")
-                    else:
-                        cells.append(f"{peer_us / us:.2f}×")
-                lines.append("| " + " | ".join(cells) + " |")
+                work = flop(stage, impl, case)
+                rate = f"{work / us * 1e-6:.1f}" if work and us > 0 else ""
+                ratios = []
+                for other in compared_with(stage, impl, stage_peers, (stage, impl) in peers):
+                    other_us = times.get((stage, other, case))
+                    if other_us is not None and us > 0:
+                        ratios.append(f"{other} {other_us / us:.2f}×")
+                lines.append(f"| {case} | {impl} | {fmt_us(us)} | {rate} | {', '.join(ratios)} |")
         lines.append("")
     return lines
 
@@ -135,7 +196,7 @@ def main(argv):
     if libraries.is_file():
         lines += [libraries.read_text().strip(), ""]
     lines += steps_table(results / "steps.tsv")
-    lines.append("## Timings (median; ratio = peer time ÷ this time, >1 is faster)")
+    lines.append("## Timings (median; a ratio above 1: this row is faster)")
     lines.append("")
     if ours or theirs:
         lines += timing_tables(ours, theirs, peers)

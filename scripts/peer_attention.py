@@ -4,9 +4,9 @@ forced (flash = FlashAttention-2, cuDNN, memory-efficient) on the same
 cases: bf16, N = 1025 (and 1024), q/k/v as views of a packed qkv buffer
 [B, N, 3, H, D] (what InternViT's qkv Linear produces), non-causal.
 
-Times with CUDA events (warm-up, then the median of many calls, rotating
-input sets so that no call finds its inputs in L2) and prints one JSON
-object per line:
+Times with CUDA events as the Rust benches do (gpu_timing.py: warm-up, then
+the median over samples of calls queued back to back, rotating input sets
+so that no call finds its inputs in L2) and prints one JSON object per line:
   {"stage": "attention", "impl": "torch-sdpa-cudnn", "case": "B7_H25_D128_N1025",
    "median_us": 211.0, "tflops": 447.0, "card": "..."}
 TFLOP/s counts 4*B*H*N^2*D per call. A backend that refuses a case prints
@@ -19,6 +19,8 @@ import sys
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from gpu_timing import device_median_us
 
 # (batch, heads, head_dim, tokens): the 1024-token cases show each peer's
 # cost of the 1025 tail.
@@ -36,7 +38,6 @@ BACKENDS = {
     "torch-sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
 }
 ROTATION_BYTES = 160 << 20  # more than 3x an H100's 50 MiB L2
-WARMUP, REPEATS = 10, 60
 
 
 def views(qkv):
@@ -45,25 +46,8 @@ def views(qkv):
 
 
 def time_backend(backend, inputs):
-    def call(i):
-        q, k, v = inputs[i % len(inputs)]
-        return F.scaled_dot_product_attention(q, k, v)
-
     with sdpa_kernel([backend]):
-        for i in range(WARMUP):
-            call(i)
-        torch.cuda.synchronize()
-        times = []
-        for i in range(REPEATS):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            call(i)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+        return device_median_us(lambda qkv: F.scaled_dot_product_attention(*qkv), inputs)
 
 
 def main():

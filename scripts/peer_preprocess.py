@@ -16,8 +16,10 @@ NVLM-D config (1..=6 tiles of 448 + thumbnail), random uint8 RGB in, f32
                       floor (input read once + output written once): the
                       bandwidth ceiling for this case.
 
-GPU times: CUDA events around each call, warm-up first, median of many,
-rotating among input sets larger than L2.
+GPU times: CUDA events as the Rust benches time (gpu_timing.py: warm-up,
+then the median over samples of calls queued back to back, so a copy of a
+few microseconds is not timed as the host's dispatch), rotating among input
+sets larger than L2.
 
   python3 scripts/peer_preprocess.py
 """
@@ -33,6 +35,8 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 from torchvision.transforms.functional import InterpolationMode
+
+from gpu_timing import device_median_us
 
 SIZES = [(4032, 3024), (1920, 1080), (640, 480)]
 TILE = 448
@@ -102,21 +106,6 @@ def torch_pipeline(hwc_u8, cols, rows, thumbnail, mean, std):
     return torch.cat(parts).div_(255).sub_(mean).div_(std)
 
 
-def gpu_median_us(fn, sets, warmup=5, iters=100):
-    for i in range(warmup):
-        fn(sets[i % len(sets)])
-    torch.cuda.synchronize()
-    pairs = []
-    for i in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(sets[i % len(sets)])
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in pairs) * 1e3
-
-
 def emit(card, impl, case, median_us, **extra):
     print(json.dumps({"stage": "preprocess", "impl": impl, "case": case,
                       "median_us": round(median_us, 2), "card": card, **extra}), flush=True)
@@ -161,7 +150,7 @@ def main():
         got = torch_pipeline(sets[0], cols, rows, thumbnail, mean, std).cpu()
         std_cpu = torch.tensor(STD).view(1, 3, 1, 1)
         max_diff = float(((got - want).abs() * std_cpu * 255).max())
-        us = gpu_median_us(lambda x: torch_pipeline(x, cols, rows, thumbnail, mean, std), sets)
+        us = device_median_us(lambda x: torch_pipeline(x, cols, rows, thumbnail, mean, std), sets)
         emit(card, "torch-interpolate", case, us, max_diff_levels=round(max_diff, 3),
              gbps=round(floor_bytes / us / 1e3, 1))
         del sets
@@ -169,7 +158,7 @@ def main():
         half = floor_bytes // 2  # a copy reads and writes: floor_bytes in all
         pairs = [(torch.randint(0, 256, (half,), dtype=torch.uint8, device=dev),
                   torch.empty(half, dtype=torch.uint8, device=dev)) for _ in range(n_sets)]
-        us = gpu_median_us(lambda p: p[1].copy_(p[0]), pairs)
+        us = device_median_us(lambda p: p[1].copy_(p[0]), pairs)
         emit(card, "d2d-copy-floor", case, us, bytes=2 * half, gbps=round(2 * half / us / 1e3, 1))
         del pairs
         torch.cuda.empty_cache()

@@ -12,16 +12,18 @@ Cases (same names as the Rust bench):
                          Linear's linear1-hopper-gelu does in one kernel)
   torch-linear2          F.linear(h, w2) alone
 
-CUDA events, warm-up, median of many runs, inputs rotated among sets larger
-than L2. One JSON object per line on stdout.
+CUDA events as the Rust benches time (gpu_timing.py: warm-up, then the
+median over samples of calls queued back to back), inputs rotated among
+sets larger than L2. One JSON object per line on stdout.
 
   python3 scripts/peer_projector.py
 """
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
+
+from gpu_timing import device_median_us
 
 TILES = 7
 INPUT_SETS = 4
@@ -48,22 +50,6 @@ def front(hidden, ln):
     x = pixel_shuffle_v2(x)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     return ln(x)
-
-
-def median_us(fn, inputs, warmup=5, runs=50):
-    for i in range(warmup):
-        fn(inputs[i % len(inputs)])
-    torch.cuda.synchronize()
-    times = []
-    for i in range(runs):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(inputs[i % len(inputs)])
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
 
 
 @torch.inference_mode()
@@ -110,7 +96,7 @@ def main():
             ("torch-linear1-gelu", linear1_gelu, fronts, {"flop": 2.0 * rows * k1 * h1}),
             ("torch-linear2", linear2, hiddens, {"flop": 2.0 * rows * h1 * h2}),
         ]:
-            us = median_us(fn, inputs)
+            us = device_median_us(fn, inputs)
             row = {"stage": "projector", "impl": impl, "case": case, "median_us": round(us, 1), "card": card}
             if "bytes" in extra:
                 row["tb_per_s"] = round(extra["bytes"] / (us * 1e-6) / 1e12, 3)

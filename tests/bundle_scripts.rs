@@ -66,9 +66,10 @@ fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
         "#!/bin/sh\nif [ \"$1\" = --list ]; then echo 'plain: test'; echo 'hopper_case: test'; exit 0; fi\n\
          echo \"args: $*\"\necho \"require: $NVLM_VISION_REQUIRE_GPU\"\necho \"ld: $LD_LIBRARY_PATH\"\n",
     );
+    // FAKE_HOPPER_FAILS makes gpu_hopper_prims fail.
     write_exe(
         &bundle.join("bin/tests/gpu_hopper_prims"),
-        "#!/bin/sh\necho \"args: $*\"\n",
+        "#!/bin/sh\necho \"args: $*\"\nif [ -n \"$FAKE_HOPPER_FAILS\" ]; then exit 101; fi\n",
     );
     // The preprocess example: its .npy holds the image's name and the dtype,
     // so the two devices agree, unless FAKE_DEVICES_DIFFER adds the device.
@@ -94,7 +95,7 @@ fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
     write_exe(
         &bundle.join("bin/benches/gpu_stage"),
         &format!(
-            "#!/bin/sh\necho \"args: $*\"\n{}{}",
+            "#!/bin/sh\necho \"args: $*\"\necho \"skip hopper: $NVLM_VISION_BENCH_SKIP_HOPPER\"\n{}{}",
             estimate("stage/ours/big", "stage/ours/big", 250_000.0),
             estimate("stage/ours/small", "stage/ours/small", 1_000_000.0),
         ),
@@ -169,8 +170,8 @@ fn run_script_runs_every_phase_and_summarises() {
             "example-preprocess",
             "test-gpu_good-hopper",
             "test-gpu_hopper_prims",
-            "bench-gpu_stage",
             "peer_stage",
+            "bench-gpu_stage",
             "memcheck-gpu_bad",
             "memcheck-gpu_good",
             "memcheck-gpu_hopper_prims",
@@ -199,6 +200,7 @@ fn run_script_runs_every_phase_and_summarises() {
     assert!(log("racecheck-gpu_good").starts_with("sanitizer racecheck"));
     assert!(log("synccheck-gpu_hopper_prims").starts_with("sanitizer synccheck"));
     assert!(log("bench-gpu_stage").contains("args: --bench"));
+    assert!(log("bench-gpu_stage").contains("skip hopper: \n"));
 
     let summary = fs::read_to_string(results.join("summary.md")).unwrap();
     assert!(stdout.ends_with(&format!("{summary}\n")), "{stdout}");
@@ -208,18 +210,23 @@ fn run_script_runs_every_phase_and_summarises() {
         "{summary}"
     );
     assert!(summary.contains("| test-gpu_good | 0 |"), "{summary}");
-    // Ours first with the ratio to the peer, then the peer itself.
+    // Ours first with the ratio to the peer (a stage the summariser does
+    // not know: every peer), then the peer itself.
     assert!(
-        summary.contains("| case | impl | median µs | vs torch |"),
+        summary
+            .contains("| case | impl | median µs | TFLOP/s | compared with (their time ÷ this) |"),
         "{summary}"
     );
     assert!(
-        summary.contains("| big | ours | 250.0 | 2.00× |"),
+        summary.contains("| big | ours | 250.0 |  | torch 2.00× |"),
         "{summary}"
     );
-    assert!(summary.contains("| big | torch | 500.0 | — |"), "{summary}");
     assert!(
-        summary.contains("| small | ours | 1000 | 2.00× |"),
+        summary.contains("| big | torch | 500.0 |  |  |"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("| small | ours | 1000 |  | torch 2.00× |"),
         "{summary}"
     );
     assert!(
@@ -367,4 +374,164 @@ fn run_script_refuses_an_unknown_phase() {
     let out = run_bundle(&bundle, &tools, &dir.join("results"), &["benches"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown phase 'benches'"));
+}
+
+/// The peers' timing (scripts/gpu_timing.py) over a stand-in torch whose
+/// GPU clock advances 100 µs per call and 1 µs per 2000 spin cycles: the
+/// median is the per-call time (the spin before each sample and the host's
+/// pace left out), every sample holds the calls that fill 2 ms, and the
+/// inputs are taken in turn.
+#[test]
+fn peer_timing_divides_back_to_back_calls_by_their_count() {
+    if !python3_or_skip("peer_timing_divides_back_to_back_calls_by_their_count") {
+        return;
+    }
+    let dir = scratch("peer_timing");
+    fs::create_dir_all(dir.join("torch")).unwrap();
+    fs::write(
+        dir.join("torch/__init__.py"),
+        r#"
+import types
+clock_us = 0.0
+calls = 0
+spins = []
+events = []
+class Event:
+    def __init__(self, enable_timing=False):
+        events.append(self)
+    def record(self):
+        self.at, self.calls = clock_us, calls
+    def synchronize(self):
+        pass
+    def elapsed_time(self, end):
+        return (end.at - self.at) / 1e3
+def _sleep(cycles):
+    global clock_us
+    spins.append(cycles)
+    clock_us += cycles / 2000
+cuda = types.SimpleNamespace(Event=Event, synchronize=lambda: None, _sleep=_sleep)
+"#,
+    )
+    .unwrap();
+    let script = r#"
+import time, torch, gpu_timing
+seen = []
+def call(x):
+    seen.append(x)
+    time.sleep(0.0002)  # the host slower than the GPU's 100 us
+    torch.clock_us += 100
+    torch.calls += 1
+us = gpu_timing.device_median_us(call, ["a", "b", "c"])
+assert abs(us - 100) < 1e-6, us
+samples = torch.events[-2 * gpu_timing.SAMPLES:]
+assert all(e.calls - s.calls == 20 for s, e in zip(samples[::2], samples[1::2])), [e.calls for e in samples[:4]]
+assert seen == ["abc"[i % 3] for i in range(len(seen))], seen[:7]
+assert len(torch.spins) == gpu_timing.SAMPLES and min(torch.spins) > 0, torch.spins[:3]
+print("ok", len(seen))
+"#;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env(
+            "PYTHONPATH",
+            format!("{}:{}", dir.display(), root.join("scripts").display()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("ok"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A failed Hopper test step leaves the sm_90a kernels out of the benches.
+#[test]
+fn run_script_benches_without_hopper_kernels_after_a_hopper_test_failed() {
+    let dir = scratch("run_hopper_failed");
+    let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA H200"));
+    let results = dir.join("results");
+    let out = bundle_command(&bundle, &tools, &results, &["tests", "bench"])
+        .env("FAKE_HOPPER_FAILS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let log = fs::read_to_string(results.join("bench-gpu_stage.log")).unwrap();
+    assert!(
+        log.contains("skip hopper: a Hopper test step failed in this run"),
+        "{log}"
+    );
+}
+
+/// The summariser on the stages it knows: TFLOP/s from the case names, and
+/// each row against the rows it is paired with (not every peer).
+#[test]
+fn summary_pairs_known_stages_and_counts_their_tflops() {
+    if !python3_or_skip("summary_pairs_known_stages_and_counts_their_tflops") {
+        return;
+    }
+    let results = scratch("summary_pairs");
+    let write = |path: PathBuf, text: String| {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    };
+    for (id, us) in [
+        ("attention/nvlm-hopper/B7_H25_D128_N1025", 200.0),
+        ("projector/nvlm-front/NVLM-D-72B_T7", 40.0),
+        ("projector/linear1-hopper-gelu-n256/NVLM-D-72B_T7", 1500.0),
+        ("projector/linear1-cublaslt-gelu-pass/NVLM-D-72B_T7", 1650.0),
+    ] {
+        let dir = results
+            .join("criterion")
+            .join(id.replace('/', "_"))
+            .join("new");
+        write(
+            dir.join("benchmark.json"),
+            format!("{{\"full_id\": \"{id}\"}}"),
+        );
+        write(
+            dir.join("estimates.json"),
+            format!("{{\"median\": {{\"point_estimate\": {}}}}}", us * 1e3),
+        );
+    }
+    let peer = |stage: &str, imp: &str, case: &str, us: f64| {
+        format!(
+            "{{\"stage\": \"{stage}\", \"impl\": \"{imp}\", \"case\": \"{case}\", \"median_us\": {us}}}\n"
+        )
+    };
+    write(
+        results.join("peers/peer.jsonl"),
+        [
+            peer("attention", "torch-sdpa-cudnn", "B7_H25_D128_N1025", 211.0),
+            peer(
+                "projector",
+                "torch-eager-shuffle-ln",
+                "NVLM-D-72B_T7",
+                188.0,
+            ),
+            peer("projector", "torch-linear1-gelu", "NVLM-D-72B_T7", 1800.0),
+        ]
+        .concat(),
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(root.join("scripts/gpu_summary.py"))
+        .arg(&results)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        // 4·7·25·1025²·128 FLOP in 200 µs.
+        "| B7_H25_D128_N1025 | nvlm-hopper | 200.0 | 470.7 | torch-sdpa-cudnn 1.05× |",
+        "| NVLM-D-72B_T7 | nvlm-front | 40.0 |  | torch-eager-shuffle-ln 4.70× |",
+        // 2·(7·256)·12800·29568 FLOP in 1500 µs.
+        "| NVLM-D-72B_T7 | linear1-hopper-gelu-n256 | 1500 | 904.3 | \
+         torch-linear1-gelu 1.20×, linear1-cublaslt-gelu-pass 1.10× |",
+        "| NVLM-D-72B_T7 | linear1-cublaslt-gelu-pass | 1650 | 822.1 | torch-linear1-gelu 1.09× |",
+    ] {
+        assert!(summary.contains(row), "no row {row}:\n{summary}");
+    }
 }
