@@ -9,7 +9,7 @@ use crate::abi::{
     NvlmFusedPreprocess, NvlmFusedTarget, NvlmIntermediate, NvlmResamplePass, NvlmTileWrite,
 };
 use crate::cuda::{Gpu, KernelModule, allow_dynamic_smem, driver_error};
-use crate::dtype::TensorElement;
+use crate::dtype::{Dtype, TensorElement};
 use crate::error::{Error, Result};
 use crate::preprocess::coeffs::AxisCoefficients;
 use crate::preprocess::cpu::{Passes, PillowVersion, normalization_tables};
@@ -192,12 +192,20 @@ impl Drop for PinnedImage {
 }
 
 /// [`Preprocessor`]'s work on a GPU.
+///
+/// v2–v4 keep the coefficient tables of the last 8 image shapes (size,
+/// stride, format, dtype; at most 32 MiB) on the device, so that an image
+/// of a shape met before is queued without the host's table building,
+/// which takes longer than the kernel (100–350 µs on one CPU core at
+/// NVLM-D's sizes). They are freed with the preprocessor.
 pub struct CudaPreprocessor {
     pub preprocessor: Preprocessor,
     pub kernel: PreprocessKernel,
     gpu: Arc<Gpu>,
     /// [`CudaPreprocessor::run_batch_into`]'s buffers, made on first use.
     staging: Mutex<Option<Staging>>,
+    /// v2–v4's tables for the image shapes met most recently.
+    launches: Mutex<LaunchCache<CudaSlice<u32>>>,
 }
 
 impl CudaPreprocessor {
@@ -208,6 +216,7 @@ impl CudaPreprocessor {
             kernel: PreprocessKernel::default(),
             gpu,
             staging: Mutex::new(None),
+            launches: Mutex::new(LaunchCache::default()),
         }
     }
 
@@ -444,21 +453,39 @@ impl CudaPreprocessor {
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
         let stream = self.gpu.stream();
-        let launch = FusedLaunch::new::<T>(
-            self.kernel,
-            &self.preprocessor,
-            plan,
-            (source.width, source.height),
-            source.stride,
-            source.format,
-        );
-        // Every table, one copy. Freed in stream order after the kernel.
-        let blob = stream
-            .clone_htod(&launch.blob)
-            .map_err(driver_error("copy tables"))?;
+        let key = LaunchKey {
+            kernel: self.kernel,
+            dtype: T::DTYPE,
+            preprocessor: self.preprocessor,
+            plan: plan.clone(),
+            size: (source.width, source.height),
+            stride: source.stride,
+            format: source.format,
+        };
+        let cached = self
+            .launches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_try_insert(&key, || {
+                let launch = FusedLaunch::new::<T>(
+                    self.kernel,
+                    &self.preprocessor,
+                    plan,
+                    (source.width, source.height),
+                    source.stride,
+                    source.format,
+                );
+                // Every table, one copy, on the stream the kernels run on;
+                // an evicted blob is freed in that stream's order too.
+                let tables = stream
+                    .clone_htod(&launch.blob)
+                    .map_err(driver_error("copy tables"))?;
+                Ok((launch, tables))
+            })?;
+        let launch = &cached.launch;
         // The guards live until after the launch, so cudarc records the
         // kernel's reads and writes for work on other streams.
-        let (blob_addr, _blob_read) = blob.device_ptr(stream);
+        let (blob_addr, _blob_read) = cached.tables.device_ptr(stream);
         let (out_addr, _out_write) = out.device_ptr_mut(stream);
         let params = launch.relocated(blob_addr, source.addr, out_addr);
         let f = self.gpu.function(KernelModule::Preprocess, launch.entry)?;
@@ -892,6 +919,83 @@ fn widest_window(axis: &AxisCoefficients) -> u32 {
         .unwrap_or(0)
 }
 
+/// What a fused launch's tables depend on: the same key, the same blob.
+#[derive(Debug, Clone, PartialEq)]
+struct LaunchKey {
+    kernel: PreprocessKernel,
+    dtype: Dtype,
+    preprocessor: Preprocessor,
+    plan: TilePlan,
+    size: (u32, u32),
+    stride: usize,
+    format: PixelFormat,
+}
+
+/// Launches [`LaunchCache`] keeps, and the most bytes of tables they hold.
+const CACHED_LAUNCHES: usize = 8;
+const CACHED_LAUNCH_BYTES: usize = 32 << 20;
+
+/// A fused launch and its tables, uploaded (`B`: the device buffer).
+struct CachedLaunch<B> {
+    key: LaunchKey,
+    launch: FusedLaunch,
+    tables: B,
+}
+
+/// The fused launches of the image shapes met most recently, their tables
+/// kept on the device: an image of a shape met before costs its checks and
+/// one launch, not the host's table building (longer than the kernel
+/// itself at NVLM-D's sizes; PERF.md) and an upload. Least recently used
+/// first; entries go from the front past [`CACHED_LAUNCHES`] or
+/// [`CACHED_LAUNCH_BYTES`], and a launch whose tables alone exceed the
+/// bytes is used once and not kept.
+struct LaunchCache<B> {
+    entries: std::collections::VecDeque<Arc<CachedLaunch<B>>>,
+}
+
+impl<B> Default for LaunchCache<B> {
+    fn default() -> Self {
+        LaunchCache {
+            entries: Default::default(),
+        }
+    }
+}
+
+impl<B> LaunchCache<B> {
+    /// `key`'s entry, made by `make` when it has none.
+    fn get_or_try_insert(
+        &mut self,
+        key: &LaunchKey,
+        make: impl FnOnce() -> Result<(FusedLaunch, B)>,
+    ) -> Result<Arc<CachedLaunch<B>>> {
+        if let Some(i) = self.entries.iter().position(|e| e.key == *key) {
+            let entry = self.entries.remove(i).expect("found");
+            self.entries.push_back(entry.clone());
+            return Ok(entry);
+        }
+        let (launch, tables) = make()?;
+        let entry = Arc::new(CachedLaunch {
+            key: key.clone(),
+            launch,
+            tables,
+        });
+        if entry.launch.table_bytes() <= CACHED_LAUNCH_BYTES {
+            self.entries.push_back(entry.clone());
+            while self.entries.len() > CACHED_LAUNCHES
+                || self
+                    .entries
+                    .iter()
+                    .map(|e| e.launch.table_bytes())
+                    .sum::<usize>()
+                    > CACHED_LAUNCH_BYTES
+            {
+                self.entries.pop_front();
+            }
+        }
+        Ok(entry)
+    }
+}
+
 /// The host side of one v2 or v3 launch: every table in one blob of 32-bit
 /// words, and the parameters with addresses as byte offsets into the blob
 /// (the image and output addresses zero) until [`FusedLaunch::relocated`].
@@ -986,6 +1090,11 @@ impl FusedLaunch {
             params,
             blocks,
         }
+    }
+
+    /// The size of the tables on the device.
+    fn table_bytes(&self) -> usize {
+        self.blob.len() * size_of::<u32>()
     }
 
     /// One block of 256 threads per patch.
@@ -1727,5 +1836,112 @@ mod tests {
             }
         }
         assert!(unstaged > 0, "no case was too wide to stage");
+    }
+
+    fn launch_key(width: u32) -> LaunchKey {
+        let preprocessor = Preprocessor::default();
+        LaunchKey {
+            kernel: PreprocessKernel::FusedV2,
+            dtype: Dtype::F32,
+            preprocessor,
+            plan: preprocessor.plan(width, 480).unwrap(),
+            size: (width, 480),
+            stride: width as usize * 3,
+            format: PixelFormat::Rgb8,
+        }
+    }
+
+    /// A launch whose tables are `bytes` long, and a stand-in for their
+    /// device copy naming the key it was made for.
+    fn made(bytes: usize, width: u32) -> Result<(FusedLaunch, u32)> {
+        let launch = FusedLaunch {
+            entry: "preprocess_fused",
+            blob: vec![0; bytes / 4],
+            params: Default::default(),
+            blocks: 0,
+        };
+        Ok((launch, width))
+    }
+
+    #[test]
+    fn launch_cache_keeps_the_most_recently_used_shapes() {
+        let mut cache = LaunchCache::default();
+        let first = cache
+            .get_or_try_insert(&launch_key(100), || made(1024, 100))
+            .unwrap();
+        let again = cache
+            .get_or_try_insert(&launch_key(100), || panic!("made again"))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        // The same shape with another dtype or stride is another launch.
+        let other_dtype = LaunchKey {
+            dtype: Dtype::Bf16,
+            ..launch_key(100)
+        };
+        let other = cache
+            .get_or_try_insert(&other_dtype, || made(1024, 1))
+            .unwrap();
+        assert_eq!(other.tables, 1);
+        let padded = LaunchKey {
+            stride: 301,
+            ..launch_key(100)
+        };
+        assert_eq!(
+            cache
+                .get_or_try_insert(&padded, || made(1024, 2))
+                .unwrap()
+                .tables,
+            2
+        );
+        // Filled to CACHED_LAUNCHES with width 100 used last: the next new
+        // shape evicts the least recently used, the bf16 one.
+        for width in 101..(101 + CACHED_LAUNCHES as u32 - 3) {
+            cache
+                .get_or_try_insert(&launch_key(width), || made(1024, width))
+                .unwrap();
+        }
+        cache
+            .get_or_try_insert(&launch_key(100), || panic!("evicted too soon"))
+            .unwrap();
+        cache
+            .get_or_try_insert(&launch_key(200), || made(1024, 200))
+            .unwrap();
+        assert_eq!(cache.entries.len(), CACHED_LAUNCHES);
+        assert!(cache.entries.iter().all(|e| e.key != other_dtype));
+        cache
+            .get_or_try_insert(&launch_key(100), || panic!("evicted out of order"))
+            .unwrap();
+    }
+
+    #[test]
+    fn launch_cache_holds_at_most_its_bytes() {
+        let mut cache = LaunchCache::default();
+        let half = CACHED_LAUNCH_BYTES / 2;
+        cache
+            .get_or_try_insert(&launch_key(100), || made(half, 100))
+            .unwrap();
+        cache
+            .get_or_try_insert(&launch_key(101), || made(half, 101))
+            .unwrap();
+        // 4 bytes more than fit: the oldest goes.
+        cache
+            .get_or_try_insert(&launch_key(102), || made(4, 102))
+            .unwrap();
+        let widths: Vec<u32> = cache.entries.iter().map(|e| e.tables).collect();
+        assert_eq!(widths, [101, 102]);
+        // Tables over the whole budget are used once and not kept, and
+        // keep nothing else out.
+        let huge = cache
+            .get_or_try_insert(&launch_key(103), || made(CACHED_LAUNCH_BYTES + 4, 103))
+            .unwrap();
+        assert_eq!(huge.tables, 103);
+        let widths: Vec<u32> = cache.entries.iter().map(|e| e.tables).collect();
+        assert_eq!(widths, [101, 102]);
+        // A failed make leaves the cache as it was.
+        let failed = cache.get_or_try_insert(&launch_key(104), || {
+            Err(Error::Unsupported("no device".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(cache.entries.len(), 2);
     }
 }
