@@ -373,3 +373,48 @@ fn hopper_linear_source_on_the_cpu_has_no_data_race() {
         hopper_linear_case::<bf16>(&exe, (200, 40, 384), width, true, true, 5);
     }
 }
+
+/// A longer search than the two tests above: random `[m, n, k]` (k a
+/// multiple of 8, n of 2, as the plan requires), widths, bias and GELU.
+/// Run by hand: `NVLM_VISION_EMULATED_CASES=<n> cargo test --lib
+/// random_shapes -- --ignored --nocapture` (default 8; `NVLM_VISION_SEED`
+/// repeats a draw).
+#[test]
+#[ignore = "minutes; run by hand"]
+fn hopper_linear_source_on_random_shapes_matches_the_reference() {
+    use super::hopper::TileWidth::{Narrow, Wide};
+    let Some(exe) = host_emulation::emulator("projector_hopper_on_cpu", "address") else {
+        return;
+    };
+    let count: u64 = std::env::var("NVLM_VISION_EMULATED_CASES")
+        .map(|v| v.parse().expect("NVLM_VISION_EMULATED_CASES: a count"))
+        .unwrap_or(8);
+    let seed: u64 = std::env::var("NVLM_VISION_SEED")
+        .map(|v| v.parse().expect("NVLM_VISION_SEED: a number"))
+        .unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("NVLM_VISION_SEED={seed}");
+    let mut state = seed | 1;
+    let mut below = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    for i in 0..count {
+        let shape = (1 + below(400), 2 * (1 + below(300)), 8 * (1 + below(100)));
+        let width = [Wide, Narrow][below(2)];
+        let (bias, gelu) = (below(2) == 0, below(2) == 0);
+        let draw = seed.wrapping_add(i);
+        let kernel = if below(2) == 0 {
+            hopper_linear_case::<bf16>(&exe, shape, width, bias, gelu, draw)
+        } else {
+            hopper_linear_case::<f16>(&exe, shape, width, bias, gelu, draw)
+        };
+        eprintln!("{kernel} {shape:?} {width:?} bias={bias} gelu={gelu}: ok");
+    }
+}
