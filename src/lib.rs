@@ -28,3 +28,16 @@ pub mod preprocess;
 pub mod projector;
 
 pub use error::{Error, Result};
+
+/// Engines share the GPU objects between threads (one per request, say):
+/// each must stay `Send + Sync`. A compile-time check.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<cuda::Gpu>();
+    shared::<gemm::Gemm>();
+    shared::<preprocess::CudaPreprocessor>();
+    shared::<preprocess::PinnedImage>();
+    shared::<preprocess::DeviceImage>();
+    shared::<attention::AttentionBlock>();
+    shared::<projector::gpu::Projector>();
+};

@@ -8,8 +8,12 @@
 //! NVLM's InternViT-6B checkpoint pads 25 heads to 32 (`qkv` is
 //! `Linear(3200, 3·4096)`, `proj` is `Linear(4096, 3200)`). Only the 25
 //! real heads are computed; when the proj weight still has the padded
-//! input width, the dummy heads' columns of its input are zeros (their v
-//! weights are zero in the checkpoint, so that is what they would hold).
+//! input width, the dummy heads' columns of its input are zeros. That is
+//! what Megatron, which trained NVLM, gives them (it zeroes the dummy
+//! heads' output); vLLM attends over them, so the two agree only while the
+//! checkpoint's dummy v rows (or proj columns) are zero, which REFERENCE.md
+//! §4's "an engine can slice them away" takes as given and no test here
+//! can check without the checkpoint.
 
 use super::{
     AttentionElement, AttentionKernel, AttentionLayout, AttentionTensor, QkvPart, QkvRows,
