@@ -241,7 +241,7 @@ fn check_case<T: AttentionElement>(
     let q_t = AttentionTensor::new(&host[qi][..], q_layout);
     let k_t = AttentionTensor::new(&host[ki][..], k_layout);
     let v_t = AttentionTensor::new(&host[vi][..], v_layout);
-    let mut errors = common::attention_checks::FlashErrors::default();
+    let mut errors = common::attention_checks::FlashErrors::new(T::DTYPE);
     for (bi, ni, hi) in rows_to_check(rng, &case, row_budget) {
         let (want, want_lse) =
             attention_row_f64(&q_t, &k_t, &v_t, (bi, ni, hi), f64::from(scale)).unwrap();

@@ -170,9 +170,8 @@ fn tma_4d_boxes_of_the_attention_maps_land_swizzled_with_zero_fill() {
         for layout in hopper_selftests::layouts(batch, tokens, heads, head_dim) {
             let host = random_bf16(&mut rng, layout.span().unwrap());
             let elements = stream.clone_htod(&host).unwrap();
-            let out = stream
-                .clone_htod(&vec![0xFFu8; hopper_selftests::BOX_BYTES])
-                .unwrap();
+            let poison = vec![0xFFu8; hopper_selftests::BOX_BYTES];
+            let mut out = stream.clone_htod(&poison).unwrap();
             let (addr, g) = elements.device_ptr(stream);
             let (tensor, tokens_inner) = hopper_input_tensor::<bf16>(addr, &layout, 128).unwrap();
             drop(g);
@@ -188,6 +187,9 @@ fn tma_4d_boxes_of_the_attention_maps_land_swizzled_with_zero_fill() {
                 );
                 let (coords, want) =
                     hopper_selftests::expected_box(&host, &layout, tokens_inner == 1, at);
+                // Poisoned before each box, so bytes one launch leaves
+                // unwritten cannot keep the previous box's values.
+                stream.memcpy_htod(&poison, &mut out).unwrap();
                 let (out_addr, g) = out.device_ptr(stream);
                 let params = NvlmTma4dSelftest {
                     out: out_addr,

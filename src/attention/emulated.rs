@@ -211,7 +211,7 @@ fn check_case<T: AttentionElement>(
     let (want, want_lse) = attention_f64(&q, &k, &v, f64::from(scale)).unwrap();
     let naive = attention_same_precision(&q, &k, &v, scale).unwrap();
     let dense = AttentionLayout::contiguous(b, n_q, h, d);
-    let mut errors = attention_checks::FlashErrors::default();
+    let mut errors = attention_checks::FlashErrors::new(T::DTYPE);
     for bi in 0..b {
         for ni in 0..n_q {
             for hi in 0..h {
