@@ -59,6 +59,10 @@ if ! card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     exit 2
 fi
 echo "$card" > "$results/card.txt"
+# On a compute capability 9.0 card the Hopper tests must run, not skip.
+if [ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2> /dev/null | head -n 1)" = 9.0 ]; then
+    export NVLM_VISION_REQUIRE_HOPPER=1
+fi
 
 # cuBLASLt (the GEMMs) is loaded by name at run time. When the loader does
 # not know it, look where a CUDA toolkit or the pip wheels (a PyTorch

@@ -64,7 +64,8 @@ fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
     write_exe(
         &bundle.join("bin/tests/gpu_good"),
         "#!/bin/sh\nif [ \"$1\" = --list ]; then echo 'plain: test'; echo 'hopper_case: test'; exit 0; fi\n\
-         echo \"args: $*\"\necho \"require: $NVLM_VISION_REQUIRE_GPU\"\necho \"ld: $LD_LIBRARY_PATH\"\n",
+         echo \"args: $*\"\necho \"require: $NVLM_VISION_REQUIRE_GPU\"\n\
+         echo \"require hopper: $NVLM_VISION_REQUIRE_HOPPER\"\necho \"ld: $LD_LIBRARY_PATH\"\n",
     );
     // FAKE_HOPPER_FAILS makes gpu_hopper_prims fail.
     write_exe(
@@ -112,8 +113,12 @@ fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
          print(json.dumps({'stage': 'stage', 'impl': 'flash', 'case': 'odd', 'error': 'head_dim 80 unsupported'}))\n",
     );
     let tools = dir.join("tools");
+    // The compute capability query answers 9.0, or FAKE_COMPUTE_CAP.
     let smi = match card {
-        Some(card) => format!("#!/bin/sh\necho '{card}'\n"),
+        Some(card) => format!(
+            "#!/bin/sh\nif [ \"$1\" = --query-gpu=compute_cap ]; then echo \"${{FAKE_COMPUTE_CAP:-9.0}}\"; exit 0; fi\n\
+             echo '{card}'\n"
+        ),
         None => "#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'\nexit 9\n".to_string(),
     };
     write_exe(&tools.join("nvidia-smi"), &smi);
@@ -188,6 +193,7 @@ fn run_script_runs_every_phase_and_summarises() {
     );
     let log = |name: &str| fs::read_to_string(results.join(format!("{name}.log"))).unwrap();
     assert!(log("test-gpu_good").contains("args: --test-threads=1 --skip hopper\nrequire: 1"));
+    assert!(log("test-gpu_good").contains("require hopper: 1\n"));
     assert!(log("test-gpu_good-hopper").contains("args: --test-threads=1 hopper\n"));
     assert!(log("test-gpu_hopper_prims").contains("args: --test-threads=1\n"));
     assert!(
@@ -534,4 +540,18 @@ fn summary_pairs_known_stages_and_counts_their_tflops() {
     ] {
         assert!(summary.contains(row), "no row {row}:\n{summary}");
     }
+}
+
+/// Only a compute capability 9.0 card makes the Hopper tests mandatory.
+#[test]
+fn run_script_requires_the_hopper_tests_on_compute_capability_9_0_only() {
+    let dir = scratch("run_hopper_required");
+    let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA A100-SXM4-80GB"));
+    let results = dir.join("results");
+    bundle_command(&bundle, &tools, &results, &["tests"])
+        .env("FAKE_COMPUTE_CAP", "8.0")
+        .output()
+        .unwrap();
+    let log = fs::read_to_string(results.join("test-gpu_good.log")).unwrap();
+    assert!(log.contains("require hopper: \n"), "{log}");
 }
