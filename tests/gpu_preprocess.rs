@@ -14,7 +14,7 @@ use nvlm_vision::Error;
 use nvlm_vision::cuda::Gpu;
 use nvlm_vision::dtype::TensorElement;
 use nvlm_vision::preprocess::{
-    CudaPreprocessor, DhrConfig, ImageView, PillowVersion, PinnedImage, PixelFormat,
+    CudaPreprocessor, DhrConfig, ImageView, PillowVersion, PinnedImage, PixelFormat, PixelValues,
     PreprocessKernel, Preprocessor, TilePlan,
 };
 use std::sync::Arc;
@@ -30,19 +30,32 @@ fn check<T: TensorElement + DeviceRepr>(
     let want = pre.run::<T>(view).unwrap();
     for kernel in PreprocessKernel::ALL {
         let cuda = CudaPreprocessor::new(pre, gpu.clone()).with_kernel(kernel);
-        let poison = vec![T::from_f32(f32::NAN); want.plan.tensor_len()];
-        let mut out = gpu.stream().clone_htod(&poison).unwrap();
-        cuda.run_into(view, &want.plan, &mut out).unwrap();
-        let got: Vec<T> = gpu.stream().clone_dtoh(&out).unwrap();
-        let (got, want_bytes): (&[u8], &[u8]) =
-            (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want.data));
-        if let Some(i) = got.iter().zip(want_bytes).position(|(a, b)| a != b) {
-            panic!(
-                "{what} {:?} {kernel:?}: first differing byte {i} of {}",
-                T::DTYPE,
-                got.len()
-            );
-        }
+        check_run(gpu, &cuda, view, &want, what);
+    }
+}
+
+/// `cuda.run_into(view)` into a NaN-poisoned tensor equals `want` (the CPU
+/// path's output), bit for bit.
+fn check_run<T: TensorElement + DeviceRepr>(
+    gpu: &Arc<Gpu>,
+    cuda: &CudaPreprocessor,
+    view: &ImageView<'_>,
+    want: &PixelValues<T>,
+    what: &str,
+) {
+    let poison = vec![T::from_f32(f32::NAN); want.plan.tensor_len()];
+    let mut out = gpu.stream().clone_htod(&poison).unwrap();
+    cuda.run_into(view, &want.plan, &mut out).unwrap();
+    let got: Vec<T> = gpu.stream().clone_dtoh(&out).unwrap();
+    let (got, want_bytes): (&[u8], &[u8]) =
+        (bytemuck::cast_slice(&got), bytemuck::cast_slice(&want.data));
+    if let Some(i) = got.iter().zip(want_bytes).position(|(a, b)| a != b) {
+        panic!(
+            "{what} {:?} {:?}: first differing byte {i} of {}",
+            T::DTYPE,
+            cuda.kernel,
+            got.len()
+        );
     }
 }
 
@@ -122,6 +135,69 @@ fn check_random_images(gpu: &Arc<Gpu>, rng: &mut Rng, sizes: &[(u32, u32)]) {
             check::<f16>(gpu, pre, &view, &what);
         }
     }
+}
+
+/// `cuda.run_into(view)` against the CPU path with `cuda`'s own settings.
+fn check_one<T: TensorElement + DeviceRepr>(
+    gpu: &Arc<Gpu>,
+    cuda: &CudaPreprocessor,
+    view: &ImageView<'_>,
+    what: &str,
+) {
+    let want = cuda.preprocessor.run::<T>(view).unwrap();
+    check_run(gpu, cuda, view, &want, what);
+}
+
+/// v2–v4 keep each recent shape's tables on the device: one preprocessor
+/// meets new content of a shape it has seen, the same size with another
+/// stride, format, dtype, kernel or Pillow order, more shapes than it keeps,
+/// and the first shape again; every output equals the CPU path's.
+#[test]
+fn kept_tables_serve_only_their_own_shape() {
+    let Some(gpu) = gpu_or_skip("kept_tables_serve_only_their_own_shape") else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time("gpu kept_tables");
+    let mut cuda = CudaPreprocessor::new(Preprocessor::default(), gpu.clone());
+    let (w, h) = (rng.range(500, 1500), rng.range(300, 900));
+    let image = |rng: &mut Rng, format: PixelFormat, pad: usize| {
+        let stride = w as usize * format.bytes_per_pixel() + pad;
+        (rng.bytes(stride * h as usize), stride, format)
+    };
+    let cases = [
+        image(&mut rng, PixelFormat::Rgb8, 0),
+        image(&mut rng, PixelFormat::Rgb8, 0),
+        image(&mut rng, PixelFormat::Rgb8, 3),
+        image(&mut rng, PixelFormat::Rgba8, 0),
+        image(&mut rng, PixelFormat::L8, 0),
+    ];
+    for kernel in [
+        PreprocessKernel::FusedV2,
+        PreprocessKernel::StagedV3,
+        PreprocessKernel::StagedDp4aV4,
+    ] {
+        cuda.kernel = kernel;
+        for pillow in [PillowVersion::V12, PillowVersion::V13] {
+            cuda.preprocessor.pillow = pillow;
+            for (n, (pixels, stride, format)) in cases.iter().enumerate() {
+                let view = ImageView::new(pixels, w, h, *stride, *format).unwrap();
+                let what = format!("{w}x{h} case {n} {format:?} stride {stride} {pillow:?}");
+                check_one::<f32>(&gpu, &cuda, &view, &what);
+                check_one::<bf16>(&gpu, &cuda, &view, &what);
+            }
+        }
+    }
+    // More shapes than are kept, then the first one again.
+    cuda.kernel = PreprocessKernel::default();
+    for extra in 1..=10 {
+        let (pw, ph) = (w + extra, h + 2 * extra);
+        let pixels = rng.bytes((pw * ph * 3) as usize);
+        let view = ImageView::packed(&pixels, pw, ph, PixelFormat::Rgb8).unwrap();
+        check_one::<f32>(&gpu, &cuda, &view, &format!("{pw}x{ph}"));
+    }
+    let (pixels, stride, format) = &cases[0];
+    let view = ImageView::new(pixels, w, h, *stride, *format).unwrap();
+    check_one::<f32>(&gpu, &cuda, &view, "the first shape after eviction");
 }
 
 /// Small and odd sizes, cheap enough for compute-sanitizer.
