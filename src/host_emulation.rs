@@ -159,6 +159,26 @@ pub fn run(exe: &Path, launch: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The size and seed of a by-hand random search (the ignored `random_*`
+/// tests): `NVLM_VISION_EMULATED_CASES` cases (default 8), drawn from
+/// `NVLM_VISION_SEED` or the clock; the seed is printed so a draw can be
+/// repeated.
+pub fn random_search() -> (u64, u64) {
+    let count = std::env::var("NVLM_VISION_EMULATED_CASES")
+        .map(|v| v.parse().expect("NVLM_VISION_EMULATED_CASES: a count"))
+        .unwrap_or(8);
+    let seed = std::env::var("NVLM_VISION_SEED")
+        .map(|v| v.parse().expect("NVLM_VISION_SEED: a number"))
+        .unwrap_or_else(|_| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("NVLM_VISION_SEED={seed}");
+    (count, seed)
+}
+
 /// The emulated device memory's first address (any 16-byte aligned one).
 pub const DEVICE_BASE: u64 = 0x7f00_0000_0000;
 

@@ -413,18 +413,7 @@ fn random_case(rng: &mut Rng) -> (Case, bool) {
 #[test]
 #[ignore = "minutes per kernel; run by hand"]
 fn random_cases_on_every_kernel_meet_the_f64_reference() {
-    let count: u64 = std::env::var("NVLM_VISION_EMULATED_CASES")
-        .map(|v| v.parse().expect("NVLM_VISION_EMULATED_CASES: a count"))
-        .unwrap_or(8);
-    let seed: u64 = std::env::var("NVLM_VISION_SEED")
-        .map(|v| v.parse().expect("NVLM_VISION_SEED: a number"))
-        .unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("NVLM_VISION_SEED={seed}");
+    let (count, seed) = host_emulation::random_search();
     for kernel in [
         AttentionKernel::Portable,
         AttentionKernel::HopperSerial,

@@ -386,18 +386,7 @@ fn hopper_linear_source_on_random_shapes_matches_the_reference() {
     let Some(exe) = host_emulation::emulator("projector_hopper_on_cpu", "address") else {
         return;
     };
-    let count: u64 = std::env::var("NVLM_VISION_EMULATED_CASES")
-        .map(|v| v.parse().expect("NVLM_VISION_EMULATED_CASES: a count"))
-        .unwrap_or(8);
-    let seed: u64 = std::env::var("NVLM_VISION_SEED")
-        .map(|v| v.parse().expect("NVLM_VISION_SEED: a number"))
-        .unwrap_or_else(|_| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    eprintln!("NVLM_VISION_SEED={seed}");
+    let (count, seed) = host_emulation::random_search();
     let mut state = seed | 1;
     let mut below = |n: usize| {
         state ^= state << 13;
