@@ -27,8 +27,9 @@ import re
 import sys
 from pathlib import Path
 
-# Per stage, (pattern of an impl, the impls its row is compared with); the
-# first pattern that matches wins, and a row no pattern matches gets no ratio.
+# Per stage, (pattern of an impl, the impls its row is compared with, each
+# a name or a function of the row's impl); the first pattern that matches
+# wins, and a row no pattern matches gets no ratio.
 COMPARE = {
     "attention": [
         ("nvlm-*", ["torch-sdpa-cudnn", "torch-sdpa-flash", "torch-sdpa-efficient"]),
@@ -38,14 +39,17 @@ COMPARE = {
         ("nvlm-hopper-linear", ["torch-eager", "nvlm-exact-gelu"]),
         ("nvlm-*", ["torch-eager", "cublaslt-gemms-only"]),
         ("cublaslt-gemms-only", ["torch-linears-only"]),
-        ("linear1-hopper-gelu*", ["torch-linear1-gelu", "linear1-cublaslt-gelu-pass"]),
+        ("linear1-hopper-gelu", ["torch-linear1-gelu", "linear1-cublaslt-gelu-pass",
+                                 "linear1-hopper-gelu-n256"]),
+        ("linear1-hopper-gelu-*", ["torch-linear1-gelu", "linear1-cublaslt-gelu-pass"]),
         ("linear1-*", ["torch-linear1-gelu"]),
         ("linear2-hopper", ["torch-linear2", "linear2-cublaslt"]),
         ("linear2-*", ["torch-linear2"]),
     ],
     "preprocess": [
         ("nvlm-v?", ["torch-interpolate", "d2d-copy-floor"]),
-        ("nvlm-v?-first-sight", ["nvlm-v2", "torch-interpolate"]),
+        ("nvlm-v?-first-sight", [lambda impl: impl.removesuffix("-first-sight"),
+                                 "torch-interpolate"]),
         ("nvlm-v?-host", ["h2d-copy-pageable", "pil-torchvision-cpu"]),
         ("nvlm-v?-pinned-*", ["h2d-copy-pinned", "pil-torchvision-cpu"]),
     ],
@@ -133,7 +137,7 @@ def flop(stage, impl, case):
 def compared_with(stage, impl, stage_peers, is_peer):
     for pattern, others in COMPARE.get(stage, []):
         if fnmatch.fnmatchcase(impl, pattern):
-            return others
+            return [other(impl) if callable(other) else other for other in others]
     if stage in COMPARE or is_peer:
         return []
     return stage_peers

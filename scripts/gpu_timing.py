@@ -19,11 +19,14 @@ import torch
 WARMUP_S = 0.5
 SAMPLE_MS = 2.0  # each sample's GPU time: far above event resolution
 SAMPLES = 25
-MAX_CALLS_PER_SAMPLE = 4096
+# Below CUDA's queue of pending launches (about a thousand), so that a
+# sample's calls are all queued while the spin before it runs.
+MAX_CALLS_PER_SAMPLE = 512
 # Spin cycles per microsecond of host time: above any Hopper clock (MHz),
 # so the spin outlasts the host's queueing. Capped at 50 ms.
 SPIN_CYCLES_PER_US = 2000
 MAX_SPIN_US = 50_000
+CALIBRATION_SPIN_US = 5_000
 
 
 def device_median_us(fn, inputs):
@@ -42,8 +45,12 @@ def device_median_us(fn, inputs):
             call()
         torch.cuda.synchronize()
 
-    # One calibration sample: the GPU time and the host's queueing time per call.
+    # One calibration sample: the GPU time and the host's queueing time per
+    # call, behind a spin so that a host slower than the GPU is not timed.
     n = 8
+    can_spin = hasattr(torch.cuda, "_sleep")
+    if can_spin:
+        torch.cuda._sleep(CALIBRATION_SPIN_US * SPIN_CYCLES_PER_US)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     t0 = time.perf_counter()
     start.record()
@@ -55,7 +62,6 @@ def device_median_us(fn, inputs):
     gpu_us = start.elapsed_time(end) * 1e3 / n
     k = max(1, min(MAX_CALLS_PER_SAMPLE, math.ceil(SAMPLE_MS * 1e3 / max(gpu_us, 1e-3))))
     spin = int(min(MAX_SPIN_US, 2 * k * host_us) * SPIN_CYCLES_PER_US)
-    can_spin = hasattr(torch.cuda, "_sleep")
 
     pairs = []
     for _ in range(SAMPLES):
