@@ -82,7 +82,8 @@ fn preprocess(c: &mut Criterion) {
     let default_name = format!("nvlm-{}", default.name());
     let mut group = c.benchmark_group("preprocess");
     // The batch ids come last: their second (copy) stream turns on cudarc's
-    // event tracking, which would add host work to every id after them.
+    // event tracking while it exists, and so host work per buffer use, which
+    // the other ids must all pay or all not.
     for (w, h) in SIZES {
         let case = format!("{w}x{h}");
         let Inputs {

@@ -435,6 +435,12 @@ impl CudaPreprocessor {
         }
     }
 
+    fn launches(&self) -> std::sync::MutexGuard<'_, LaunchCache<CudaSlice<u32>>> {
+        self.launches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn check<T>(&self, width: u32, height: u32, plan: &TilePlan, out: &CudaSlice<T>) -> Result<()> {
         self.preprocessor.check_run(
             (width, height),
@@ -462,12 +468,12 @@ impl CudaPreprocessor {
             stride: source.stride,
             format: source.format,
         };
-        let cached = self
-            .launches
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_or_try_insert(&key, || {
-                let launch = FusedLaunch::new::<T>(
+        let kept = self.launches().get(&key);
+        let cached = match kept {
+            Some(cached) => cached,
+            // Built without the lock: other threads' images need not wait.
+            None => {
+                let mut launch = FusedLaunch::new::<T>(
                     self.kernel,
                     &self.preprocessor,
                     plan,
@@ -480,8 +486,16 @@ impl CudaPreprocessor {
                 let tables = stream
                     .clone_htod(&launch.blob)
                     .map_err(driver_error("copy tables"))?;
-                Ok((launch, tables))
-            })?;
+                let bytes = launch.table_bytes();
+                launch.blob = Vec::new();
+                self.launches().insert(CachedLaunch {
+                    key,
+                    launch,
+                    tables,
+                    bytes,
+                })
+            }
+        };
         let launch = &cached.launch;
         // The guards live until after the launch, so cudarc records the
         // kernel's reads and writes for work on other streams.
@@ -935,11 +949,13 @@ struct LaunchKey {
 const CACHED_LAUNCHES: usize = 8;
 const CACHED_LAUNCH_BYTES: usize = 32 << 20;
 
-/// A fused launch and its tables, uploaded (`B`: the device buffer).
+/// A fused launch (its host blob emptied) and its tables, uploaded (`B`:
+/// the device buffer), `bytes` long.
 struct CachedLaunch<B> {
     key: LaunchKey,
     launch: FusedLaunch,
     tables: B,
+    bytes: usize,
 }
 
 /// The fused launches of the image shapes met most recently, their tables
@@ -962,37 +978,30 @@ impl<B> Default for LaunchCache<B> {
 }
 
 impl<B> LaunchCache<B> {
-    /// `key`'s entry, made by `make` when it has none.
-    fn get_or_try_insert(
-        &mut self,
-        key: &LaunchKey,
-        make: impl FnOnce() -> Result<(FusedLaunch, B)>,
-    ) -> Result<Arc<CachedLaunch<B>>> {
-        if let Some(i) = self.entries.iter().position(|e| e.key == *key) {
-            let entry = self.entries.remove(i).expect("found");
-            self.entries.push_back(entry.clone());
-            return Ok(entry);
+    /// `key`'s entry, now the most recently used.
+    fn get(&mut self, key: &LaunchKey) -> Option<Arc<CachedLaunch<B>>> {
+        let i = self.entries.iter().position(|e| e.key == *key)?;
+        let entry = self.entries.remove(i).expect("found");
+        self.entries.push_back(entry.clone());
+        Some(entry)
+    }
+
+    /// Keeps `entry` (unless its key was kept meanwhile, by another
+    /// thread: then that entry) and returns what is kept for its key.
+    fn insert(&mut self, entry: CachedLaunch<B>) -> Arc<CachedLaunch<B>> {
+        if let Some(kept) = self.get(&entry.key) {
+            return kept;
         }
-        let (launch, tables) = make()?;
-        let entry = Arc::new(CachedLaunch {
-            key: key.clone(),
-            launch,
-            tables,
-        });
-        if entry.launch.table_bytes() <= CACHED_LAUNCH_BYTES {
+        let entry = Arc::new(entry);
+        if entry.bytes <= CACHED_LAUNCH_BYTES {
             self.entries.push_back(entry.clone());
             while self.entries.len() > CACHED_LAUNCHES
-                || self
-                    .entries
-                    .iter()
-                    .map(|e| e.launch.table_bytes())
-                    .sum::<usize>()
-                    > CACHED_LAUNCH_BYTES
+                || self.entries.iter().map(|e| e.bytes).sum::<usize>() > CACHED_LAUNCH_BYTES
             {
                 self.entries.pop_front();
             }
         }
-        Ok(entry)
+        entry
     }
 }
 
@@ -1851,97 +1860,100 @@ mod tests {
         }
     }
 
-    /// A launch whose tables are `bytes` long, and a stand-in for their
-    /// device copy naming the key it was made for.
-    fn made(bytes: usize, width: u32) -> Result<(FusedLaunch, u32)> {
-        let launch = FusedLaunch {
-            entry: "preprocess_fused",
-            blob: vec![0; bytes / 4],
-            params: Default::default(),
-            blocks: 0,
-        };
-        Ok((launch, width))
+    /// `key`'s kept entry, or a new one whose tables are `bytes` long, with
+    /// a stand-in for their device copy naming the key it was made for.
+    fn get_or_make(
+        cache: &mut LaunchCache<u32>,
+        key: &LaunchKey,
+        bytes: usize,
+        width: u32,
+    ) -> Arc<CachedLaunch<u32>> {
+        cache.get(key).unwrap_or_else(|| {
+            let launch = FusedLaunch {
+                entry: "preprocess_fused",
+                blob: Vec::new(),
+                params: Default::default(),
+                blocks: 0,
+            };
+            cache.insert(CachedLaunch {
+                key: key.clone(),
+                launch,
+                tables: width,
+                bytes,
+            })
+        })
     }
 
     #[test]
     fn launch_cache_keeps_the_most_recently_used_shapes() {
         let mut cache = LaunchCache::default();
-        let first = cache
-            .get_or_try_insert(&launch_key(100), || made(1024, 100))
-            .unwrap();
-        let again = cache
-            .get_or_try_insert(&launch_key(100), || panic!("made again"))
-            .unwrap();
+        let first = get_or_make(&mut cache, &launch_key(100), 1024, 100);
+        let again = cache.get(&launch_key(100)).expect("kept");
         assert!(Arc::ptr_eq(&first, &again));
-        // The same shape with another dtype or stride is another launch.
-        let other_dtype = LaunchKey {
-            dtype: Dtype::Bf16,
-            ..launch_key(100)
-        };
-        let other = cache
-            .get_or_try_insert(&other_dtype, || made(1024, 1))
-            .unwrap();
-        assert_eq!(other.tables, 1);
-        let padded = LaunchKey {
-            stride: 301,
-            ..launch_key(100)
-        };
-        assert_eq!(
-            cache
-                .get_or_try_insert(&padded, || made(1024, 2))
-                .unwrap()
-                .tables,
-            2
-        );
-        // Filled to CACHED_LAUNCHES with width 100 used last: the next new
-        // shape evicts the least recently used, the bf16 one.
-        for width in 101..(101 + CACHED_LAUNCHES as u32 - 3) {
-            cache
-                .get_or_try_insert(&launch_key(width), || made(1024, width))
-                .unwrap();
+        // The same shape with another kernel, dtype, preprocessor or stride
+        // is another launch.
+        let others = [
+            LaunchKey {
+                kernel: PreprocessKernel::StagedV3,
+                ..launch_key(100)
+            },
+            LaunchKey {
+                dtype: Dtype::Bf16,
+                ..launch_key(100)
+            },
+            LaunchKey {
+                preprocessor: Preprocessor {
+                    pillow: PillowVersion::V13,
+                    ..Preprocessor::default()
+                },
+                ..launch_key(100)
+            },
+            LaunchKey {
+                stride: 301,
+                ..launch_key(100)
+            },
+        ];
+        for (n, key) in others.iter().enumerate() {
+            assert!(cache.get(key).is_none(), "{key:?}");
+            assert_eq!(
+                get_or_make(&mut cache, key, 1024, n as u32).tables,
+                n as u32
+            );
         }
-        cache
-            .get_or_try_insert(&launch_key(100), || panic!("evicted too soon"))
-            .unwrap();
-        cache
-            .get_or_try_insert(&launch_key(200), || made(1024, 200))
-            .unwrap();
+        // Filled to CACHED_LAUNCHES with width 100 used last: the next new
+        // shape evicts the least recently used, the other kernel's.
+        for width in 101..(101 + CACHED_LAUNCHES as u32 - 5) {
+            get_or_make(&mut cache, &launch_key(width), 1024, width);
+        }
+        assert!(cache.get(&launch_key(100)).is_some(), "evicted too soon");
+        get_or_make(&mut cache, &launch_key(200), 1024, 200);
         assert_eq!(cache.entries.len(), CACHED_LAUNCHES);
-        assert!(cache.entries.iter().all(|e| e.key != other_dtype));
-        cache
-            .get_or_try_insert(&launch_key(100), || panic!("evicted out of order"))
-            .unwrap();
+        assert!(cache.get(&others[0]).is_none());
+        assert!(
+            cache.get(&launch_key(100)).is_some(),
+            "evicted out of order"
+        );
+        // An entry made meanwhile for a kept key gives way to the kept one.
+        let late = get_or_make(&mut LaunchCache::default(), &launch_key(200), 1024, 999);
+        let kept = cache.insert(Arc::into_inner(late).unwrap());
+        assert_eq!(kept.tables, 200);
     }
 
     #[test]
     fn launch_cache_holds_at_most_its_bytes() {
         let mut cache = LaunchCache::default();
         let half = CACHED_LAUNCH_BYTES / 2;
-        cache
-            .get_or_try_insert(&launch_key(100), || made(half, 100))
-            .unwrap();
-        cache
-            .get_or_try_insert(&launch_key(101), || made(half, 101))
-            .unwrap();
+        get_or_make(&mut cache, &launch_key(100), half, 100);
+        get_or_make(&mut cache, &launch_key(101), half, 101);
         // 4 bytes more than fit: the oldest goes.
-        cache
-            .get_or_try_insert(&launch_key(102), || made(4, 102))
-            .unwrap();
+        get_or_make(&mut cache, &launch_key(102), 4, 102);
         let widths: Vec<u32> = cache.entries.iter().map(|e| e.tables).collect();
         assert_eq!(widths, [101, 102]);
         // Tables over the whole budget are used once and not kept, and
         // keep nothing else out.
-        let huge = cache
-            .get_or_try_insert(&launch_key(103), || made(CACHED_LAUNCH_BYTES + 4, 103))
-            .unwrap();
+        let huge = get_or_make(&mut cache, &launch_key(103), CACHED_LAUNCH_BYTES + 4, 103);
         assert_eq!(huge.tables, 103);
         let widths: Vec<u32> = cache.entries.iter().map(|e| e.tables).collect();
         assert_eq!(widths, [101, 102]);
-        // A failed make leaves the cache as it was.
-        let failed = cache.get_or_try_insert(&launch_key(104), || {
-            Err(Error::Unsupported("no device".into()))
-        });
-        assert!(failed.is_err());
-        assert_eq!(cache.entries.len(), 2);
     }
 }
