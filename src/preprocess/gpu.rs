@@ -463,7 +463,6 @@ impl CudaPreprocessor {
             kernel: self.kernel,
             dtype: T::DTYPE,
             preprocessor: self.preprocessor,
-            plan: plan.clone(),
             size: (source.width, source.height),
             stride: source.stride,
             format: source.format,
@@ -934,12 +933,12 @@ fn widest_window(axis: &AxisCoefficients) -> u32 {
 }
 
 /// What a fused launch's tables depend on: the same key, the same blob.
-#[derive(Debug, Clone, PartialEq)]
+/// The plan is the preprocessor's for the size (`check` refuses any other).
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct LaunchKey {
     kernel: PreprocessKernel,
     dtype: Dtype,
     preprocessor: Preprocessor,
-    plan: TilePlan,
     size: (u32, u32),
     stride: usize,
     format: PixelFormat,
@@ -1853,7 +1852,6 @@ mod tests {
             kernel: PreprocessKernel::FusedV2,
             dtype: Dtype::F32,
             preprocessor,
-            plan: preprocessor.plan(width, 480).unwrap(),
             size: (width, 480),
             stride: width as usize * 3,
             format: PixelFormat::Rgb8,
@@ -1876,7 +1874,7 @@ mod tests {
                 blocks: 0,
             };
             cache.insert(CachedLaunch {
-                key: key.clone(),
+                key: *key,
                 launch,
                 tables: width,
                 bytes,
