@@ -32,8 +32,9 @@ fi
 
 rm -rf "$bundle"
 mkdir -p "$bundle/bin/tests" "$bundle/bin/benches" "$bundle/bin/examples" "$bundle/peers"
-# Two builds: the tests and benches, then the example. Cargo's JSON messages name each executable and
-# the build script's output folder (the ptxas report), so no path is guessed.
+# Two builds: the tests and benches, then the example. Cargo's JSON
+# messages name each executable and the build script's output folder (the
+# ptxas report), so no path is guessed.
 # A harness = false bench built by `cargo test` is the same program `cargo
 # bench` builds: criterion's main, which benchmarks when given `--bench`.
 list_artifacts() {

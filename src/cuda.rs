@@ -280,9 +280,9 @@ impl Gpu {
     pub(crate) fn check_not_capturing(&self, what: &str) -> Result<()> {
         if self.is_capturing()? {
             return Err(Error::Unsupported(format!(
-                "{what} while the stream is being captured into a CUDA graph: it copies tables \
-                 from pageable host memory on every call, which a graph cannot hold; run it \
-                 outside the capture"
+                "{what} while the stream is being captured into a CUDA graph: it copies from \
+                 pageable host memory (the tables of an image shape it has not kept, v1's on \
+                 every call, host images), which a graph cannot hold; run it outside the capture"
             )));
         }
         Ok(())
