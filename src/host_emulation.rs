@@ -239,7 +239,7 @@ impl EmulatedTensorMap {
 /// One kernel launch for an emulator.
 pub struct LaunchFile<'a> {
     pub kernel: &'a str,
-    /// Grid, block (x only) and dynamic shared memory, as launched.
+    /// Grid, block and dynamic shared memory, as launched.
     pub config: LaunchConfig,
     /// The kernel's parameter struct, as launched.
     pub params: &'a [u8],
@@ -251,12 +251,7 @@ pub struct LaunchFile<'a> {
 
 impl LaunchFile<'_> {
     pub fn bytes(&self) -> Vec<u8> {
-        assert_eq!(
-            (self.config.block_dim.1, self.config.block_dim.2),
-            (1, 1),
-            "the emulator runs 1-D blocks"
-        );
-        let mut file = b"NVLMEMU1".to_vec();
+        let mut file = b"NVLMEMU2".to_vec();
         let mut put = |v: u64| file.extend_from_slice(&v.to_le_bytes());
         for v in [
             DEVICE_BASE,
@@ -265,6 +260,8 @@ impl LaunchFile<'_> {
             self.config.grid_dim.1.into(),
             self.config.grid_dim.2.into(),
             self.config.block_dim.0.into(),
+            self.config.block_dim.1.into(),
+            self.config.block_dim.2.into(),
             self.config.shared_mem_bytes.into(),
             self.params.len() as u64,
             self.pointers.len() as u64,
@@ -303,4 +300,48 @@ pub unsafe fn param_bytes<P: Copy>(params: &P) -> &[u8] {
     // SAFETY: `params` is a live `P`, read as its size in bytes, every one
     // initialised (no padding, by the caller's promise).
     unsafe { std::slice::from_raw_parts((params as *const P).cast::<u8>(), size_of::<P>()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// The names that follow each `marker` in `text`, up to `close`.
+    fn names_after(text: &str, marker: &str, close: char) -> BTreeSet<String> {
+        text.split(marker)
+            .skip(1)
+            .filter_map(|rest| rest.split_once(close).map(|(name, _)| name.to_string()))
+            .collect()
+    }
+
+    /// "Every kernel also runs on the CPU" (README) stays true: each entry
+    /// function ptxas compiled in this build is one a driver can launch,
+    /// and each name a driver offers is a kernel of the build.
+    #[test]
+    fn every_kernel_entry_runs_in_an_emulation_driver() {
+        let Some(report) = crate::cuda::ptxas_report() else {
+            println!("skipped: this build has no kernels (nvcc was not found)");
+            return;
+        };
+        let built = names_after(report, "entry function '", '\'');
+        let mut emulated = BTreeSet::new();
+        for entry in std::fs::read_dir(super::root().join("tests/host_emulation")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "cpp") {
+                let driver = std::fs::read_to_string(&path).unwrap();
+                emulated.extend(names_after(&driver, "{\"", '"'));
+            }
+        }
+        assert!(built.len() > 40, "{built:?}");
+        let missing: Vec<_> = built.difference(&emulated).collect();
+        assert!(
+            missing.is_empty(),
+            "kernels no emulation driver runs: {missing:?}"
+        );
+        let unknown: Vec<_> = emulated.difference(&built).collect();
+        assert!(
+            unknown.is_empty(),
+            "drivers name kernels the build lacks: {unknown:?}"
+        );
+    }
 }

@@ -540,88 +540,57 @@ impl CudaPreprocessor {
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
         let stream = self.gpu.stream();
-        let (in_w, in_h) = (image.width, image.height);
-        let (out_w, out_h) = target.size;
-        let channels = image.format.colour_channels() as u32;
-        let source = Plane {
-            addr: image.addr,
-            stride: image.stride as u64,
-            width: in_w,
-            height: in_h,
-            bpp: image.format.bytes_per_pixel() as u32,
-        };
-        let horizontal = self.upload_axis(in_w, out_w)?;
-        let vertical = self.upload_axis(in_h, out_h)?;
-
-        // (first pass, last pass): a pass is (axis, is_vertical).
-        let (first, last) = match self.preprocessor.pillow.passes(in_w, in_h, out_w, out_h) {
-            Passes::VerticalThenHorizontal => (Some((&vertical, true)), (&horizontal, false)),
-            Passes::HorizontalThenVertical => (Some((&horizontal, false)), (&vertical, true)),
-            Passes::Vertical => (None, (&vertical, true)),
-            Passes::Horizontal => (None, (&horizontal, false)),
-            // Pillow copies; an identity pass is exact (each weight row is
-            // a single 1.0 at the centre), so the last pass can do the copy.
-            Passes::Copy => (None, (&horizontal, false)),
-        };
-
-        let mut intermediate_buf: Option<CudaSlice<u8>> = None;
-        let last_source = if let Some((axis, is_vertical)) = first {
-            let (w, h) = if is_vertical {
-                (in_w, out_h)
-            } else {
-                (out_w, in_h)
-            };
-            let buf = stream
-                .alloc_zeros::<u8>(w as usize * h as usize * channels as usize)
-                .map_err(driver_error("alloc intermediate"))?;
-            let params = NvlmIntermediate {
-                pass: pass_params(&source, axis, is_vertical, channels, (w, h), stream),
-                dst: device_addr(&buf, stream),
-            };
+        let resize = TwoPassV1::new(
+            self.preprocessor.pillow,
+            (image.width, image.height),
+            target,
+        );
+        let first_tables = resize
+            .first
+            .as_ref()
+            .map(|pass| DeviceAxis::upload(&pass.axis, stream))
+            .transpose()?;
+        let last_tables = DeviceAxis::upload(&resize.last.axis, stream)?;
+        let intermediate = resize
+            .intermediate_len(image.format)
+            .map(|len| {
+                stream
+                    .alloc_zeros::<u8>(len)
+                    .map_err(driver_error("alloc intermediate"))
+            })
+            .transpose()?;
+        // The guard lives until after the launches, so cudarc records the
+        // kernel's write (and makes it wait for readers on other streams).
+        let (out_addr, _out_write) = out.device_ptr_mut(stream);
+        let launches = resize.params(
+            &image,
+            &V1Buffers {
+                first_tables: first_tables
+                    .as_ref()
+                    .map_or([0; 3], |t| t.addresses(stream)),
+                last_tables: last_tables.addresses(stream),
+                intermediate: intermediate.as_ref().map_or(0, |b| device_addr(b, stream)),
+                out: out_addr,
+                table: device_addr(table, stream),
+            },
+            T::DTYPE.size_bytes() as u32,
+            self.preprocessor.config.tile_size,
+        );
+        if let Some(params) = &launches.intermediate {
             let f = self
                 .gpu
                 .function(KernelModule::Preprocess, "resample_to_intermediate")?;
-            // SAFETY: the params describe live device buffers of the sizes the
-            // kernel indexes (checked on the host above); one stream orders it.
+            // SAFETY: the params describe live device buffers of the sizes
+            // the kernel indexes (the image checked on the host, the tables
+            // and intermediate made for this resize); one stream orders it.
             unsafe {
                 stream
                     .launch_builder(&f)
-                    .arg(&params)
-                    .launch(launch_config(w, h))
+                    .arg(params)
+                    .launch(launch_config(&params.pass))
             }
             .map_err(driver_error("resample_to_intermediate"))?;
-            let plane = Plane {
-                addr: params.dst,
-                stride: u64::from(w * channels),
-                width: w,
-                height: h,
-                bpp: channels,
-            };
-            intermediate_buf = Some(buf);
-            plane
-        } else {
-            source
-        };
-        let (axis, is_vertical) = last;
-        // The guard lives until after the launch, so cudarc records the
-        // kernel's write (and makes it wait for readers on other streams).
-        let (out_addr, _out_write) = out.device_ptr_mut(stream);
-        let params = NvlmTileWrite {
-            pass: pass_params(
-                &last_source,
-                axis,
-                is_vertical,
-                channels,
-                (out_w, out_h),
-                stream,
-            ),
-            out: out_addr,
-            table: device_addr(table, stream),
-            elem_bytes: T::DTYPE.size_bytes() as u32,
-            tile_size: self.preprocessor.config.tile_size,
-            tiles_across: target.tiles_across,
-            first_output: target.first_output,
-        };
+        }
         let f = self
             .gpu
             .function(KernelModule::Preprocess, "resample_to_tiles")?;
@@ -629,32 +598,15 @@ impl CudaPreprocessor {
         unsafe {
             stream
                 .launch_builder(&f)
-                .arg(&params)
-                .launch(launch_config(out_w, out_h))
+                .arg(&launches.tiles)
+                .launch(launch_config(&launches.tiles.pass))
         }
         .map_err(driver_error("resample_to_tiles"))?;
         // v1 as first written: the tables and the intermediate are dropped
         // only after the kernels finish.
         stream.synchronize().map_err(driver_error("synchronize"))?;
-        drop((horizontal, vertical, intermediate_buf));
+        drop((first_tables, last_tables, intermediate));
         Ok(())
-    }
-
-    fn upload_axis(&self, in_size: u32, out_size: u32) -> Result<DeviceAxis> {
-        let stream = self.gpu.stream();
-        let host = AxisCoefficients::bicubic(in_size, out_size);
-        Ok(DeviceAxis {
-            first: stream
-                .clone_htod(&host.first)
-                .map_err(driver_error("copy table"))?,
-            count: stream
-                .clone_htod(&host.count)
-                .map_err(driver_error("copy table"))?,
-            coeffs: stream
-                .clone_htod(&host.coeffs)
-                .map_err(driver_error("copy table"))?,
-            host,
-        })
     }
 }
 
@@ -1231,19 +1183,180 @@ impl Blob {
     }
 }
 
+/// One v1 resize of an image into one target's tiles, planned on the host
+/// (no device involved, so the host emulation runs the same plan): a first
+/// pass into a uint8 intermediate when the resize takes two, then the pass
+/// that resamples, normalises and writes the tiles.
+struct TwoPassV1 {
+    target: Target,
+    first: Option<V1Pass>,
+    last: V1Pass,
+}
+
+/// One v1 pass: the axis it resamples and the size it makes.
+struct V1Pass {
+    axis: AxisCoefficients,
+    vertical: bool,
+    size: (u32, u32),
+}
+
+/// Where a v1 resize's buffers are on the device; the first pass's tables
+/// and the intermediate are 0 for a one-pass resize.
+struct V1Buffers {
+    /// (first, count, coeffs) of each pass's axis table.
+    first_tables: [u64; 3],
+    last_tables: [u64; 3],
+    intermediate: u64,
+    out: u64,
+    /// The normalisation table, `[3][256]` of the tensor's dtype.
+    table: u64,
+}
+
+/// The params of a v1 resize's launches, in launch order.
+struct V1Launches {
+    intermediate: Option<NvlmIntermediate>,
+    tiles: NvlmTileWrite,
+}
+
+impl TwoPassV1 {
+    fn new(pillow: PillowVersion, (in_w, in_h): (u32, u32), target: Target) -> TwoPassV1 {
+        let (out_w, out_h) = target.size;
+        let pass = |vertical: bool, size| V1Pass {
+            axis: if vertical {
+                AxisCoefficients::bicubic(in_h, out_h)
+            } else {
+                AxisCoefficients::bicubic(in_w, out_w)
+            },
+            vertical,
+            size,
+        };
+        let (first, last) = match pillow.passes(in_w, in_h, out_w, out_h) {
+            Passes::VerticalThenHorizontal => {
+                (Some(pass(true, (in_w, out_h))), pass(false, target.size))
+            }
+            Passes::HorizontalThenVertical => {
+                (Some(pass(false, (out_w, in_h))), pass(true, target.size))
+            }
+            Passes::Vertical => (None, pass(true, target.size)),
+            Passes::Horizontal => (None, pass(false, target.size)),
+            // Pillow copies; an identity pass is exact (each weight row is
+            // a single 1.0 at the centre), so the last pass can do the copy.
+            Passes::Copy => (None, pass(false, target.size)),
+        };
+        TwoPassV1 {
+            target,
+            first,
+            last,
+        }
+    }
+
+    /// The intermediate's bytes (colour channels only), for a two-pass resize.
+    fn intermediate_len(&self, format: PixelFormat) -> Option<usize> {
+        self.first
+            .as_ref()
+            .map(|pass| pass.size.0 as usize * pass.size.1 as usize * format.colour_channels())
+    }
+
+    fn params(
+        &self,
+        image: &Source,
+        at: &V1Buffers,
+        elem_bytes: u32,
+        tile_size: u32,
+    ) -> V1Launches {
+        let channels = image.format.colour_channels() as u32;
+        let source = Plane {
+            addr: image.addr,
+            stride: image.stride as u64,
+            width: image.width,
+            height: image.height,
+            bpp: image.format.bytes_per_pixel() as u32,
+        };
+        let intermediate = self.first.as_ref().map(|pass| NvlmIntermediate {
+            pass: pass.params(&source, at.first_tables, channels),
+            dst: at.intermediate,
+        });
+        let last_source = match &self.first {
+            Some(pass) => Plane {
+                addr: at.intermediate,
+                stride: u64::from(pass.size.0 * channels),
+                width: pass.size.0,
+                height: pass.size.1,
+                bpp: channels,
+            },
+            None => source,
+        };
+        V1Launches {
+            intermediate,
+            tiles: NvlmTileWrite {
+                pass: self.last.params(&last_source, at.last_tables, channels),
+                out: at.out,
+                table: at.table,
+                elem_bytes,
+                tile_size,
+                tiles_across: self.target.tiles_across,
+                first_output: self.target.first_output,
+            },
+        }
+    }
+}
+
+impl V1Pass {
+    fn params(
+        &self,
+        src: &Plane,
+        [first, count, coeffs]: [u64; 3],
+        channels: u32,
+    ) -> NvlmResamplePass {
+        NvlmResamplePass {
+            src: src.addr,
+            src_stride: src.stride,
+            first,
+            count,
+            coeffs,
+            src_width: src.width,
+            src_height: src.height,
+            src_bpp: src.bpp,
+            channels,
+            dst_width: self.size.0,
+            dst_height: self.size.1,
+            taps: self.axis.taps,
+            vertical: u32::from(self.vertical),
+        }
+    }
+}
+
 /// The device copy of one axis table (v1).
 struct DeviceAxis {
     first: CudaSlice<u32>,
     count: CudaSlice<u32>,
     coeffs: CudaSlice<i32>,
-    host: AxisCoefficients,
+}
+
+impl DeviceAxis {
+    fn upload(axis: &AxisCoefficients, stream: &Arc<CudaStream>) -> Result<DeviceAxis> {
+        let copy = driver_error("copy table");
+        Ok(DeviceAxis {
+            first: stream.clone_htod(&axis.first).map_err(&copy)?,
+            count: stream.clone_htod(&axis.count).map_err(&copy)?,
+            coeffs: stream.clone_htod(&axis.coeffs).map_err(&copy)?,
+        })
+    }
+
+    fn addresses(&self, stream: &CudaStream) -> [u64; 3] {
+        [
+            device_addr(&self.first, stream),
+            device_addr(&self.count, stream),
+            device_addr(&self.coeffs, stream),
+        ]
+    }
 }
 
 const BLOCK: (u32, u32) = (32, 8);
 /// gridDim.y cap; the v1 kernels stride over the remaining rows.
 const MAX_GRID_Y: u32 = 65535;
 
-/// A source image on the device: `height` rows of `width` pixels of `bpp` bytes.
+/// A pass's source: `height` rows of `width` pixels of `bpp` bytes.
 #[derive(Clone, Copy)]
 struct Plane {
     addr: u64,
@@ -1253,31 +1366,6 @@ struct Plane {
     bpp: u32,
 }
 
-fn pass_params(
-    src: &Plane,
-    axis: &DeviceAxis,
-    vertical: bool,
-    channels: u32,
-    (dst_width, dst_height): (u32, u32),
-    stream: &CudaStream,
-) -> NvlmResamplePass {
-    NvlmResamplePass {
-        src: src.addr,
-        src_stride: src.stride,
-        first: device_addr(&axis.first, stream),
-        count: device_addr(&axis.count, stream),
-        coeffs: device_addr(&axis.coeffs, stream),
-        src_width: src.width,
-        src_height: src.height,
-        src_bpp: src.bpp,
-        channels,
-        dst_width,
-        dst_height,
-        taps: axis.host.taps,
-        vertical: u32::from(vertical),
-    }
-}
-
 /// The address of a buffer only this stream uses (v1's tables and
 /// intermediate), so no event needs recording after the launch.
 fn device_addr<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
@@ -1285,7 +1373,9 @@ fn device_addr<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     addr
 }
 
-fn launch_config(w: u32, h: u32) -> LaunchConfig {
+/// A v1 launch: one thread per pixel of the pass's destination.
+fn launch_config(pass: &NvlmResamplePass) -> LaunchConfig {
+    let (w, h) = (pass.dst_width, pass.dst_height);
     LaunchConfig {
         grid_dim: (w.div_ceil(BLOCK.0), h.div_ceil(BLOCK.1).min(MAX_GRID_Y), 1),
         block_dim: (BLOCK.0, BLOCK.1, 1),
@@ -1295,15 +1385,17 @@ fn launch_config(w: u32, h: u32) -> LaunchConfig {
 
 #[cfg(test)]
 mod tests {
-    //! Without a GPU, the v2 and v3 launches are checked against the CPU
+    //! Without a GPU, every kernel version is checked against the CPU
     //! reference: a line-for-line Rust model of v2's `preprocess_fused` run
     //! on the launch's blob and params (the tables, the pass order, the
     //! identity tables, the patch and block layout, the chunking), and the
-    //! kernels' own source (v2 and v3) compiled for the CPU with the address
-    //! sanitizer (tests/host_emulation/preprocess_on_cpu.cpp: 256 threads
-    //! per block, __syncthreads as a barrier), which executes their
+    //! kernels' own source (v1 to v4) compiled for the CPU with the address
+    //! sanitizer (tests/host_emulation/preprocess_on_cpu.cpp: one thread
+    //! per CUDA thread, __syncthreads as a barrier), which executes their
     //! indexing and shared-memory layout, and with the thread sanitizer,
-    //! which checks their barriers.
+    //! which checks their barriers. v1 runs the host's own plan of its
+    //! launches ([`TwoPassV1`]), so its pass order and intermediate are
+    //! checked with it.
     use super::*;
     use crate::abi::NvlmFusedTarget;
     use crate::host_emulation::{self, LaunchFile, Memory};
@@ -1485,19 +1577,122 @@ mod tests {
         Memory::get(&host_emulation::run(exe, &file), out, out_bytes)
     }
 
+    /// The largest images v1's source runs for on the CPU, in f32 and in
+    /// bf16. v1 runs a block per 32x8 pixels of each pass, and the emulation
+    /// pays a barrier of 256 threads per block: the multi-megapixel strips
+    /// that make v2 and v3 chunk took 11-17 s each (v1 has no chunking),
+    /// and bf16 changes v1's stores only.
+    const V1_F32_PIXELS: u64 = 1 << 20;
+    const V1_BF16_PIXELS: u64 = 1 << 17;
+
+    /// Runs v1's kernel source on the CPU (`exe`) as `run_v1` launches it:
+    /// target after target, each [`TwoPassV1`]'s launches in order, the
+    /// output and every intermediate poisoned first. Returns the output
+    /// tensor's bytes.
+    fn emulate_v1<T: TensorElement + bytemuck::Pod>(
+        exe: &Path,
+        pre: &Preprocessor,
+        plan: &TilePlan,
+        image: &ImageView,
+        out_len: usize,
+    ) -> Vec<u8> {
+        let mut memory = Memory::default();
+        let n = pre.normalization;
+        let table = memory.put(&normalization_tables::<T>(n.mean, n.std).concat());
+        let source = Source {
+            addr: memory.put(image.data()),
+            width: image.width(),
+            height: image.height(),
+            stride: image.stride(),
+            format: image.format(),
+        };
+        let out_bytes = out_len * size_of::<T>();
+        let out = memory.put(&vec![0xFFu8; out_bytes]);
+        for target in Target::of(plan) {
+            let resize = TwoPassV1::new(pre.pillow, (source.width, source.height), target);
+            let mut tables = |axis: &AxisCoefficients| {
+                [
+                    memory.put(&axis.first),
+                    memory.put(&axis.count),
+                    memory.put(&axis.coeffs),
+                ]
+            };
+            let first_tables = resize.first.as_ref().map_or([0; 3], |p| tables(&p.axis));
+            let last_tables = tables(&resize.last.axis);
+            let intermediate = resize
+                .intermediate_len(source.format)
+                .map_or(0, |len| memory.put(&vec![0xFFu8; len]));
+            let launches = resize.params(
+                &source,
+                &V1Buffers {
+                    first_tables,
+                    last_tables,
+                    intermediate,
+                    out,
+                    table,
+                },
+                T::DTYPE.size_bytes() as u32,
+                pre.config.tile_size,
+            );
+            // The device addresses in a pass, at `base` in the params.
+            let pass_pointers = |base: usize| {
+                [
+                    offset_of!(NvlmResamplePass, src),
+                    offset_of!(NvlmResamplePass, first),
+                    offset_of!(NvlmResamplePass, count),
+                    offset_of!(NvlmResamplePass, coeffs),
+                ]
+                .map(|field| base + field)
+            };
+            if let Some(params) = &launches.intermediate {
+                let mut pointers = pass_pointers(offset_of!(NvlmIntermediate, pass)).to_vec();
+                pointers.push(offset_of!(NvlmIntermediate, dst));
+                let file = LaunchFile {
+                    kernel: "resample_to_intermediate",
+                    config: launch_config(&params.pass),
+                    // SAFETY: abi.h's structs have no padding.
+                    params: unsafe { host_emulation::param_bytes(params) },
+                    pointers: &pointers,
+                    maps: &[],
+                    memory: &memory,
+                };
+                memory = Memory(host_emulation::run(exe, &file.bytes()));
+            }
+            let mut pointers = pass_pointers(offset_of!(NvlmTileWrite, pass)).to_vec();
+            pointers.extend([
+                offset_of!(NvlmTileWrite, out),
+                offset_of!(NvlmTileWrite, table),
+            ]);
+            let file = LaunchFile {
+                kernel: "resample_to_tiles",
+                config: launch_config(&launches.tiles.pass),
+                // SAFETY: as above.
+                params: unsafe { host_emulation::param_bytes(&launches.tiles) },
+                pointers: &pointers,
+                maps: &[],
+                memory: &memory,
+            };
+            memory = Memory(host_emulation::run(exe, &file.bytes()));
+        }
+        Memory::get(&memory.0, out, out_bytes)
+    }
+
     fn first_difference<T: bytemuck::Pod>(got: &[u8], want: &[T]) -> Option<usize> {
         let want: &[u8] = bytemuck::cast_slice(want);
         assert_eq!(got.len(), want.len());
         got.iter().zip(want).position(|(a, b)| a != b)
     }
 
-    /// What one case exercised: the passes of its targets, the most
+    /// What one case exercised: the passes of its targets, those v1's
+    /// source ran on the CPU (in f32; and whether it ran in bf16), the most
     /// chunks a v2 patch took in each pass order (horizontal first, then
     /// vertical first), the same for v3's staged targets, and whether v3
     /// left a target unstaged.
     #[derive(Default)]
     struct Coverage {
         passes: Vec<Passes>,
+        v1_passes: Vec<Passes>,
+        v1_bf16: bool,
         v2_chunks: [u32; 2],
         v3_chunks: [u32; 2],
         v3_unstaged: bool,
@@ -1505,7 +1700,9 @@ mod tests {
 
     /// Checks one case with the model and, given `emulator`, with the
     /// kernel sources on the CPU: v2, v3 and v4 in f32, v4 in bf16 (the
-    /// output stores, the one place the types differ, are shared code).
+    /// output stores, the one place the types differ, are shared code);
+    /// v1 in f32 up to [`V1_F32_PIXELS`], and in bf16 up to
+    /// [`V1_BF16_PIXELS`].
     fn check(
         pre: Preprocessor,
         (w, h): (u32, u32),
@@ -1537,7 +1734,22 @@ mod tests {
         if let Some(i) = first_difference(bytemuck::cast_slice(&got), &want.data) {
             panic!("{what}: model: first differing byte {i}");
         }
+        let pixels = u64::from(w) * u64::from(h);
+        let mut coverage = Coverage {
+            v2_chunks,
+            ..Default::default()
+        };
         if let Some(exe) = emulator {
+            if pixels <= V1_F32_PIXELS {
+                let got = emulate_v1::<f32>(exe, &pre, &want.plan, &view, want.data.len());
+                if let Some(i) = first_difference(&got, &want.data) {
+                    panic!("{what} f32: v1 on the CPU: first differing byte {i}");
+                }
+                coverage.v1_passes = Target::of(&want.plan)
+                    .iter()
+                    .map(|t| pre.pillow.passes(w, h, t.size.0, t.size.1))
+                    .collect();
+            }
             for launch in [&v2, &v3, &v4] {
                 let got = emulate(exe, launch, view.data(), want.data.len() * 4);
                 if let Some(i) = first_difference(&got, &want.data) {
@@ -1563,11 +1775,14 @@ mod tests {
                     v4.entry
                 );
             }
+            if pixels <= V1_BF16_PIXELS {
+                let got = emulate_v1::<half::bf16>(exe, &pre, &want.plan, &view, want.data.len());
+                if let Some(i) = first_difference(&got, &want.data) {
+                    panic!("{what} bf16: v1 on the CPU: first differing byte {i}");
+                }
+                coverage.v1_bf16 = true;
+            }
         }
-        let mut coverage = Coverage {
-            v2_chunks,
-            ..Default::default()
-        };
         for (target, params) in Target::of(&want.plan).iter().zip(&v3.params.target) {
             let passes = pre.pillow.passes(w, h, target.size.0, target.size.1);
             coverage.passes.push(passes);
@@ -1586,8 +1801,9 @@ mod tests {
     /// Runs `check` on every (width, height, tile size, max tiles) case with
     /// both Pillow versions and rotating formats and row padding, then
     /// asserts that the cases made every pass order, the one-pass and copy
-    /// cases, and windows of several chunks in both pass orders, for v2
-    /// and for v3's staged targets.
+    /// cases (for v1's source too, given `emulator`), and windows of
+    /// several chunks in both pass orders, for v2 and for v3's staged
+    /// targets.
     fn check_cases(cases: &[(u32, u32, u32, u32)], emulator: Option<&PathBuf>) -> Coverage {
         let formats = [
             PixelFormat::Rgb8,
@@ -1611,6 +1827,8 @@ mod tests {
                 let format = formats[n as usize % 4];
                 let one = check(pre, (w, h), format, n as usize % 3, n, emulator);
                 all.passes.extend(one.passes);
+                all.v1_passes.extend(one.v1_passes);
+                all.v1_bf16 |= one.v1_bf16;
                 all.v2_chunks = [0, 1].map(|o| all.v2_chunks[o].max(one.v2_chunks[o]));
                 all.v3_chunks = [0, 1].map(|o| all.v3_chunks[o].max(one.v3_chunks[o]));
                 all.v3_unstaged |= one.v3_unstaged;
@@ -1624,7 +1842,15 @@ mod tests {
             Passes::VerticalThenHorizontal,
         ] {
             assert!(all.passes.contains(&passes), "no case ran {passes:?}");
+            assert!(
+                emulator.is_none() || all.v1_passes.contains(&passes),
+                "v1's source never ran {passes:?}"
+            );
         }
+        assert!(
+            emulator.is_none() || all.v1_bf16,
+            "v1's source never ran in bf16"
+        );
         for (version, chunks) in [("v2", all.v2_chunks), ("v3", all.v3_chunks)] {
             assert!(
                 chunks.iter().all(|&c| c >= 3),
@@ -1691,7 +1917,8 @@ mod tests {
     }
 
     /// The slab's chunked fill and read across barriers, under the thread
-    /// sanitizer: both pass orders (both Pillow versions), several chunks.
+    /// sanitizer: both pass orders (both Pillow versions), several chunks;
+    /// and v1's threads, which share no memory but the output they write.
     #[test]
     fn fused_kernel_source_on_the_cpu_has_no_data_race() {
         let Some(exe) = host_emulation::emulator("preprocess_on_cpu", "thread") else {
@@ -1705,6 +1932,8 @@ mod tests {
                 // Fourth, so V13 meets RGB: vertical first, several chunks.
                 (1500, 7500, 32, 6),
                 (7500, 1500, 32, 6),
+                // V13: vertical first in an image small enough for v1.
+                (100, 300, 64, 6),
             ],
             Some(&exe),
         );

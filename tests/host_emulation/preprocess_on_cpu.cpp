@@ -1,7 +1,9 @@
-// Runs kernels/preprocess.cu's `preprocess_fused` (v2), `preprocess_staged`
-// (v3) and `preprocess_staged_dp4a` (v4) on the CPU: the kernels' own source over the
-// emulated CUDA runtime (tests/host_emulation/cuda: 256 std::threads per
-// block, __syncthreads a barrier, blocks one after another). With no GPU in
+// Runs kernels/preprocess.cu on the CPU: v1's `resample_to_intermediate`
+// and `resample_to_tiles` (32x8 threads per block), `preprocess_fused`
+// (v2), `preprocess_staged` (v3) and `preprocess_staged_dp4a` (v4) (256
+// threads per block, __syncthreads a barrier); the kernels' own source
+// over the emulated CUDA runtime (tests/host_emulation/cuda: one
+// std::thread per CUDA thread, blocks one after another). With no GPU in
 // reach this executes the kernels' indexing, chunking and barriers (a
 // deadlock means a barrier some threads skip); under the address sanitizer
 // it also catches reads and writes outside the image, tables, output and
@@ -16,6 +18,8 @@
 int main(int argc, char** argv) {
     return emu::run_launch(argc, argv,
                            {
+                               {"resample_to_intermediate", emu::kernel(resample_to_intermediate)},
+                               {"resample_to_tiles", emu::kernel(resample_to_tiles)},
                                {"preprocess_fused", emu::kernel(preprocess_fused)},
                                {"preprocess_staged", emu::kernel(preprocess_staged)},
                                {"preprocess_staged_dp4a", emu::kernel(preprocess_staged_dp4a)},

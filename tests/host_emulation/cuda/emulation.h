@@ -58,11 +58,15 @@ inline Dim3 blockDim, gridDim;
 
 namespace emu {
 
+// This thread's index in its block, x fastest: what decides its warp and
+// lane, whatever the block's shape.
+inline thread_local uint32_t thread_rank = 0;
+
 [[noreturn]] inline void fail(const char* format, ...) {
     va_list args;
     va_start(args, format);
-    std::fprintf(stderr, "emulation: block (%u,%u,%u) thread %u: ", blockIdx.x, blockIdx.y,
-                 blockIdx.z, threadIdx.x);
+    std::fprintf(stderr, "emulation: block (%u,%u,%u) thread (%u,%u,%u): ", blockIdx.x, blockIdx.y,
+                 blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
     std::vfprintf(stderr, format, args);
     std::fprintf(stderr, "\n");
     va_end(args);
@@ -255,7 +259,7 @@ inline void __syncthreads() { emu::cta().all->wait("__syncthreads"); }
 
 inline float __shfl_xor_sync(uint32_t mask, float value, int lane_mask) {
     if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync with a partial mask");
-    const uint32_t t = threadIdx.x, warp = t / 32;
+    const uint32_t t = emu::thread_rank, warp = t / 32;
     emu::cta().shuffle[t] = value;
     emu::cta().warps[warp]->wait("__shfl_xor_sync");
     const float other = emu::cta().shuffle[warp * 32 + ((t % 32) ^ lane_mask)];

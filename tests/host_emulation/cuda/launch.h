@@ -3,8 +3,8 @@
 // blocks, at a time; one std::thread per CUDA thread) and writes the device
 // memory back.
 //
-// Launch file, little-endian: "NVLMEMU1"; u64 device_base, memory_bytes,
-// grid x, y, z, threads, smem_bytes, params_bytes, pointers, maps,
+// Launch file, little-endian: "NVLMEMU2"; u64 device_base, memory_bytes,
+// grid x, y, z, block x, y, z, smem_bytes, params_bytes, pointers, maps,
 // name_bytes; the kernel name; `pointers` u64 byte offsets into the params
 // of device addresses to rebase (0 stays a null pointer); per tensor map
 // 16 u64 (address, rank, element bytes, dims[4], strides_bytes[4],
@@ -85,13 +85,17 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
     };
     char magic[8];
     in.read(magic, 8);
-    if (!in || std::memcmp(magic, "NVLMEMU1", 8) != 0) usage("not a launch file");
+    if (!in || std::memcmp(magic, "NVLMEMU2", 8) != 0) usage("not a launch file");
     const uint64_t device_base = u64(), memory_bytes = u64();
     Dim3 grid;
     grid.x = static_cast<uint32_t>(u64());
     grid.y = static_cast<uint32_t>(u64());
     grid.z = static_cast<uint32_t>(u64());
-    const uint32_t threads = static_cast<uint32_t>(u64());
+    Dim3 block;
+    block.x = static_cast<uint32_t>(u64());
+    block.y = static_cast<uint32_t>(u64());
+    block.z = static_cast<uint32_t>(u64());
+    const uint32_t threads = block.x * block.y * block.z;
     const uint32_t smem_bytes = static_cast<uint32_t>(u64());
     const uint64_t params_bytes = u64(), pointers = u64(), map_count = u64(), name_bytes = u64();
     std::string name(name_bytes, '\0');
@@ -135,28 +139,31 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
     if (found == kernels.end()) usage(("no kernel " + name).c_str());
     const Kernel& kernel = found->second;
     const uint32_t cluster = kernel.cluster_x;
+    if (threads == 0) usage("an empty block");
     if (grid.x % cluster != 0) usage("a grid x that is not a multiple of the kernel's cluster");
     gridDim = grid;
-    blockDim.x = threads;
-    blockDim.y = blockDim.z = 1;
+    blockDim = block;
     start(cluster, threads, smem_bytes);
     std::vector<std::thread> pool;
     for (uint32_t t = 0; t < cluster * threads; ++t) {
         pool.emplace_back([&, t] {
             cta_rank = t / threads;
-            threadIdx.x = t % threads;
+            thread_rank = t % threads;
+            threadIdx.x = thread_rank % block.x;
+            threadIdx.y = thread_rank / block.x % block.y;
+            threadIdx.z = thread_rank / (block.x * block.y);
             for (uint32_t z = 0; z < grid.z; ++z) {
                 for (uint32_t y = 0; y < grid.y; ++y) {
                     for (uint32_t x = 0; x < grid.x; x += cluster) {
                         blockIdx.x = x + cta_rank;
                         blockIdx.y = y;
                         blockIdx.z = z;
-                        if (threadIdx.x == 0) poison_smem();
+                        if (thread_rank == 0) poison_smem();
                         cluster_barrier->wait("block start");
                         kernel.run(params.data(), maps.data());
                         for (void (*check)() : end_of_block_checks()) check();
                         cluster_barrier->wait("block end");
-                        if (threadIdx.x == 0) check_named_barriers_idle();
+                        if (thread_rank == 0) check_named_barriers_idle();
                     }
                 }
             }

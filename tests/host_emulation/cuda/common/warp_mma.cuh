@@ -33,12 +33,12 @@ inline const bool cp_async_check_registered =
 // This lane's words of the warp's exchange area, after all 32 lanes wrote
 // theirs; call warp_done() before the area is written again.
 inline const uint32_t* warp_exchange(const uint32_t* mine, uint32_t words, const char* what) {
-    const uint32_t t = threadIdx.x, warp = t / 32;
+    const uint32_t t = emu::thread_rank, warp = t / 32;
     std::memcpy(&cta().warp_words[8 * t], mine, words * 4);
     cta().warps[warp]->wait(what);
     return &cta().warp_words[8 * (warp * 32)];
 }
-inline void warp_done(const char* what) { cta().warps[threadIdx.x / 32]->wait(what); }
+inline void warp_done(const char* what) { cta().warps[emu::thread_rank / 32]->wait(what); }
 
 inline uint16_t shared_u16(uint32_t address) {
     uint16_t v;
@@ -88,7 +88,7 @@ inline void cp_async_wait() {
 
 inline void ldmatrix_x4(uint32_t r[4], uint32_t smem) {
     const uint32_t* rows = emu::warp_exchange(&smem, 1, "ldmatrix");
-    const uint32_t lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    const uint32_t lane = emu::thread_rank % 32, g = lane / 4, q = lane % 4;
     for (uint32_t i = 0; i < 4; ++i) {
         const uint32_t row = rows[8 * (8 * i + g)];
         if (row % 16 != 0) emu::fail("ldmatrix row address %#x, not 16-byte aligned", row);
@@ -99,7 +99,7 @@ inline void ldmatrix_x4(uint32_t r[4], uint32_t smem) {
 
 inline void ldmatrix_x4_trans(uint32_t r[4], uint32_t smem) {
     const uint32_t* rows = emu::warp_exchange(&smem, 1, "ldmatrix");
-    const uint32_t lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    const uint32_t lane = emu::thread_rank % 32, g = lane / 4, q = lane % 4;
     for (uint32_t i = 0; i < 4; ++i) {
         const uint32_t row0 = rows[8 * (8 * i + 2 * q)], row1 = rows[8 * (8 * i + 2 * q + 1)];
         if (row0 % 16 != 0 || row1 % 16 != 0) emu::fail("ldmatrix row address not 16-byte aligned");
@@ -112,7 +112,7 @@ template <typename T>
 inline void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
     const uint32_t* all = emu::warp_exchange(mine, 6, "mma.sync");
-    const uint32_t lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+    const uint32_t lane = emu::thread_rank % 32, g = lane / 4, q = lane % 4;
     // Element (row, k) of A and (k, n) of B, from the lanes that hold them.
     const auto a_at = [&](uint32_t row, uint32_t k) {
         const uint32_t* w = all + 8 * (4 * (row % 8) + (k % 8) / 2);

@@ -77,8 +77,9 @@ inline float mn_major(const Descriptor& d, uint32_t k, uint32_t n) {
 // The calling warpgroup's threads meet; each checks that its operands
 // match the first thread's.
 inline void check_uniform(uint64_t a, uint64_t b, bool accumulate) {
-    const uint32_t t = threadIdx.x, group = t / 128;
-    if (group >= cta().warpgroups.size()) fail("wgmma from a block of %u threads: a partial warpgroup", blockDim.x);
+    const uint32_t t = emu::thread_rank, group = t / 128;
+    if (group >= cta().warpgroups.size()) fail("wgmma from a block of %u threads: a partial warpgroup",
+                                                   blockDim.x * blockDim.y * blockDim.z);
     uint64_t* mine = &cta().wgmma_check[3 * t];
     mine[0] = a;
     mine[1] = b;
@@ -91,8 +92,8 @@ inline void check_uniform(uint64_t a, uint64_t b, bool accumulate) {
 }
 
 // acc[i] of this thread: row, column of D.
-inline uint32_t d_row(uint32_t i) { return 16 * (threadIdx.x % 128 / 32) + threadIdx.x % 32 / 4 + 8 * (i % 4 / 2); }
-inline uint32_t d_col(uint32_t i) { return 8 * (i / 4) + 2 * (threadIdx.x % 4) + i % 2; }
+inline uint32_t d_row(uint32_t i) { return 16 * (emu::thread_rank % 128 / 32) + emu::thread_rank % 32 / 4 + 8 * (i % 4 / 2); }
+inline uint32_t d_col(uint32_t i) { return 8 * (i / 4) + 2 * (emu::thread_rank % 4) + i % 2; }
 
 // A wgmma issued by this thread and not yet run.
 struct Wgmma {
@@ -175,7 +176,7 @@ inline void run_rs(Wgmma& w, const std::vector<float>& operands, const float* a_
 
 template <typename T>
 void unpack_a(const uint32_t (&a)[4], float* a_tile) {
-    const uint32_t t = threadIdx.x % 128;
+    const uint32_t t = emu::thread_rank % 128;
     const uint32_t r = 16 * (t / 32) + t % 32 / 4, q = t % 4;
     for (uint32_t reg = 0; reg < 4; ++reg) {
         const uint32_t row = r + 8 * (reg % 2), k = 2 * q + 8 * (reg / 2);
@@ -210,7 +211,7 @@ inline void issue(float* acc, uint32_t acc_count, const uint32_t* a_registers,
 }
 
 inline void run_group(std::vector<Wgmma>& group) {
-    const uint32_t warpgroup = threadIdx.x / 128;
+    const uint32_t warpgroup = emu::thread_rank / 128;
     float* a_tile = &cta().wgmma_a[warpgroup * 64 * 16];
     for (Wgmma& w : group) {
         const std::vector<float> now = w.operands(w);
