@@ -183,16 +183,34 @@ pub fn random_search() -> (u64, u64) {
 pub const DEVICE_BASE: u64 = 0x7f00_0000_0000;
 
 /// The device memory of one launch: buffers 256-byte aligned in one blob
-/// that starts at [`DEVICE_BASE`].
+/// that starts at [`DEVICE_BASE`], each after a guard band of at least
+/// [`GUARD_BYTES`] that the emulator fails the run for changing: a write
+/// outside every buffer. (One past the last buffer is past the blob, which
+/// the address sanitizer sees.)
 #[derive(Default)]
-pub struct Memory(pub Vec<u8>);
+pub struct Memory {
+    pub bytes: Vec<u8>,
+    /// (offset, length) of each guard band.
+    guards: Vec<(usize, usize)>,
+}
+
+/// The least gap between two buffers.
+pub const GUARD_BYTES: usize = 256;
+
+/// The guard bands' bytes, repeated from an offset that is a multiple of
+/// 4: NaN read as f32, bf16 or f16 (so a read of one shows in the output),
+/// and unlike the 0xFF the tests poison outputs with.
+const GUARD_PATTERN: [u8; 4] = [0xFF, 0xFF, 0xC1, 0xFF];
 
 impl Memory {
-    /// Appends `data`; returns its device address.
+    /// Appends `data` after a guard band; returns its device address.
     pub fn put<E: bytemuck::Pod>(&mut self, data: &[E]) -> u64 {
-        let at = self.0.len().next_multiple_of(256);
-        self.0.resize(at, 0);
-        self.0.extend_from_slice(bytemuck::cast_slice(data));
+        let guard = self.bytes.len();
+        let at = (guard + GUARD_BYTES).next_multiple_of(256);
+        self.bytes
+            .extend((guard..at).map(|i| GUARD_PATTERN[i % GUARD_PATTERN.len()]));
+        self.guards.push((guard, at - guard));
+        self.bytes.extend_from_slice(bytemuck::cast_slice(data));
         DEVICE_BASE + at as u64
     }
 
@@ -255,7 +273,7 @@ impl LaunchFile<'_> {
         let mut put = |v: u64| file.extend_from_slice(&v.to_le_bytes());
         for v in [
             DEVICE_BASE,
-            self.memory.0.len() as u64,
+            self.memory.bytes.len() as u64,
             self.config.grid_dim.0.into(),
             self.config.grid_dim.1.into(),
             self.config.grid_dim.2.into(),
@@ -266,6 +284,7 @@ impl LaunchFile<'_> {
             self.params.len() as u64,
             self.pointers.len() as u64,
             self.maps.len() as u64,
+            self.memory.guards.len() as u64,
             self.kernel.len() as u64,
         ] {
             put(v);
@@ -286,8 +305,12 @@ impl LaunchFile<'_> {
                 .for_each(|&v| put(v));
             put(m.swizzle_bytes);
         }
+        for &(offset, len) in &self.memory.guards {
+            put(offset as u64);
+            put(len as u64);
+        }
         file.extend_from_slice(self.params);
-        file.extend_from_slice(&self.memory.0);
+        file.extend_from_slice(&self.memory.bytes);
         file
     }
 }

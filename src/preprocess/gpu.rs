@@ -1656,7 +1656,7 @@ mod tests {
                     maps: &[],
                     memory: &memory,
                 };
-                memory = Memory(host_emulation::run(exe, &file.bytes()));
+                memory.bytes = host_emulation::run(exe, &file.bytes());
             }
             let mut pointers = pass_pointers(offset_of!(NvlmTileWrite, pass)).to_vec();
             pointers.extend([
@@ -1672,9 +1672,9 @@ mod tests {
                 maps: &[],
                 memory: &memory,
             };
-            memory = Memory(host_emulation::run(exe, &file.bytes()));
+            memory.bytes = host_emulation::run(exe, &file.bytes());
         }
-        Memory::get(&memory.0, out, out_bytes)
+        Memory::get(&memory.bytes, out, out_bytes)
     }
 
     fn first_difference<T: bytemuck::Pod>(got: &[u8], want: &[T]) -> Option<usize> {
@@ -1914,6 +1914,66 @@ mod tests {
             Some(&exe),
         );
         assert!(coverage.v3_unstaged, "no target ran v3's unstaged path");
+    }
+
+    /// A longer search than the fixed cases: random sizes up to 2000 a side
+    /// (one in eight a strip 1 to 8 pixels across), tile sizes 16 to 96, 1
+    /// to 12 tiles with or without the thumbnail, either Pillow version,
+    /// every format and row padding; every version's source (v1 within its
+    /// size caps) against the CPU reference, byte for byte. Run by hand:
+    /// `NVLM_VISION_EMULATED_CASES=<n> cargo test --lib random --
+    /// --ignored --nocapture` (default 8; `NVLM_VISION_SEED` repeats a draw).
+    #[test]
+    #[ignore = "minutes; run by hand"]
+    fn kernel_source_on_random_shapes_equals_the_cpu_reference() {
+        let Some(exe) = host_emulation::emulator("preprocess_on_cpu", "address") else {
+            return;
+        };
+        let (count, seed) = host_emulation::random_search();
+        let mut state = seed | 1;
+        let mut below = |n: u32| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % u64::from(n)) as u32
+        };
+        let formats = [
+            PixelFormat::Rgb8,
+            PixelFormat::Rgba8,
+            PixelFormat::L8,
+            PixelFormat::La8,
+        ];
+        for i in 0..count {
+            let (long, short) = (1 + below(2000), 1 + below(2000));
+            let (long, short) = if below(8) == 0 {
+                (long, 1 + below(8))
+            } else {
+                (long, short)
+            };
+            let (w, h) = if below(2) == 0 {
+                (long, short)
+            } else {
+                (short, long)
+            };
+            let pre = Preprocessor {
+                config: DhrConfig {
+                    tile_size: 16 + below(81),
+                    max_tiles: 1 + below(12),
+                    thumbnail: below(2) == 0,
+                    ..DhrConfig::NVLM_D
+                },
+                pillow: [PillowVersion::V12, PillowVersion::V13][below(2) as usize],
+                ..Default::default()
+            };
+            let format = formats[below(4) as usize];
+            let pad = below(4) as usize;
+            let what = format!(
+                "{w}x{h} {format:?} pad {pad} {:?} {:?}",
+                pre.pillow, pre.config
+            );
+            check(pre, (w, h), format, pad, seed.wrapping_add(i), Some(&exe));
+            eprintln!("{what}: ok");
+        }
     }
 
     /// The slab's chunked fill and read across barriers, under the thread

@@ -169,6 +169,61 @@ fn front_source_on_the_cpu_matches_the_reference() {
     assert_eq!(kernels.len(), 10, "every front kernel ran: {kernels:?}");
 }
 
+/// The emulator's guard bands between buffers: a front told of a tile more
+/// than its output buffer holds writes that tile's finite rows past the
+/// buffer, and the run fails saying so.
+#[test]
+fn a_write_outside_every_buffer_fails_the_emulated_run() {
+    let Some(exe) = host_emulation::emulator("projector_on_cpu", "address") else {
+        return;
+    };
+    let cfg = config(64, 4, false, PsVersion::V1);
+    let mut seed = 11;
+    let (input, _) = values::<bf16>(
+        &mut seed,
+        2 * cfg.tokens_per_tile() * cfg.vit_hidden,
+        3.0,
+        1.5,
+    );
+    let (gamma, _) = values::<bf16>(&mut seed, cfg.row_width(), 2.0, 0.0);
+    let (beta, _) = values::<bf16>(&mut seed, cfg.row_width(), 1.0, 0.0);
+    let one_tile = cfg.output_rows(1) * cfg.row_width();
+    let mut memory = Memory::default();
+    let addrs = [
+        memory.put(&input),
+        memory.put(&gamma),
+        memory.put(&beta),
+        memory.put(&vec![bf16::NAN; one_tile]),
+    ];
+    // A buffer after the output, as long as the overflow, so that it
+    // starts in a guard band and stays inside the memory (past it the
+    // address sanitizer would stop it first).
+    memory.put(&vec![bf16::ZERO; one_tile]);
+    let (params, launch, kernel) =
+        front_plan(&cfg, bf16::DTYPE, addrs, cfg.output_rows(2)).unwrap();
+    let file = LaunchFile {
+        kernel: &kernel,
+        config: launch,
+        // SAFETY: abi.h's structs have no padding.
+        params: unsafe { host_emulation::param_bytes(&params) },
+        pointers: &[
+            offset_of!(NvlmProjectorFront, input),
+            offset_of!(NvlmProjectorFront, gamma),
+            offset_of!(NvlmProjectorFront, beta),
+            offset_of!(NvlmProjectorFront, out),
+        ],
+        maps: &[],
+        memory: &memory,
+    }
+    .bytes();
+    let failure = std::panic::catch_unwind(|| host_emulation::run(&exe, &file))
+        .expect_err("a run that wrote past its output passed");
+    let message = failure
+        .downcast_ref::<String>()
+        .expect("run's panic message");
+    assert!(message.contains("outside every buffer"), "{message}");
+}
+
 #[test]
 fn front_source_on_the_cpu_has_no_data_race() {
     let Some(exe) = host_emulation::emulator("projector_on_cpu", "thread") else {

@@ -5,10 +5,14 @@
 //
 // Launch file, little-endian: "NVLMEMU2"; u64 device_base, memory_bytes,
 // grid x, y, z, block x, y, z, smem_bytes, params_bytes, pointers, maps,
-// name_bytes; the kernel name; `pointers` u64 byte offsets into the params
-// of device addresses to rebase (0 stays a null pointer); per tensor map
-// 16 u64 (address, rank, element bytes, dims[4], strides_bytes[4],
-// box[4], swizzle bytes); the params; the device memory.
+// guards, name_bytes; the kernel name; `pointers` u64 byte offsets into
+// the params of device addresses to rebase (0 stays a null pointer); per
+// tensor map 16 u64 (address, rank, element bytes, dims[4],
+// strides_bytes[4], box[4], swizzle bytes); per guard band 2 u64 (byte
+// offset into the memory, length); the params; the device memory.
+//
+// Guard bands lie between the buffers: a run that changes a byte of one
+// wrote outside every buffer, and fails.
 #pragma once
 #include <cuda.h>
 #include "emulation.h"
@@ -18,6 +22,7 @@
 #include <map>
 #include <string>
 #include <thread>
+#include <utility>
 
 namespace emu {
 
@@ -97,7 +102,8 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
     block.z = static_cast<uint32_t>(u64());
     const uint32_t threads = block.x * block.y * block.z;
     const uint32_t smem_bytes = static_cast<uint32_t>(u64());
-    const uint64_t params_bytes = u64(), pointers = u64(), map_count = u64(), name_bytes = u64();
+    const uint64_t params_bytes = u64(), pointers = u64(), map_count = u64(), guard_count = u64(),
+                   name_bytes = u64();
     std::string name(name_bytes, '\0');
     in.read(name.data(), static_cast<std::streamsize>(name_bytes));
     std::vector<uint64_t> pointer_offsets(pointers);
@@ -113,12 +119,22 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
         for (uint32_t d = 0; d < 4; ++d) m.box[d] = static_cast<uint32_t>(u64());
         m.swizzle_bytes = static_cast<uint32_t>(u64());
     }
+    std::vector<std::pair<uint64_t, uint64_t>> guards(guard_count);
+    for (auto& [offset, bytes] : guards) {
+        offset = u64();
+        bytes = u64();
+    }
     std::vector<uint8_t> params(params_bytes);
     in.read(reinterpret_cast<char*>(params.data()), static_cast<std::streamsize>(params_bytes));
     // Exactly the launch's bytes, so the sanitizer sees any access past the end.
     std::vector<uint8_t> memory(memory_bytes);
     in.read(reinterpret_cast<char*>(memory.data()), static_cast<std::streamsize>(memory_bytes));
     if (!in) usage("short launch file");
+    std::vector<std::vector<uint8_t>> guard_bytes;
+    for (const auto& [offset, bytes] : guards) {
+        if (offset > memory_bytes || bytes > memory_bytes - offset) usage("a guard band past the memory");
+        guard_bytes.emplace_back(memory.begin() + offset, memory.begin() + offset + bytes);
+    }
     const auto host = [&](uint64_t address) -> uint64_t {
         if (address < device_base || address - device_base > memory_bytes)
             usage("a device address outside the launch's memory");
@@ -170,6 +186,18 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
         });
     }
     for (std::thread& t : pool) t.join();
+    for (size_t g = 0; g < guards.size(); ++g) {
+        const uint64_t offset = guards[g].first;
+        for (uint64_t i = 0; i < guard_bytes[g].size(); ++i) {
+            if (memory[offset + i] != guard_bytes[g][i]) {
+                std::fprintf(stderr,
+                             "emulation: %s wrote device address %#llx, in the guard band before a "
+                             "buffer: outside every buffer\n",
+                             name.c_str(), static_cast<unsigned long long>(device_base + offset + i));
+                return 1;
+            }
+        }
+    }
     std::ofstream(argv[2], std::ios::binary)
         .write(reinterpret_cast<const char*>(memory.data()), static_cast<std::streamsize>(memory_bytes));
     return 0;
