@@ -159,8 +159,8 @@ pub fn run(exe: &Path, launch: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The size and seed of a by-hand random search (the ignored `random_*`
-/// tests): `NVLM_VISION_EMULATED_CASES` cases (default 8), drawn from
+/// The size and seed of a by-hand random search (the ignored tests with
+/// `random` in their names): `NVLM_VISION_EMULATED_CASES` cases (default 8), drawn from
 /// `NVLM_VISION_SEED` or the clock; the seed is printed so a draw can be
 /// repeated.
 pub fn random_search() -> (u64, u64) {
@@ -185,8 +185,8 @@ pub const DEVICE_BASE: u64 = 0x7f00_0000_0000;
 /// The device memory of one launch: buffers 256-byte aligned in one blob
 /// that starts at [`DEVICE_BASE`], each after a guard band of at least
 /// [`GUARD_BYTES`] that the emulator fails the run for changing: a write
-/// outside every buffer. (One past the last buffer is past the blob, which
-/// the address sanitizer sees.)
+/// outside every buffer. (Past the last buffer is past the blob, which
+/// the address sanitizer sees; the thread sanitizer's runs do not.)
 #[derive(Default)]
 pub struct Memory {
     pub bytes: Vec<u8>,
@@ -198,8 +198,9 @@ pub struct Memory {
 pub const GUARD_BYTES: usize = 256;
 
 /// The guard bands' bytes, repeated from an offset that is a multiple of
-/// 4: NaN read as f32, bf16 or f16 (so a read of one shows in the output),
-/// and unlike the 0xFF the tests poison outputs with.
+/// 4: NaN read as f32, bf16 or f16 (so a float read of one shows in the
+/// output; a byte or integer read gets 0xFF and 0xC1 bytes), and unlike
+/// the 0xFF the tests poison outputs with.
 const GUARD_PATTERN: [u8; 4] = [0xFF, 0xFF, 0xC1, 0xFF];
 
 impl Memory {
@@ -338,8 +339,9 @@ mod tests {
     }
 
     /// "Every kernel also runs on the CPU" (README) stays true: each entry
-    /// function ptxas compiled in this build is one a driver can launch,
-    /// and each name a driver offers is a kernel of the build.
+    /// function ptxas compiled in this build is in a driver's table (whose
+    /// macros, EMU_KERNEL and EMU_CLUSTER_KERNEL, name an entry by the
+    /// kernel itself), and each kernel a table holds is one of the build's.
     #[test]
     fn every_kernel_entry_runs_in_an_emulation_driver() {
         let Some(report) = crate::cuda::ptxas_report() else {
@@ -352,7 +354,12 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "cpp") {
                 let driver = std::fs::read_to_string(&path).unwrap();
-                emulated.extend(names_after(&driver, "{\"", '"'));
+                emulated.extend(names_after(&driver, "EMU_KERNEL(", ')'));
+                emulated.extend(
+                    names_after(&driver, "EMU_CLUSTER_KERNEL(", ')')
+                        .iter()
+                        .filter_map(|args| args.rsplit_once(", ").map(|(_, k)| k.to_string())),
+                );
             }
         }
         assert!(built.len() > 40, "{built:?}");

@@ -1921,8 +1921,9 @@ mod tests {
     /// to 12 tiles with or without the thumbnail, either Pillow version,
     /// every format and row padding; every version's source (v1 within its
     /// size caps) against the CPU reference, byte for byte. Run by hand:
-    /// `NVLM_VISION_EMULATED_CASES=<n> cargo test --lib random --
-    /// --ignored --nocapture` (default 8; `NVLM_VISION_SEED` repeats a draw).
+    /// `NVLM_VISION_EMULATED_CASES=<n> cargo test --lib
+    /// kernel_source_on_random_shapes -- --ignored --nocapture` (default 8;
+    /// `NVLM_VISION_SEED` repeats a draw).
     #[test]
     #[ignore = "minutes; run by hand"]
     fn kernel_source_on_random_shapes_equals_the_cpu_reference() {
@@ -1978,7 +1979,7 @@ mod tests {
 
     /// The slab's chunked fill and read across barriers, under the thread
     /// sanitizer: both pass orders (both Pillow versions), several chunks;
-    /// and v1's threads, which share no memory but the output they write.
+    /// and v1's threads, whose only writes are to the output.
     #[test]
     fn fused_kernel_source_on_the_cpu_has_no_data_race() {
         let Some(exe) = host_emulation::emulator("preprocess_on_cpu", "thread") else {

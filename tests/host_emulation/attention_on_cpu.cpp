@@ -12,11 +12,11 @@
 int main(int argc, char** argv) {
     return emu::run_launch(argc, argv,
                            {
-                               {"flash_attention_bf16_d64", emu::kernel(flash_attention_bf16_d64)},
-                               {"flash_attention_bf16_d128", emu::kernel(flash_attention_bf16_d128)},
-                               {"flash_attention_f16_d64", emu::kernel(flash_attention_f16_d64)},
-                               {"flash_attention_f16_d128", emu::kernel(flash_attention_f16_d128)},
-                               {"qk_rms_norm_bf16", emu::kernel(qk_rms_norm_bf16)},
-                               {"qk_rms_norm_f16", emu::kernel(qk_rms_norm_f16)},
+                               EMU_KERNEL(flash_attention_bf16_d64),
+                               EMU_KERNEL(flash_attention_bf16_d128),
+                               EMU_KERNEL(flash_attention_f16_d64),
+                               EMU_KERNEL(flash_attention_f16_d128),
+                               EMU_KERNEL(qk_rms_norm_bf16),
+                               EMU_KERNEL(qk_rms_norm_f16),
                            });
 }

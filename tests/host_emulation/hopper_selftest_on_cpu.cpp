@@ -12,14 +12,12 @@
 int main(int argc, char** argv) {
     return emu::run_launch(argc, argv,
                            {
-                               {"selftest_tma_round_trip", emu::kernel(selftest_tma_round_trip)},
-                               {"selftest_cluster_multicast",
-                                emu::in_clusters_of(2, emu::kernel(selftest_cluster_multicast))},
-                               {"selftest_mbarrier_pipeline",
-                                emu::kernel(selftest_mbarrier_pipeline)},
-                               {"selftest_wgmma_tile", emu::kernel(selftest_wgmma_tile)},
-                               {"selftest_tma_4d", emu::kernel(selftest_tma_4d)},
-                               {"selftest_wgmma_swizzled", emu::kernel(selftest_wgmma_swizzled)},
-                               {"selftest_wgmma_rs", emu::kernel(selftest_wgmma_rs)},
+                               EMU_KERNEL(selftest_tma_round_trip),
+                               EMU_CLUSTER_KERNEL(2, selftest_cluster_multicast),
+                               EMU_KERNEL(selftest_mbarrier_pipeline),
+                               EMU_KERNEL(selftest_wgmma_tile),
+                               EMU_KERNEL(selftest_tma_4d),
+                               EMU_KERNEL(selftest_wgmma_swizzled),
+                               EMU_KERNEL(selftest_wgmma_rs),
                            });
 }

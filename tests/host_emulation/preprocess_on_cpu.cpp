@@ -18,10 +18,10 @@
 int main(int argc, char** argv) {
     return emu::run_launch(argc, argv,
                            {
-                               {"resample_to_intermediate", emu::kernel(resample_to_intermediate)},
-                               {"resample_to_tiles", emu::kernel(resample_to_tiles)},
-                               {"preprocess_fused", emu::kernel(preprocess_fused)},
-                               {"preprocess_staged", emu::kernel(preprocess_staged)},
-                               {"preprocess_staged_dp4a", emu::kernel(preprocess_staged_dp4a)},
+                               EMU_KERNEL(resample_to_intermediate),
+                               EMU_KERNEL(resample_to_tiles),
+                               EMU_KERNEL(preprocess_fused),
+                               EMU_KERNEL(preprocess_staged),
+                               EMU_KERNEL(preprocess_staged_dp4a),
                            });
 }

@@ -13,13 +13,9 @@ int main(int argc, char** argv) {
     return emu::run_launch(
         argc, argv,
         {
-            {"linear_hopper_n256_bf16",
-             emu::in_clusters_of(NVLM_HOPPER_LINEAR_CLUSTER_M, emu::kernel(linear_hopper_n256_bf16))},
-            {"linear_hopper_n256_f16",
-             emu::in_clusters_of(NVLM_HOPPER_LINEAR_CLUSTER_M, emu::kernel(linear_hopper_n256_f16))},
-            {"linear_hopper_n224_bf16",
-             emu::in_clusters_of(NVLM_HOPPER_LINEAR_CLUSTER_M, emu::kernel(linear_hopper_n224_bf16))},
-            {"linear_hopper_n224_f16",
-             emu::in_clusters_of(NVLM_HOPPER_LINEAR_CLUSTER_M, emu::kernel(linear_hopper_n224_f16))},
+            EMU_CLUSTER_KERNEL(NVLM_HOPPER_LINEAR_CLUSTER_M, linear_hopper_n256_bf16),
+            EMU_CLUSTER_KERNEL(NVLM_HOPPER_LINEAR_CLUSTER_M, linear_hopper_n256_f16),
+            EMU_CLUSTER_KERNEL(NVLM_HOPPER_LINEAR_CLUSTER_M, linear_hopper_n224_bf16),
+            EMU_CLUSTER_KERNEL(NVLM_HOPPER_LINEAR_CLUSTER_M, linear_hopper_n224_f16),
         });
 }

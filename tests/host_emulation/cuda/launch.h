@@ -39,6 +39,12 @@ inline Kernel in_clusters_of(uint32_t ctas, Kernel k) {
     return k;
 }
 
+// A driver's table entry: the kernel under its own name, which the
+// crate's emulation tests launch it by (and src/host_emulation.rs's test
+// matches with the build's entry functions); in clusters of `ctas` CTAs.
+#define EMU_KERNEL(k) {#k, emu::kernel(k)}
+#define EMU_CLUSTER_KERNEL(ctas, k) {#k, emu::in_clusters_of(ctas, emu::kernel(k))}
+
 template <typename Params>
 Kernel kernel(void (*entry)(Params)) {
     return {[entry](const uint8_t* params, const CUtensorMap*) {
@@ -155,7 +161,13 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
     if (found == kernels.end()) usage(("no kernel " + name).c_str());
     const Kernel& kernel = found->second;
     const uint32_t cluster = kernel.cluster_x;
+    // CUDA's limits, so a plan that breaks one fails here as on a GPU.
     if (threads == 0) usage("an empty block");
+    if (block.x > 1024 || block.y > 1024 || block.z > 64 || threads > 1024)
+        usage("a block past CUDA's limits (1024 x 1024 x 64, 1024 threads)");
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+        grid.z > 65535)
+        usage("a grid that is empty or past CUDA's limits (2^31 - 1 x 65535 x 65535)");
     if (grid.x % cluster != 0) usage("a grid x that is not a multiple of the kernel's cluster");
     gridDim = grid;
     blockDim = block;
