@@ -69,6 +69,34 @@ fn config(c: usize, side: usize, cls: bool, ps: PsVersion) -> ProjectorConfig {
     }
 }
 
+/// The launch file of the front `front_plan` makes for `rows` output rows
+/// (addresses: input, gamma, beta, out), and its kernel's name.
+fn front_launch(
+    cfg: &ProjectorConfig,
+    dtype: Dtype,
+    addrs: [u64; 4],
+    rows: usize,
+    memory: &Memory,
+) -> (Vec<u8>, String) {
+    let (params, launch, kernel) = front_plan(cfg, dtype, addrs, rows).unwrap();
+    let file = LaunchFile {
+        kernel: &kernel,
+        config: launch,
+        // SAFETY: abi.h's structs have no padding.
+        params: unsafe { host_emulation::param_bytes(&params) },
+        pointers: &[
+            offset_of!(NvlmProjectorFront, input),
+            offset_of!(NvlmProjectorFront, gamma),
+            offset_of!(NvlmProjectorFront, beta),
+            offset_of!(NvlmProjectorFront, out),
+        ],
+        maps: &[],
+        memory,
+    }
+    .bytes();
+    (file, kernel)
+}
+
 /// The front over `tiles` tiles, the input starting `offset` elements into
 /// its buffer (an offset that breaks 16-byte alignment takes the scalar
 /// kernel). Returns the kernel's name.
@@ -94,22 +122,7 @@ fn front_case<T: Half>(
         memory.put(&beta),
         memory.put(&vec![T::from_f32(f32::NAN); n_out + 8]),
     ];
-    let (params, launch, kernel) = front_plan(cfg, T::DTYPE, addrs, rows).unwrap();
-    let file = LaunchFile {
-        kernel: &kernel,
-        config: launch,
-        // SAFETY: abi.h's structs have no padding.
-        params: unsafe { host_emulation::param_bytes(&params) },
-        pointers: &[
-            offset_of!(NvlmProjectorFront, input),
-            offset_of!(NvlmProjectorFront, gamma),
-            offset_of!(NvlmProjectorFront, beta),
-            offset_of!(NvlmProjectorFront, out),
-        ],
-        maps: &[],
-        memory: &memory,
-    }
-    .bytes();
+    let (file, kernel) = front_launch(cfg, T::DTYPE, addrs, rows, &memory);
     let got: Vec<T> = Memory::get(&host_emulation::run(exe, &file), addrs[3], n_out + 8);
     let w = HostWeights {
         ln_gamma: gamma_f32,
@@ -199,23 +212,7 @@ fn a_write_outside_every_buffer_fails_the_emulated_run() {
     // starts in a guard band and stays inside the memory (past it the
     // address sanitizer would stop it first).
     memory.put(&vec![bf16::ZERO; one_tile]);
-    let (params, launch, kernel) =
-        front_plan(&cfg, bf16::DTYPE, addrs, cfg.output_rows(2)).unwrap();
-    let file = LaunchFile {
-        kernel: &kernel,
-        config: launch,
-        // SAFETY: abi.h's structs have no padding.
-        params: unsafe { host_emulation::param_bytes(&params) },
-        pointers: &[
-            offset_of!(NvlmProjectorFront, input),
-            offset_of!(NvlmProjectorFront, gamma),
-            offset_of!(NvlmProjectorFront, beta),
-            offset_of!(NvlmProjectorFront, out),
-        ],
-        maps: &[],
-        memory: &memory,
-    }
-    .bytes();
+    let (file, _) = front_launch(&cfg, bf16::DTYPE, addrs, cfg.output_rows(2), &memory);
     let failure = std::panic::catch_unwind(|| host_emulation::run(&exe, &file))
         .expect_err("a run that wrote past its output passed");
     let message = failure
