@@ -179,6 +179,24 @@ pub fn random_search() -> (u64, u64) {
     (count, seed)
 }
 
+/// A random search's draws (xorshift64 from the seed), for the shapes it
+/// tries.
+pub struct Draws(u64);
+
+impl Draws {
+    pub fn new(seed: u64) -> Draws {
+        Draws(seed | 1)
+    }
+
+    /// Uniform-ish in `0..n` (the modulo's bias is immaterial here).
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
 /// The emulated device memory's first address (any 16-byte aligned one).
 pub const DEVICE_BASE: u64 = 0x7f00_0000_0000;
 

@@ -1931,13 +1931,8 @@ mod tests {
             return;
         };
         let (count, seed) = host_emulation::random_search();
-        let mut state = seed | 1;
-        let mut below = |n: u32| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % u64::from(n)) as u32
-        };
+        let mut draws = host_emulation::Draws::new(seed);
+        let mut below = |n: u32| draws.below(n as usize) as u32;
         let formats = [
             PixelFormat::Rgb8,
             PixelFormat::Rgba8,

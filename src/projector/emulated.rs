@@ -439,13 +439,8 @@ fn hopper_linear_source_on_random_shapes_matches_the_reference() {
         return;
     };
     let (count, seed) = host_emulation::random_search();
-    let mut state = seed | 1;
-    let mut below = |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut draws = host_emulation::Draws::new(seed);
+    let mut below = |n| draws.below(n);
     for i in 0..count {
         let shape = (1 + below(400), 2 * (1 + below(300)), 8 * (1 + below(100)));
         let width = [Wide, Narrow][below(2)];
