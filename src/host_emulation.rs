@@ -81,17 +81,28 @@ fn staged_kernels() -> &'static Path {
     })
 }
 
+/// The undefined behaviour every emulator stops on, beside its address or
+/// thread sanitizer: where the CPU and the GPU part ways. A vector access
+/// off its alignment (a `uint4` load at an address not a multiple of 16)
+/// works on x86 and is a misaligned-address fault on the GPU; x86 takes a
+/// shift count modulo 32 where PTX's `shl`/`shr` give 0 past 31; x86 turns
+/// an out-of-range float-to-int conversion into `INT_MIN` where the GPU
+/// saturates; and a signed overflow is undefined for nvcc as for the host
+/// compiler.
+const UNDEFINED_BEHAVIOUR: &str = "alignment,shift,signed-integer-overflow,float-cast-overflow,bounds,null,return,unreachable,vla-bound,bool,enum";
+
 /// Compiles `driver` (relative to the crate root) over the staged kernels
-/// with `-fsanitize=<sanitizer>` into `name`, or returns `None` when there
-/// is no C++ compiler ($CXX, else `c++`), which fails under CI. A compile
-/// error panics with the compiler's message.
+/// with `-fsanitize=<sanitizer>` and [`UNDEFINED_BEHAVIOUR`] into `name`, or
+/// returns `None` when there is no C++ compiler ($CXX, else `c++`), which
+/// fails under CI. A compile error panics with the compiler's message.
 fn build(name: &str, driver: &str, sanitizer: &str) -> Option<PathBuf> {
     let exe = scratch_dir(name).join(name);
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let mut command = Command::new(&cxx);
     command
         .args(["-std=c++17", "-O1", "-g", "-pthread"])
-        .arg(format!("-fsanitize={sanitizer}"))
+        .arg(format!("-fsanitize={sanitizer},{UNDEFINED_BEHAVIOUR}"))
+        .arg(format!("-fno-sanitize-recover={UNDEFINED_BEHAVIOUR}"))
         .args(["-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-psabi"]);
     command.arg("-I").arg(staged_kernels());
     match command

@@ -12,6 +12,7 @@ use super::*;
 use crate::abi::{NvlmBiasGelu, NvlmProjectorFront};
 use crate::dtype::TensorElement;
 use crate::host_emulation::{self, LaunchFile, Memory};
+use cudarc::driver::LaunchConfig;
 use half::{bf16, f16};
 use std::mem::offset_of;
 use std::path::Path;
@@ -79,11 +80,21 @@ fn front_launch(
     memory: &Memory,
 ) -> (Vec<u8>, String) {
     let (params, launch, kernel) = front_plan(cfg, dtype, addrs, rows).unwrap();
-    let file = LaunchFile {
-        kernel: &kernel,
+    (front_file(&kernel, &params, launch, memory), kernel)
+}
+
+/// The launch file of the front `kernel` with `params`.
+fn front_file(
+    kernel: &str,
+    params: &NvlmProjectorFront,
+    launch: LaunchConfig,
+    memory: &Memory,
+) -> Vec<u8> {
+    LaunchFile {
+        kernel,
         config: launch,
         // SAFETY: abi.h's structs have no padding.
-        params: unsafe { host_emulation::param_bytes(&params) },
+        params: unsafe { host_emulation::param_bytes(params) },
         pointers: &[
             offset_of!(NvlmProjectorFront, input),
             offset_of!(NvlmProjectorFront, gamma),
@@ -93,8 +104,7 @@ fn front_launch(
         maps: &[],
         memory,
     }
-    .bytes();
-    (file, kernel)
+    .bytes()
 }
 
 /// The front over `tiles` tiles, the input starting `offset` elements into
@@ -213,12 +223,56 @@ fn a_write_outside_every_buffer_fails_the_emulated_run() {
     // address sanitizer would stop it first).
     memory.put(&vec![bf16::ZERO; one_tile]);
     let (file, _) = front_launch(&cfg, bf16::DTYPE, addrs, cfg.output_rows(2), &memory);
-    let failure = std::panic::catch_unwind(|| host_emulation::run(&exe, &file))
-        .expect_err("a run that wrote past its output passed");
+    let Err(failure) = std::panic::catch_unwind(|| host_emulation::run(&exe, &file)) else {
+        panic!("a run that wrote past its output passed");
+    };
     let message = failure
         .downcast_ref::<String>()
         .expect("run's panic message");
     assert!(message.contains("outside every buffer"), "{message}");
+}
+
+/// What the GPU faults on, a 16-byte load off its alignment, stops the
+/// emulation too (its undefined-behaviour sanitizer): the 16-byte front
+/// kernel given an input 2 bytes past the aligned address it was chosen
+/// for.
+#[test]
+fn a_misaligned_vector_load_fails_the_emulated_run() {
+    let Some(exe) = host_emulation::emulator("projector_on_cpu", "address") else {
+        return;
+    };
+    let cfg = config(64, 4, false, PsVersion::V1);
+    let mut seed = 13;
+    let (input, _) = values::<bf16>(
+        &mut seed,
+        cfg.tokens_per_tile() * cfg.vit_hidden + 8,
+        3.0,
+        1.5,
+    );
+    let (gamma, _) = values::<bf16>(&mut seed, cfg.row_width(), 2.0, 0.0);
+    let (beta, _) = values::<bf16>(&mut seed, cfg.row_width(), 1.0, 0.0);
+    let rows = cfg.output_rows(1);
+    let mut memory = Memory::default();
+    let addrs = [
+        memory.put(&input),
+        memory.put(&gamma),
+        memory.put(&beta),
+        memory.put(&vec![bf16::NAN; rows * cfg.row_width()]),
+    ];
+    let (mut params, launch, kernel) = front_plan(&cfg, bf16::DTYPE, addrs, rows).unwrap();
+    let scalar = front_plan(&cfg, bf16::DTYPE, addrs.map(|a| a + 2), rows)
+        .unwrap()
+        .2;
+    assert_ne!(kernel, scalar, "the 16-byte kernel was not chosen");
+    params.input += 2;
+    let file = front_file(&kernel, &params, launch, &memory);
+    let Err(failure) = std::panic::catch_unwind(|| host_emulation::run(&exe, &file)) else {
+        panic!("a misaligned 16-byte load passed");
+    };
+    let message = failure
+        .downcast_ref::<String>()
+        .expect("run's panic message");
+    assert!(message.contains("misaligned address"), "{message}");
 }
 
 #[test]

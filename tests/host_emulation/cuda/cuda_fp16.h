@@ -7,7 +7,7 @@
 struct __half {
     uint16_t bits;
 };
-struct __half2 {
+struct alignas(4) __half2 {  // 4-byte aligned, as on the device
     __half x, y;
 };
 

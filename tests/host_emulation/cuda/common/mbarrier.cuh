@@ -66,6 +66,8 @@ namespace nvlm {
 
 inline void mbarrier_init(uint64_t* bar, uint32_t arrivals) {
     if (arrivals == 0 || arrivals >= (1u << 20)) emu::fail("mbarrier_init with %u arrivals", arrivals);
+    // The host address has the shared address's alignment (up to 16).
+    if (reinterpret_cast<uintptr_t>(bar) % 8 != 0) emu::fail("mbarrier %p is not 8-byte aligned", (void*)bar);
     emu::Mbarrier* m;
     {
         std::lock_guard<std::mutex> lock(emu::mbarrier_registry_mutex);
