@@ -1,0 +1,217 @@
+//! The host side of v1: per resize target, an optional first pass into a
+//! uint8 intermediate and the pass that writes the tiles, each with its own
+//! tables.
+
+use super::{Source, Target};
+use crate::abi::{NvlmIntermediate, NvlmResamplePass, NvlmTileWrite};
+use crate::cuda::driver_error;
+use crate::error::Result;
+use crate::preprocess::PixelFormat;
+use crate::preprocess::coeffs::AxisCoefficients;
+use crate::preprocess::cpu::{Passes, PillowVersion};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+use std::sync::Arc;
+
+/// One v1 resize of an image into one target's tiles, planned on the host
+/// (no device involved, so the host emulation runs the same plan): a first
+/// pass into a uint8 intermediate when the resize takes two, then the pass
+/// that resamples, normalises and writes the tiles.
+pub(super) struct TwoPassV1 {
+    pub(super) target: Target,
+    pub(super) first: Option<V1Pass>,
+    pub(super) last: V1Pass,
+}
+
+/// One v1 pass: the axis it resamples and the size it makes.
+pub(super) struct V1Pass {
+    pub(super) axis: AxisCoefficients,
+    pub(super) vertical: bool,
+    pub(super) size: (u32, u32),
+}
+
+/// Where a v1 resize's buffers are on the device; the first pass's tables
+/// and the intermediate are 0 for a one-pass resize.
+pub(super) struct V1Buffers {
+    /// (first, count, coeffs) of each pass's axis table.
+    pub(super) first_tables: [u64; 3],
+    pub(super) last_tables: [u64; 3],
+    pub(super) intermediate: u64,
+    pub(super) out: u64,
+    /// The normalisation table, `[3][256]` of the tensor's dtype.
+    pub(super) table: u64,
+}
+
+/// The params of a v1 resize's launches, in launch order.
+pub(super) struct V1Launches {
+    pub(super) intermediate: Option<NvlmIntermediate>,
+    pub(super) tiles: NvlmTileWrite,
+}
+
+impl TwoPassV1 {
+    pub(super) fn new(
+        pillow: PillowVersion,
+        (in_w, in_h): (u32, u32),
+        target: Target,
+    ) -> TwoPassV1 {
+        let (out_w, out_h) = target.size;
+        let pass = |vertical: bool, size| V1Pass {
+            axis: if vertical {
+                AxisCoefficients::bicubic(in_h, out_h)
+            } else {
+                AxisCoefficients::bicubic(in_w, out_w)
+            },
+            vertical,
+            size,
+        };
+        let (first, last) = match pillow.passes(in_w, in_h, out_w, out_h) {
+            Passes::VerticalThenHorizontal => {
+                (Some(pass(true, (in_w, out_h))), pass(false, target.size))
+            }
+            Passes::HorizontalThenVertical => {
+                (Some(pass(false, (out_w, in_h))), pass(true, target.size))
+            }
+            Passes::Vertical => (None, pass(true, target.size)),
+            Passes::Horizontal => (None, pass(false, target.size)),
+            // Pillow copies; an identity pass is exact (each weight row is
+            // a single 1.0 at the centre), so the last pass can do the copy.
+            Passes::Copy => (None, pass(false, target.size)),
+        };
+        TwoPassV1 {
+            target,
+            first,
+            last,
+        }
+    }
+
+    /// The intermediate's bytes (colour channels only), for a two-pass resize.
+    pub(super) fn intermediate_len(&self, format: PixelFormat) -> Option<usize> {
+        self.first
+            .as_ref()
+            .map(|pass| pass.size.0 as usize * pass.size.1 as usize * format.colour_channels())
+    }
+
+    pub(super) fn params(
+        &self,
+        image: &Source,
+        at: &V1Buffers,
+        elem_bytes: u32,
+        tile_size: u32,
+    ) -> V1Launches {
+        let channels = image.format.colour_channels() as u32;
+        let source = Plane {
+            addr: image.addr,
+            stride: image.stride as u64,
+            width: image.width,
+            height: image.height,
+            bpp: image.format.bytes_per_pixel() as u32,
+        };
+        let intermediate = self.first.as_ref().map(|pass| NvlmIntermediate {
+            pass: pass.params(&source, at.first_tables, channels),
+            dst: at.intermediate,
+        });
+        let last_source = match &self.first {
+            Some(pass) => Plane {
+                addr: at.intermediate,
+                stride: u64::from(pass.size.0 * channels),
+                width: pass.size.0,
+                height: pass.size.1,
+                bpp: channels,
+            },
+            None => source,
+        };
+        V1Launches {
+            intermediate,
+            tiles: NvlmTileWrite {
+                pass: self.last.params(&last_source, at.last_tables, channels),
+                out: at.out,
+                table: at.table,
+                elem_bytes,
+                tile_size,
+                tiles_across: self.target.tiles_across,
+                first_output: self.target.first_output,
+            },
+        }
+    }
+}
+
+impl V1Pass {
+    pub(super) fn params(
+        &self,
+        src: &Plane,
+        [first, count, coeffs]: [u64; 3],
+        channels: u32,
+    ) -> NvlmResamplePass {
+        NvlmResamplePass {
+            src: src.addr,
+            src_stride: src.stride,
+            first,
+            count,
+            coeffs,
+            src_width: src.width,
+            src_height: src.height,
+            src_bpp: src.bpp,
+            channels,
+            dst_width: self.size.0,
+            dst_height: self.size.1,
+            taps: self.axis.taps,
+            vertical: u32::from(self.vertical),
+        }
+    }
+}
+
+/// The device copy of one axis table (v1).
+pub(super) struct DeviceAxis {
+    pub(super) first: CudaSlice<u32>,
+    pub(super) count: CudaSlice<u32>,
+    pub(super) coeffs: CudaSlice<i32>,
+}
+
+impl DeviceAxis {
+    pub(super) fn upload(axis: &AxisCoefficients, stream: &Arc<CudaStream>) -> Result<DeviceAxis> {
+        let copy = driver_error("copy table");
+        Ok(DeviceAxis {
+            first: stream.clone_htod(&axis.first).map_err(&copy)?,
+            count: stream.clone_htod(&axis.count).map_err(&copy)?,
+            coeffs: stream.clone_htod(&axis.coeffs).map_err(&copy)?,
+        })
+    }
+
+    pub(super) fn addresses(&self, stream: &CudaStream) -> [u64; 3] {
+        [
+            device_addr(&self.first, stream),
+            device_addr(&self.count, stream),
+            device_addr(&self.coeffs, stream),
+        ]
+    }
+}
+
+pub(super) const BLOCK: (u32, u32) = (32, 8);
+/// gridDim.y cap; the v1 kernels stride over the remaining rows.
+pub(super) const MAX_GRID_Y: u32 = 65535;
+
+/// A pass's source: `height` rows of `width` pixels of `bpp` bytes.
+#[derive(Clone, Copy)]
+pub(super) struct Plane {
+    pub(super) addr: u64,
+    pub(super) stride: u64,
+    pub(super) width: u32,
+    pub(super) height: u32,
+    pub(super) bpp: u32,
+}
+
+/// The address of a buffer only this stream uses (v1's tables and
+/// intermediate), so no event needs recording after the launch.
+pub(super) fn device_addr<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    let (addr, _sync) = slice.device_ptr(stream);
+    addr
+}
+
+/// A v1 launch: one thread per pixel of the pass's destination.
+pub(super) fn launch_config(pass: &NvlmResamplePass) -> LaunchConfig {
+    let (w, h) = (pass.dst_width, pass.dst_height);
+    LaunchConfig {
+        grid_dim: (w.div_ceil(BLOCK.0), h.div_ceil(BLOCK.1).min(MAX_GRID_Y), 1),
+        block_dim: (BLOCK.0, BLOCK.1, 1),
+        shared_mem_bytes: 0,
+    }
+}
