@@ -192,6 +192,38 @@ fn front_source_on_the_cpu_matches_the_reference() {
     assert_eq!(kernels.len(), 10, "every front kernel ran: {kernels:?}");
 }
 
+/// The memory of the planted-fault tests: a bf16 front (C = 64, 4×4
+/// tokens a tile) with two tiles of input and one tile of output, NaN.
+/// Returns the config, the memory and the addresses (input, gamma, beta,
+/// out).
+fn planted_front_memory(seed: u64) -> (ProjectorConfig, Memory, [u64; 4]) {
+    let cfg = config(64, 4, false, PsVersion::V1);
+    let mut seed = seed;
+    let n_in = 2 * cfg.tokens_per_tile() * cfg.vit_hidden;
+    let (input, _) = values::<bf16>(&mut seed, n_in, 3.0, 1.5);
+    let (gamma, _) = values::<bf16>(&mut seed, cfg.row_width(), 2.0, 0.0);
+    let (beta, _) = values::<bf16>(&mut seed, cfg.row_width(), 1.0, 0.0);
+    let mut memory = Memory::default();
+    let addrs = [
+        memory.put(&input),
+        memory.put(&gamma),
+        memory.put(&beta),
+        memory.put(&vec![bf16::NAN; cfg.output_rows(1) * cfg.row_width()]),
+    ];
+    (cfg, memory, addrs)
+}
+
+/// Runs `file`, which must fail with a message containing `expected`.
+fn assert_emulation_stops(exe: &Path, file: &[u8], expected: &str) {
+    let Err(failure) = std::panic::catch_unwind(|| host_emulation::run(exe, file)) else {
+        panic!("the run passed; expected it to stop on \"{expected}\"");
+    };
+    let message = failure
+        .downcast_ref::<String>()
+        .expect("run's panic message");
+    assert!(message.contains(expected), "{message}");
+}
+
 /// The emulator's guard bands between buffers: a front told of a tile more
 /// than its output buffer holds writes that tile's finite rows past the
 /// buffer, and the run fails saying so.
@@ -200,36 +232,13 @@ fn a_write_outside_every_buffer_fails_the_emulated_run() {
     let Some(exe) = host_emulation::emulator("projector_on_cpu", "address") else {
         return;
     };
-    let cfg = config(64, 4, false, PsVersion::V1);
-    let mut seed = 11;
-    let (input, _) = values::<bf16>(
-        &mut seed,
-        2 * cfg.tokens_per_tile() * cfg.vit_hidden,
-        3.0,
-        1.5,
-    );
-    let (gamma, _) = values::<bf16>(&mut seed, cfg.row_width(), 2.0, 0.0);
-    let (beta, _) = values::<bf16>(&mut seed, cfg.row_width(), 1.0, 0.0);
-    let one_tile = cfg.output_rows(1) * cfg.row_width();
-    let mut memory = Memory::default();
-    let addrs = [
-        memory.put(&input),
-        memory.put(&gamma),
-        memory.put(&beta),
-        memory.put(&vec![bf16::NAN; one_tile]),
-    ];
+    let (cfg, mut memory, addrs) = planted_front_memory(11);
     // A buffer after the output, as long as the overflow, so that it
     // starts in a guard band and stays inside the memory (past it the
     // address sanitizer would stop it first).
-    memory.put(&vec![bf16::ZERO; one_tile]);
+    memory.put(&vec![bf16::ZERO; cfg.output_rows(1) * cfg.row_width()]);
     let (file, _) = front_launch(&cfg, bf16::DTYPE, addrs, cfg.output_rows(2), &memory);
-    let Err(failure) = std::panic::catch_unwind(|| host_emulation::run(&exe, &file)) else {
-        panic!("a run that wrote past its output passed");
-    };
-    let message = failure
-        .downcast_ref::<String>()
-        .expect("run's panic message");
-    assert!(message.contains("outside every buffer"), "{message}");
+    assert_emulation_stops(&exe, &file, "outside every buffer");
 }
 
 /// What the GPU faults on, a 16-byte load off its alignment, stops the
@@ -241,38 +250,15 @@ fn a_misaligned_vector_load_fails_the_emulated_run() {
     let Some(exe) = host_emulation::emulator("projector_on_cpu", "address") else {
         return;
     };
-    let cfg = config(64, 4, false, PsVersion::V1);
-    let mut seed = 13;
-    let (input, _) = values::<bf16>(
-        &mut seed,
-        cfg.tokens_per_tile() * cfg.vit_hidden + 8,
-        3.0,
-        1.5,
-    );
-    let (gamma, _) = values::<bf16>(&mut seed, cfg.row_width(), 2.0, 0.0);
-    let (beta, _) = values::<bf16>(&mut seed, cfg.row_width(), 1.0, 0.0);
+    let (cfg, memory, addrs) = planted_front_memory(13);
     let rows = cfg.output_rows(1);
-    let mut memory = Memory::default();
-    let addrs = [
-        memory.put(&input),
-        memory.put(&gamma),
-        memory.put(&beta),
-        memory.put(&vec![bf16::NAN; rows * cfg.row_width()]),
-    ];
     let (mut params, launch, kernel) = front_plan(&cfg, bf16::DTYPE, addrs, rows).unwrap();
-    let scalar = front_plan(&cfg, bf16::DTYPE, addrs.map(|a| a + 2), rows)
-        .unwrap()
-        .2;
+    let misaligned = addrs.map(|a| a + 2);
+    let scalar = front_plan(&cfg, bf16::DTYPE, misaligned, rows).unwrap().2;
     assert_ne!(kernel, scalar, "the 16-byte kernel was not chosen");
     params.input += 2;
     let file = front_file(&kernel, &params, launch, &memory);
-    let Err(failure) = std::panic::catch_unwind(|| host_emulation::run(&exe, &file)) else {
-        panic!("a misaligned 16-byte load passed");
-    };
-    let message = failure
-        .downcast_ref::<String>()
-        .expect("run's panic message");
-    assert!(message.contains("misaligned address"), "{message}");
+    assert_emulation_stops(&exe, &file, "misaligned address");
 }
 
 #[test]
