@@ -214,8 +214,10 @@ pub const DEVICE_BASE: u64 = 0x7f00_0000_0000;
 /// The device memory of one launch: buffers 256-byte aligned in one blob
 /// that starts at [`DEVICE_BASE`], each after a guard band of at least
 /// [`GUARD_BYTES`] that the emulator fails the run for changing: a write
-/// outside every buffer. (Past the last buffer is past the blob, which
-/// the address sanitizer sees; the thread sanitizer's runs do not.)
+/// outside every buffer. Under the address sanitizer the bands are also
+/// poisoned, so a read of one, or a write, is reported where it happens,
+/// as is any access past the last buffer (past the blob); the thread
+/// sanitizer's runs see only the changed bands.
 #[derive(Default)]
 pub struct Memory {
     pub bytes: Vec<u8>,

@@ -226,19 +226,42 @@ fn assert_emulation_stops(exe: &Path, file: &[u8], expected: &str) {
 
 /// The emulator's guard bands between buffers: a front told of a tile more
 /// than its output buffer holds writes that tile's finite rows past the
-/// buffer, and the run fails saying so.
+/// buffer. The address sanitizer stops the first such write (the bands
+/// are poisoned for it); under the thread sanitizer the run fails after the
+/// grid, having found a band changed.
 #[test]
 fn a_write_outside_every_buffer_fails_the_emulated_run() {
+    for (sanitizer, expected) in [
+        ("address", "use-after-poison"),
+        ("thread", "outside every buffer"),
+    ] {
+        let Some(exe) = host_emulation::emulator("projector_on_cpu", sanitizer) else {
+            return;
+        };
+        let (cfg, mut memory, addrs) = planted_front_memory(11);
+        // A buffer after the output, as long as the overflow, so that it
+        // starts in a guard band and stays inside the memory (past it the
+        // address sanitizer would stop it as a heap overflow).
+        memory.put(&vec![bf16::ZERO; cfg.output_rows(1) * cfg.row_width()]);
+        let (file, _) = front_launch(&cfg, bf16::DTYPE, addrs, cfg.output_rows(2), &memory);
+        assert_emulation_stops(&exe, &file, expected);
+    }
+}
+
+/// The guard bands are poisoned for the address sanitizer: a front whose
+/// input address is one guard band early reads the band (and no buffer
+/// changes, so only the sanitizer can see it).
+#[test]
+fn a_read_outside_every_buffer_fails_the_emulated_run() {
     let Some(exe) = host_emulation::emulator("projector_on_cpu", "address") else {
         return;
     };
-    let (cfg, mut memory, addrs) = planted_front_memory(11);
-    // A buffer after the output, as long as the overflow, so that it
-    // starts in a guard band and stays inside the memory (past it the
-    // address sanitizer would stop it first).
-    memory.put(&vec![bf16::ZERO; cfg.output_rows(1) * cfg.row_width()]);
-    let (file, _) = front_launch(&cfg, bf16::DTYPE, addrs, cfg.output_rows(2), &memory);
-    assert_emulation_stops(&exe, &file, "outside every buffer");
+    let (cfg, memory, addrs) = planted_front_memory(17);
+    let rows = cfg.output_rows(1);
+    let (mut params, launch, kernel) = front_plan(&cfg, bf16::DTYPE, addrs, rows).unwrap();
+    params.input -= host_emulation::GUARD_BYTES as u64;
+    let file = front_file(&kernel, &params, launch, &memory);
+    assert_emulation_stops(&exe, &file, "use-after-poison");
 }
 
 /// What the GPU faults on, a 16-byte load off its alignment, stops the

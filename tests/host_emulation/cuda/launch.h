@@ -12,10 +12,14 @@
 // offset into the memory, length); the params; the device memory.
 //
 // Guard bands lie between the buffers: a run that changes a byte of one
-// wrote outside every buffer, and fails.
+// wrote outside every buffer, and fails. Under the address sanitizer they
+// are also poisoned, so that a read of one is reported where it happens.
 #pragma once
 #include <cuda.h>
 #include "emulation.h"
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #include <fstream>
 #include <functional>
@@ -156,6 +160,9 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
     for (CUtensorMap& m : maps) m.address = host(m.address);
     global_begin = memory.data();
     global_end = memory.data() + memory.size();
+#if defined(__SANITIZE_ADDRESS__)
+    for (const auto& [offset, bytes] : guards) ASAN_POISON_MEMORY_REGION(memory.data() + offset, bytes);
+#endif
 
     const auto found = kernels.find(name);
     if (found == kernels.end()) usage(("no kernel " + name).c_str());
@@ -198,6 +205,9 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
         });
     }
     for (std::thread& t : pool) t.join();
+#if defined(__SANITIZE_ADDRESS__)
+    for (const auto& [offset, bytes] : guards) ASAN_UNPOISON_MEMORY_REGION(memory.data() + offset, bytes);
+#endif
     for (size_t g = 0; g < guards.size(); ++g) {
         const uint64_t offset = guards[g].first;
         for (uint64_t i = 0; i < guard_bytes[g].size(); ++i) {
