@@ -215,9 +215,9 @@ pub const DEVICE_BASE: u64 = 0x7f00_0000_0000;
 /// that starts at [`DEVICE_BASE`], each after a guard band of at least
 /// [`GUARD_BYTES`] that the emulator fails the run for changing: a write
 /// outside every buffer. Under the address sanitizer the bands are also
-/// poisoned, so a read of one, or a write, is reported where it happens,
-/// as is any access past the last buffer (past the blob); the thread
-/// sanitizer's runs see only the changed bands.
+/// poisoned, so a read of one, or a write, is reported where it happens;
+/// the thread sanitizer's runs see only the changed bands. A launch file
+/// adds one more band after the last buffer.
 #[derive(Default)]
 pub struct Memory {
     pub bytes: Vec<u8>,
@@ -244,6 +244,14 @@ impl Memory {
         self.guards.push((guard, at - guard));
         self.bytes.extend_from_slice(bytemuck::cast_slice(data));
         DEVICE_BASE + at as u64
+    }
+
+    /// Takes the memory image a run returned as this memory's contents
+    /// (dropping the band a launch file adds after the last buffer), for
+    /// the next launch over it.
+    pub fn set_from_run(&mut self, image: &[u8]) {
+        let len = self.bytes.len();
+        self.bytes.copy_from_slice(&image[..len]);
     }
 
     /// `len` elements at device `address` of a memory image.
@@ -300,12 +308,17 @@ pub struct LaunchFile<'a> {
 }
 
 impl LaunchFile<'_> {
+    /// The launch file; the memory gets one more guard band after its last
+    /// buffer.
     pub fn bytes(&self) -> Vec<u8> {
+        let end = self.memory.bytes.len();
+        let mut guards = self.memory.guards.clone();
+        guards.push((end, GUARD_BYTES));
         let mut file = b"NVLMEMU2".to_vec();
         let mut put = |v: u64| file.extend_from_slice(&v.to_le_bytes());
         for v in [
             DEVICE_BASE,
-            self.memory.bytes.len() as u64,
+            (end + GUARD_BYTES) as u64,
             self.config.grid_dim.0.into(),
             self.config.grid_dim.1.into(),
             self.config.grid_dim.2.into(),
@@ -316,7 +329,7 @@ impl LaunchFile<'_> {
             self.params.len() as u64,
             self.pointers.len() as u64,
             self.maps.len() as u64,
-            self.memory.guards.len() as u64,
+            guards.len() as u64,
             self.kernel.len() as u64,
         ] {
             put(v);
@@ -337,12 +350,13 @@ impl LaunchFile<'_> {
                 .for_each(|&v| put(v));
             put(m.swizzle_bytes);
         }
-        for &(offset, len) in &self.memory.guards {
+        for &(offset, len) in &guards {
             put(offset as u64);
             put(len as u64);
         }
         file.extend_from_slice(self.params);
         file.extend_from_slice(&self.memory.bytes);
+        file.extend((end..end + GUARD_BYTES).map(|i| GUARD_PATTERN[i % GUARD_PATTERN.len()]));
         file
     }
 }

@@ -272,7 +272,7 @@ fn emulate_v1<T: TensorElement + bytemuck::Pod>(
                 maps: &[],
                 memory: &memory,
             };
-            memory.bytes = host_emulation::run(exe, &file.bytes());
+            memory.set_from_run(&host_emulation::run(exe, &file.bytes()));
         }
         let mut pointers = pass_pointers(offset_of!(NvlmTileWrite, pass)).to_vec();
         pointers.extend([
@@ -288,7 +288,7 @@ fn emulate_v1<T: TensorElement + bytemuck::Pod>(
             maps: &[],
             memory: &memory,
         };
-        memory.bytes = host_emulation::run(exe, &file.bytes());
+        memory.set_from_run(&host_emulation::run(exe, &file.bytes()));
     }
     Memory::get(&memory.bytes, out, out_bytes)
 }

@@ -176,6 +176,7 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
         grid.z > 65535)
         usage("a grid that is empty or past CUDA's limits (2^31 - 1 x 65535 x 65535)");
     if (grid.x % cluster != 0) usage("a grid x that is not a multiple of the kernel's cluster");
+    if (smem_bytes > 227 * 1024) usage("dynamic shared memory past the 227 KiB a block may have (sm_90)");
     gridDim = grid;
     blockDim = block;
     start(cluster, threads, smem_bytes);
