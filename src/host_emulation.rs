@@ -220,7 +220,7 @@ pub const DEVICE_BASE: u64 = 0x7f00_0000_0000;
 /// adds one more band after the last buffer.
 #[derive(Default)]
 pub struct Memory {
-    pub bytes: Vec<u8>,
+    bytes: Vec<u8>,
     /// (offset, length) of each guard band.
     guards: Vec<(usize, usize)>,
 }
@@ -252,6 +252,11 @@ impl Memory {
     pub fn set_from_run(&mut self, image: &[u8]) {
         let len = self.bytes.len();
         self.bytes.copy_from_slice(&image[..len]);
+    }
+
+    /// The memory's bytes, as [`Memory::get`] reads them.
+    pub fn image(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// `len` elements at device `address` of a memory image.

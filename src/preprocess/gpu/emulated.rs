@@ -290,7 +290,7 @@ fn emulate_v1<T: TensorElement + bytemuck::Pod>(
         };
         memory.set_from_run(&host_emulation::run(exe, &file.bytes()));
     }
-    Memory::get(&memory.bytes, out, out_bytes)
+    Memory::get(memory.image(), out, out_bytes)
 }
 
 fn first_difference<T: bytemuck::Pod>(got: &[u8], want: &[T]) -> Option<usize> {
