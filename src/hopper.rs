@@ -233,7 +233,8 @@ pub fn require_sm90a(gpu: &Gpu, what: &str) -> Result<()> {
     let (major, minor) = gpu.compute_capability();
     if (major, minor) != (9, 0) {
         return Err(Error::Unsupported(format!(
-            "{what} needs compute capability 9.0 (sm_90a); device 0 is {major}.{minor}"
+            "{what} needs compute capability 9.0 (sm_90a); device {} is {major}.{minor}",
+            gpu.context().ordinal()
         )));
     }
     Ok(())
