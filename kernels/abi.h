@@ -80,6 +80,12 @@ typedef struct NvlmFusedTarget {
     uint32_t stage_offset;  // bytes from the start of shared memory
 } NvlmFusedTarget;
 
+// Threads a block of v2-v4 (one per group of four x pixels of a 32 x 32
+// output patch). Like every THREADS below, the launch's block size and the
+// kernel's __launch_bounds__ both come from it: the host emulation cannot
+// see a launch past a kernel's bounds, which the GPU refuses.
+#define NVLM_FUSED_PREPROCESS_THREADS 256
+
 typedef struct NvlmFusedPreprocess {
     NvlmFusedTarget target[2];
     uint64_t src;          // device address of row 0 of the image
@@ -95,6 +101,11 @@ typedef struct NvlmFusedPreprocess {
 } NvlmFusedPreprocess;
 
 // ---- InternViT attention (kernels/attention.cu) ----
+
+// Threads a block of the portable flash attention (8 warps of 16 query
+// rows) and of the qk-RMSNorm.
+#define NVLM_FLASH_ATTENTION_THREADS 256
+#define NVLM_QK_RMS_NORM_THREADS 256
 
 // One [B, N, H, D] tensor of 16-bit elements: element (b, n, h, d) is at
 // ptr + 2 * (b * stride_batch + n * stride_token + h * stride_head + d).
@@ -261,6 +272,10 @@ static_assert(sizeof(NvlmWgmmaSelftest) == 24, "NvlmWgmmaSelftest layout");
 #endif
 
 // ---- Projector (kernels/projector.cu) ----
+
+// The most threads a block of the front takes (fewer for narrow rows), and
+// the threads of a bias + GELU block.
+#define NVLM_PROJECTOR_MAX_THREADS 256
 
 // The projector's front: pixel_shuffle(0.5) of the InternViT last hidden
 // state fused with LayerNorm over 4C. Output row r = t * (side/2)^2 + i *

@@ -46,8 +46,8 @@ using namespace nvlm;
 
 namespace {
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
+constexpr int kThreads = NVLM_FLASH_ATTENTION_THREADS;
+constexpr int kWarps = kThreads / 32;
 constexpr int kBlockM = kWarps * 16;  // query rows per block
 constexpr int kBlockN = 64;           // keys per K/V tile
 constexpr float kLn2 = 0.6931471805599453f;
@@ -320,7 +320,7 @@ __device__ __forceinline__ void flash_attention_forward(const NvlmFlashAttention
 
 // ---- qk-RMSNorm ----
 
-constexpr int kNormThreads = 256;
+constexpr int kNormThreads = NVLM_QK_RMS_NORM_THREADS;
 
 // Sum over the block; every thread gets the result.
 __device__ __forceinline__ float block_sum(float x, float* scratch) {

@@ -132,6 +132,7 @@ constexpr uint32_t kPatch = 32;                           // patch side, output 
 constexpr uint32_t kGroup = 4;                            // consecutive x pixels per thread
 constexpr uint32_t kGroupsAcross = kPatch / kGroup;       // 8
 constexpr uint32_t kFusedThreads = kGroupsAcross * kPatch;  // 256: one thread per group
+static_assert(kFusedThreads == NVLM_FUSED_PREPROCESS_THREADS, "abi.h's block size");
 constexpr uint32_t kFusedWarps = kFusedThreads / 32;
 
 // Byte offset of intermediate sample (s_local, f_local) in the slab, laid

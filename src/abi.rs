@@ -4,12 +4,16 @@
 //! tests/abi_bindgen.rs regenerates it and fails on any difference.
 #![allow(non_camel_case_types, non_snake_case, clippy::all)]
 
+pub const NVLM_FUSED_PREPROCESS_THREADS: u32 = 256;
+pub const NVLM_FLASH_ATTENTION_THREADS: u32 = 256;
+pub const NVLM_QK_RMS_NORM_THREADS: u32 = 256;
 pub const NVLM_HOPPER_ATTENTION_THREADS: u32 = 384;
 pub const NVLM_HOPPER_ATTENTION_QUERY_ROWS: u32 = 128;
 pub const NVLM_HOPPER_ATTENTION_SMEM_BYTES_D64: u32 = 82944;
 pub const NVLM_HOPPER_ATTENTION_SMEM_BYTES_D128: u32 = 164864;
 pub const NVLM_HOPPER_ATTENTION_PRODUCER_REGISTERS: u32 = 24;
 pub const NVLM_HOPPER_ATTENTION_CONSUMER_REGISTERS: u32 = 240;
+pub const NVLM_PROJECTOR_MAX_THREADS: u32 = 256;
 pub const NVLM_HOPPER_LINEAR_THREADS: u32 = 384;
 pub const NVLM_HOPPER_LINEAR_BLOCK_M: u32 = 128;
 pub const NVLM_HOPPER_LINEAR_BLOCK_N_WIDE: u32 = 256;

@@ -6,7 +6,10 @@ use super::{
     AttentionElement, AttentionLayout, AttentionTensor, QkvRows, check_flash_attention,
     check_qk_rms_norm, default_scale,
 };
-use crate::abi::{NvlmAttentionTensor, NvlmFlashAttention, NvlmQkRmsNorm};
+use crate::abi::{
+    NVLM_FLASH_ATTENTION_THREADS, NVLM_QK_RMS_NORM_THREADS, NvlmAttentionTensor,
+    NvlmFlashAttention, NvlmQkRmsNorm,
+};
 use crate::cuda::{Gpu, KernelModule, allow_dynamic_smem, driver_error};
 use crate::error::{Error, Result};
 use crate::hopper::require_sm90a;
@@ -15,8 +18,6 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKerne
 /// Query rows per block (8 warps of 16) and keys per K/V tile, as in the kernel.
 const BLOCK_M: usize = 128;
 const BLOCK_N: usize = 64;
-const FLASH_THREADS: u32 = 256;
-const NORM_THREADS: u32 = 256;
 
 /// Dynamic shared memory of the flash kernel: two stages of a K and a V
 /// tile (Q borrows the second stage while it is read into registers).
@@ -204,7 +205,7 @@ pub(super) fn portable_launch<T: AttentionElement>(
                 q_layout.heads as u32,
                 q_layout.batch as u32,
             ),
-            block_dim: (FLASH_THREADS, 1, 1),
+            block_dim: (NVLM_FLASH_ATTENTION_THREADS, 1, 1),
             shared_mem_bytes: smem,
         },
         kernel: format!("flash_attention_{}_d{head_dim}", T::KERNEL_SUFFIX),
@@ -251,7 +252,7 @@ pub(super) fn rms_norm_launch(
     };
     let config = LaunchConfig {
         grid_dim: (rows.tokens as u32, 1, 1),
-        block_dim: (NORM_THREADS, 1, 1),
+        block_dim: (NVLM_QK_RMS_NORM_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
     (params, config)

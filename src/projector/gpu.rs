@@ -12,7 +12,7 @@
 //! stream; nothing synchronises.
 
 use super::{FrontLaunch, GeluMode, ProjectorConfig, WeightLens, front_launch, hopper};
-use crate::abi::{NvlmBiasGelu, NvlmProjectorFront};
+use crate::abi::{NVLM_PROJECTOR_MAX_THREADS, NvlmBiasGelu, NvlmProjectorFront};
 use crate::cuda::{Gpu, KernelModule, allow_dynamic_smem, driver_error};
 use crate::dtype::{Dtype, TensorElement};
 use crate::error::{Error, Result};
@@ -329,10 +329,11 @@ pub(super) fn bias_gelu_plan(
     };
     let chunks = count / if vector { 8 } else { 1 };
     // Grid-stride: a few waves of blocks are enough for a stream.
-    let blocks = chunks.div_ceil(256).min(132 * 32) as u32;
+    let threads = NVLM_PROJECTOR_MAX_THREADS;
+    let blocks = chunks.div_ceil(threads as usize).min(132 * 32) as u32;
     let launch = LaunchConfig {
         grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     };
     (params, launch, kernel)

@@ -368,8 +368,9 @@ pub struct FrontLaunch {
     pub threads: u32,
 }
 
-/// Most threads per block the front kernels are built for.
-const FRONT_MAX_THREADS: usize = 256;
+/// Most threads per block the front kernels are built for (their
+/// `__launch_bounds__`).
+const FRONT_MAX_THREADS: usize = crate::abi::NVLM_PROJECTOR_MAX_THREADS as usize;
 
 /// Picks the front kernel for `cfg` in `dtype`. The 16-byte path needs
 /// C % 8 == 0 (each 2C-long run then starts 16-byte aligned) and 16-byte

@@ -3,7 +3,7 @@
 //! shared-memory layout, and the launch parameters.
 
 use super::{PreprocessKernel, Target};
-use crate::abi::{NvlmFusedPreprocess, NvlmFusedTarget};
+use crate::abi::{NVLM_FUSED_PREPROCESS_THREADS, NvlmFusedPreprocess, NvlmFusedTarget};
 use crate::dtype::TensorElement;
 use crate::preprocess::coeffs::AxisCoefficients;
 use crate::preprocess::cpu::{Passes, PillowVersion, normalization_tables};
@@ -12,7 +12,7 @@ use cudarc::driver::LaunchConfig;
 
 /// Side of a v2/v3 patch in output pixels, and its threads (kernels/preprocess.cu).
 pub(super) const PATCH: u32 = 32;
-pub(super) const FUSED_THREADS: u32 = 256;
+pub(super) const FUSED_THREADS: u32 = NVLM_FUSED_PREPROCESS_THREADS;
 /// v2's shared memory per block: the staged intermediate of one chunk of a
 /// patch's window (256 samples of RGB, 768 of grey).
 pub(super) const SLAB_BYTES: u32 = 24 * 1024;
