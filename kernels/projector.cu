@@ -217,7 +217,7 @@ __device__ __forceinline__ void bias_gelu(const NvlmBiasGelu& p) {
 }  // namespace
 
 #define NVLM_FRONT(TYPE, NAME, VEC, VPT)                                                   \
-    extern "C" __global__ void __launch_bounds__(NVLM_PROJECTOR_MAX_THREADS)                                      \
+    extern "C" __global__ void __launch_bounds__(NVLM_PROJECTOR_MAX_THREADS)               \
         projector_front_##NAME##VEC##x##VPT(const NvlmProjectorFront p) {                \
         front<TYPE, (VEC), (VPT)>(p);                                                      \
     }
@@ -234,7 +234,8 @@ NVLM_FRONT(F16, f16_v, 8, 8)
 NVLM_FRONT(F16, f16_s, 1, 8)
 
 #define NVLM_BIAS_GELU(TYPE, NAME, VEC)                                                    \
-    extern "C" __global__ void __launch_bounds__(NVLM_PROJECTOR_MAX_THREADS) bias_gelu_##NAME(const NvlmBiasGelu p) { \
+    extern "C" __global__ void __launch_bounds__(NVLM_PROJECTOR_MAX_THREADS)               \
+        bias_gelu_##NAME(const NvlmBiasGelu p) {                                           \
         bias_gelu<TYPE, (VEC)>(p);                                                         \
     }
 
