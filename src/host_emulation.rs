@@ -234,13 +234,17 @@ pub const GUARD_BYTES: usize = 256;
 /// the 0xFF the tests poison outputs with.
 const GUARD_PATTERN: [u8; 4] = [0xFF, 0xFF, 0xC1, 0xFF];
 
+/// The guard band over the memory's byte offsets `range`.
+fn guard_band(range: std::ops::Range<usize>) -> impl Iterator<Item = u8> {
+    range.map(|i| GUARD_PATTERN[i % GUARD_PATTERN.len()])
+}
+
 impl Memory {
     /// Appends `data` after a guard band; returns its device address.
     pub fn put<E: bytemuck::Pod>(&mut self, data: &[E]) -> u64 {
         let guard = self.bytes.len();
         let at = (guard + GUARD_BYTES).next_multiple_of(256);
-        self.bytes
-            .extend((guard..at).map(|i| GUARD_PATTERN[i % GUARD_PATTERN.len()]));
+        self.bytes.extend(guard_band(guard..at));
         self.guards.push((guard, at - guard));
         self.bytes.extend_from_slice(bytemuck::cast_slice(data));
         DEVICE_BASE + at as u64
@@ -361,7 +365,7 @@ impl LaunchFile<'_> {
         }
         file.extend_from_slice(self.params);
         file.extend_from_slice(&self.memory.bytes);
-        file.extend((end..end + GUARD_BYTES).map(|i| GUARD_PATTERN[i % GUARD_PATTERN.len()]));
+        file.extend(guard_band(end..end + GUARD_BYTES));
         file
     }
 }

@@ -9,10 +9,11 @@
 //! which checks their barriers. v1 runs the host's own plan of its
 //! launches ([`TwoPassV1`]), so its pass order and intermediate are
 //! checked with it.
-use super::fused::{FUSED_THREADS, FusedAxes, PATCH, widest_window};
+use super::fused::{FusedAxes, PATCH, widest_window};
 use super::*;
 use crate::abi::{
-    NvlmFusedPreprocess, NvlmFusedTarget, NvlmIntermediate, NvlmResamplePass, NvlmTileWrite,
+    NVLM_FUSED_PREPROCESS_THREADS, NvlmFusedPreprocess, NvlmFusedTarget, NvlmIntermediate,
+    NvlmResamplePass, NvlmTileWrite,
 };
 use crate::host_emulation::{self, LaunchFile, Memory};
 use crate::preprocess::DhrConfig;
@@ -65,14 +66,14 @@ fn model(launch: &FusedLaunch, src: &[u8], out: &mut [f32]) -> [u32; 2] {
             }) as usize
                 * c_n
         };
-        let mut acc = vec![[[ROUNDING; 3]; GROUP as usize]; FUSED_THREADS as usize];
+        let mut acc = vec![[[ROUNDING; 3]; GROUP as usize]; NVLM_FUSED_PREPROCESS_THREADS as usize];
         let chunks = &mut most_chunks[usize::from(vf)];
         *chunks = (*chunks).max((w1 - w0).div_ceil(rows));
         let mut c0 = w0;
         while c0 < w1 {
             let n = rows.min(w1 - c0);
             slab.fill(0xA5);
-            for tid in 0..FUSED_THREADS {
+            for tid in 0..NVLM_FUSED_PREPROCESS_THREADS {
                 let mut i = tid;
                 while i < n * PATCH {
                     let (f_local, s_local) = if vf {
@@ -80,7 +81,7 @@ fn model(launch: &FusedLaunch, src: &[u8], out: &mut [f32]) -> [u32; 2] {
                     } else {
                         (i % PATCH, i / PATCH)
                     };
-                    i += FUSED_THREADS;
+                    i += NVLM_FUSED_PREPROCESS_THREADS;
                     if f_local >= nf {
                         continue;
                     }
@@ -106,7 +107,7 @@ fn model(launch: &FusedLaunch, src: &[u8], out: &mut [f32]) -> [u32; 2] {
                     }
                 }
             }
-            for tid in 0..FUSED_THREADS {
+            for tid in 0..NVLM_FUSED_PREPROCESS_THREADS {
                 let (x, y) = (x0 + (tid % 8) * GROUP, y0 + tid / 8);
                 if y >= t.out_height {
                     continue;
@@ -132,7 +133,7 @@ fn model(launch: &FusedLaunch, src: &[u8], out: &mut [f32]) -> [u32; 2] {
             c0 += rows;
         }
         let ts = p.tile_size;
-        for tid in 0..FUSED_THREADS {
+        for tid in 0..NVLM_FUSED_PREPROCESS_THREADS {
             let (x, y) = (x0 + (tid % 8) * GROUP, y0 + tid / 8);
             for j in 0..GROUP {
                 if y >= t.out_height || x + j >= t.out_width {

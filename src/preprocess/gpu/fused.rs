@@ -10,9 +10,8 @@ use crate::preprocess::cpu::{Passes, PillowVersion, normalization_tables};
 use crate::preprocess::{PixelFormat, Preprocessor, TilePlan};
 use cudarc::driver::LaunchConfig;
 
-/// Side of a v2/v3 patch in output pixels, and its threads (kernels/preprocess.cu).
+/// Side of a v2/v3 patch in output pixels (kernels/preprocess.cu).
 pub(super) const PATCH: u32 = 32;
-pub(super) const FUSED_THREADS: u32 = NVLM_FUSED_PREPROCESS_THREADS;
 /// v2's shared memory per block: the staged intermediate of one chunk of a
 /// patch's window (256 samples of RGB, 768 of grey).
 pub(super) const SLAB_BYTES: u32 = 24 * 1024;
@@ -209,7 +208,7 @@ impl FusedLaunch {
     pub(super) fn config(&self) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (self.blocks, 1, 1),
-            block_dim: (FUSED_THREADS, 1, 1),
+            block_dim: (NVLM_FUSED_PREPROCESS_THREADS, 1, 1),
             shared_mem_bytes: self.params.smem_bytes,
         }
     }
