@@ -170,6 +170,18 @@ pub fn run(exe: &Path, launch: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Runs `exe` on `launch`, which must fail with a message containing
+/// `expected`: the planted-fault tests, which show a check can fail.
+pub fn assert_run_stops(exe: &Path, launch: &[u8], expected: &str) {
+    let Err(failure) = std::panic::catch_unwind(|| run(exe, launch)) else {
+        panic!("the run passed; expected it to stop on \"{expected}\"");
+    };
+    let message = failure
+        .downcast_ref::<String>()
+        .expect("run's panic message");
+    assert!(message.contains(expected), "{message}");
+}
+
 /// The size and seed of a by-hand random search (the ignored tests with
 /// `random` in their names): `NVLM_VISION_EMULATED_CASES` cases (default 8), drawn from
 /// `NVLM_VISION_SEED` or the clock; the seed is printed so a draw can be

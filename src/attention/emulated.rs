@@ -309,6 +309,41 @@ fn has_no_data_race(kernel: AttentionKernel) {
     );
 }
 
+/// A GPU runs a grid's blocks in no set order, and the emulator runs each
+/// grid in launch order and again in reverse: an output view whose head
+/// stride is 0 has the two heads' blocks write the same elements, with
+/// different values, so the last block to write differs between the orders.
+#[test]
+fn blocks_that_write_the_same_output_fail_the_emulated_run() {
+    let Some(exe) = emulator(AttentionKernel::Portable, "address") else {
+        return;
+    };
+    let (b, n, h, d) = (1, 64, 2, 64);
+    let layout = AttentionLayout::contiguous(b, n, h, d);
+    let mut rng = Rng(31);
+    let mut memory = Memory::default();
+    let [q, k, v] = [0; 3].map(|_| {
+        let data: Vec<bf16> = (0..layout.span().unwrap())
+            .map(|_| bf16::from_f32(rng.unit()))
+            .collect();
+        memory.put(&data)
+    });
+    let out_layout = AttentionLayout {
+        strides: [n * d, d, 0],
+        ..layout
+    };
+    let out = memory.put(&vec![bf16::NAN; n * d]);
+    let tensors = DeviceTensors {
+        q: (q, &layout),
+        k: (k, &layout),
+        v: (v, &layout),
+        out: (out, &out_layout),
+        lse: 0,
+    };
+    let (file, _) = launch_file::<bf16>(AttentionKernel::Portable, &tensors, 0.125, &memory);
+    host_emulation::assert_run_stops(&exe, &file, "after it ran in reverse");
+}
+
 #[test]
 fn portable_kernel_source_on_the_cpu_matches_the_f64_reference() {
     matches_the_f64_reference(AttentionKernel::Portable);

@@ -213,17 +213,6 @@ fn planted_front_memory(seed: u64) -> (ProjectorConfig, Memory, [u64; 4]) {
     (cfg, memory, addrs)
 }
 
-/// Runs `file`, which must fail with a message containing `expected`.
-fn assert_emulation_stops(exe: &Path, file: &[u8], expected: &str) {
-    let Err(failure) = std::panic::catch_unwind(|| host_emulation::run(exe, file)) else {
-        panic!("the run passed; expected it to stop on \"{expected}\"");
-    };
-    let message = failure
-        .downcast_ref::<String>()
-        .expect("run's panic message");
-    assert!(message.contains(expected), "{message}");
-}
-
 /// The emulator's guard bands between buffers: a front told of a tile more
 /// than its output buffer holds writes that tile's finite rows past the
 /// buffer. The address sanitizer stops the first such write (the bands
@@ -244,7 +233,7 @@ fn a_write_outside_every_buffer_fails_the_emulated_run() {
         // address sanitizer would stop it as a heap overflow).
         memory.put(&vec![bf16::ZERO; cfg.output_rows(1) * cfg.row_width()]);
         let (file, _) = front_launch(&cfg, bf16::DTYPE, addrs, cfg.output_rows(2), &memory);
-        assert_emulation_stops(&exe, &file, expected);
+        host_emulation::assert_run_stops(&exe, &file, expected);
     }
 }
 
@@ -261,7 +250,7 @@ fn a_read_outside_every_buffer_fails_the_emulated_run() {
     let (mut params, launch, kernel) = front_plan(&cfg, bf16::DTYPE, addrs, rows).unwrap();
     params.input -= host_emulation::GUARD_BYTES as u64;
     let file = front_file(&kernel, &params, launch, &memory);
-    assert_emulation_stops(&exe, &file, "use-after-poison");
+    host_emulation::assert_run_stops(&exe, &file, "use-after-poison");
 }
 
 /// What the GPU faults on, a 16-byte load off its alignment, stops the
@@ -281,7 +270,28 @@ fn a_misaligned_vector_load_fails_the_emulated_run() {
     assert_ne!(kernel, scalar, "the 16-byte kernel was not chosen");
     params.input += 2;
     let file = front_file(&kernel, &params, launch, &memory);
-    assert_emulation_stops(&exe, &file, "misaligned address");
+    host_emulation::assert_run_stops(&exe, &file, "misaligned address");
+}
+
+/// A GPU runs a grid's blocks in no set order, and the emulator runs each
+/// grid in launch order and again in reverse: a front whose output aliases
+/// its input has blocks that read tokens another block has overwritten (the
+/// first row's block writes tokens 0 to 3 of the input, and the third row's
+/// reads tokens 2 and 3 in v1's transposed order), so the two orders leave
+/// different memory.
+#[test]
+fn blocks_that_read_what_other_blocks_write_fail_the_emulated_run() {
+    for sanitizer in ["address", "thread"] {
+        let Some(exe) = host_emulation::emulator("projector_on_cpu", sanitizer) else {
+            return;
+        };
+        let (cfg, memory, addrs) = planted_front_memory(19);
+        let rows = cfg.output_rows(1);
+        let (mut params, launch, kernel) = front_plan(&cfg, bf16::DTYPE, addrs, rows).unwrap();
+        params.out = params.input;
+        let file = front_file(&kernel, &params, launch, &memory);
+        host_emulation::assert_run_stops(&exe, &file, "after it ran in reverse");
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 // The launch side of the host emulation: reads a launch file written by
 // src/host_emulation.rs, runs the grid (one block, or one cluster of
-// blocks, at a time; one std::thread per CUDA thread) and writes the device
-// memory back.
+// blocks, at a time; one std::thread per CUDA thread) in launch order and
+// again in reverse, and writes the device memory back.
 //
 // Launch file, little-endian: "NVLMEMU2"; u64 device_base, memory_bytes,
 // grid x, y, z, block x, y, z, smem_bytes, params_bytes, pointers, maps,
@@ -160,9 +160,6 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
     for (CUtensorMap& m : maps) m.address = host(m.address);
     global_begin = memory.data();
     global_end = memory.data() + memory.size();
-#if defined(__SANITIZE_ADDRESS__)
-    for (const auto& [offset, bytes] : guards) ASAN_POISON_MEMORY_REGION(memory.data() + offset, bytes);
-#endif
 
     const auto found = kernels.find(name);
     if (found == kernels.end()) usage(("no kernel " + name).c_str());
@@ -180,45 +177,90 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
     gridDim = grid;
     blockDim = block;
     start(cluster, threads, smem_bytes);
-    std::vector<std::thread> pool;
-    for (uint32_t t = 0; t < cluster * threads; ++t) {
-        pool.emplace_back([&, t] {
-            cta_rank = t / threads;
-            thread_rank = t % threads;
-            threadIdx.x = thread_rank % block.x;
-            threadIdx.y = thread_rank / block.x % block.y;
-            threadIdx.z = thread_rank / (block.x * block.y);
-            for (uint32_t z = 0; z < grid.z; ++z) {
-                for (uint32_t y = 0; y < grid.y; ++y) {
-                    for (uint32_t x = 0; x < grid.x; x += cluster) {
-                        blockIdx.x = x + cta_rank;
-                        blockIdx.y = y;
-                        blockIdx.z = z;
-                        if (thread_rank == 0) poison_smem();
-                        cluster_barrier->wait("block start");
-                        kernel.run(params.data(), maps.data());
-                        for (void (*check)() : end_of_block_checks()) check();
-                        cluster_barrier->wait("block end");
-                        if (thread_rank == 0) check_named_barriers_idle();
-                    }
+    // The grid's clusters, x fastest, in launch order or reversed.
+    const uint64_t clusters_x = grid.x / cluster;
+    const uint64_t clusters = clusters_x * grid.y * grid.z;
+    const auto run_grid = [&](bool reversed) {
+        std::vector<std::thread> pool;
+        for (uint32_t t = 0; t < cluster * threads; ++t) {
+            pool.emplace_back([&, t] {
+                cta_rank = t / threads;
+                thread_rank = t % threads;
+                threadIdx.x = thread_rank % block.x;
+                threadIdx.y = thread_rank / block.x % block.y;
+                threadIdx.z = thread_rank / (block.x * block.y);
+                for (uint64_t n = 0; n < clusters; ++n) {
+                    const uint64_t c = reversed ? clusters - 1 - n : n;
+                    blockIdx.x = static_cast<uint32_t>(c % clusters_x * cluster + cta_rank);
+                    blockIdx.y = static_cast<uint32_t>(c / clusters_x % grid.y);
+                    blockIdx.z = static_cast<uint32_t>(c / clusters_x / grid.y);
+                    if (thread_rank == 0) poison_smem();
+                    cluster_barrier->wait("block start");
+                    kernel.run(params.data(), maps.data());
+                    for (void (*check)() : end_of_block_checks()) check();
+                    cluster_barrier->wait("block end");
+                    if (thread_rank == 0) check_named_barriers_idle();
+                }
+            });
+        }
+        for (std::thread& t : pool) t.join();
+    };
+    const auto poison_guards = [&](bool poison) {
+#if defined(__SANITIZE_ADDRESS__)
+        for (const auto& [offset, bytes] : guards) {
+            if (poison) {
+                ASAN_POISON_MEMORY_REGION(memory.data() + offset, bytes);
+            } else {
+                ASAN_UNPOISON_MEMORY_REGION(memory.data() + offset, bytes);
+            }
+        }
+#else
+        (void)poison;
+#endif
+    };
+    const auto guards_intact = [&] {
+        for (size_t g = 0; g < guards.size(); ++g) {
+            const uint64_t offset = guards[g].first;
+            for (uint64_t i = 0; i < guard_bytes[g].size(); ++i) {
+                if (memory[offset + i] != guard_bytes[g][i]) {
+                    std::fprintf(stderr,
+                                 "emulation: %s wrote device address %#llx, in the guard band before a "
+                                 "buffer: outside every buffer\n",
+                                 name.c_str(), static_cast<unsigned long long>(device_base + offset + i));
+                    return false;
                 }
             }
-        });
-    }
-    for (std::thread& t : pool) t.join();
-#if defined(__SANITIZE_ADDRESS__)
-    for (const auto& [offset, bytes] : guards) ASAN_UNPOISON_MEMORY_REGION(memory.data() + offset, bytes);
-#endif
-    for (size_t g = 0; g < guards.size(); ++g) {
-        const uint64_t offset = guards[g].first;
-        for (uint64_t i = 0; i < guard_bytes[g].size(); ++i) {
-            if (memory[offset + i] != guard_bytes[g][i]) {
-                std::fprintf(stderr,
-                             "emulation: %s wrote device address %#llx, in the guard band before a "
-                             "buffer: outside every buffer\n",
-                             name.c_str(), static_cast<unsigned long long>(device_base + offset + i));
-                return 1;
-            }
+        }
+        return true;
+    };
+
+    // A GPU runs a grid's blocks in no set order, so a launch's result
+    // must not depend on it. The grid runs in launch order, then again
+    // from the same memory in reverse: a byte that ends up different is
+    // one two blocks both write, or one a block reads after another
+    // writes it, which blocks run one at a time cannot otherwise show.
+    const std::vector<uint8_t> initial = clusters > 1 ? memory : std::vector<uint8_t>{};
+    poison_guards(true);
+    run_grid(false);
+    poison_guards(false);
+    if (!guards_intact()) return 1;
+    if (clusters > 1) {
+        const std::vector<uint8_t> in_launch_order = memory;
+        std::copy(initial.begin(), initial.end(), memory.begin());
+        poison_guards(true);
+        run_grid(true);
+        poison_guards(false);
+        if (!guards_intact()) return 1;
+        const auto differ = std::mismatch(memory.begin(), memory.end(), in_launch_order.begin());
+        if (differ.first != memory.end()) {
+            const size_t offset = static_cast<size_t>(differ.first - memory.begin());
+            std::fprintf(stderr,
+                         "emulation: %s: device address %#llx holds %#04x after the grid ran in launch "
+                         "order and %#04x after it ran in reverse: two blocks write it, or a block "
+                         "reads it after another writes it (a GPU runs blocks in no set order)\n",
+                         name.c_str(), static_cast<unsigned long long>(device_base + offset),
+                         in_launch_order[offset], memory[offset]);
+            return 1;
         }
     }
     std::ofstream(argv[2], std::ios::binary)
