@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GPU bundle: release, stripped executables of every test target
 # and every bench target named `gpu_*` (kernels embedded), the `preprocess`
-# example (run.sh compares its `--device cuda` output with `--device cpu`'s),
-# every `scripts/peer_*.py` and the timing module they share, the fixtures,
+# example (run.sh compares its `--device cuda` output with `--device cpu`'s)
+# and the `attention` example, every `scripts/peer_*.py` and the timing module they share, the fixtures,
 # the ptxas report, the summariser and run.sh, in one folder small enough to
 # carry to a GPU host that has no Rust toolchain.
 #
@@ -32,7 +32,7 @@ fi
 
 rm -rf "$bundle"
 mkdir -p "$bundle/bin/tests" "$bundle/bin/benches" "$bundle/bin/examples" "$bundle/peers"
-# Two builds: the tests and benches, then the example. Cargo's JSON
+# Two builds: the tests and benches, then the examples. Cargo's JSON
 # messages name each executable and the build script's output folder (the
 # ptxas report), so no path is guessed.
 # A harness = false bench built by `cargo test` is the same program `cargo
@@ -50,7 +50,7 @@ for line in sys.stdin:
 }
 cargo test --release --no-run "${selectors[@]}" --message-format=json-render-diagnostics \
     | list_artifacts > "$bundle/artifacts.txt"
-cargo build --release --example preprocess --message-format=json-render-diagnostics \
+cargo build --release --example preprocess --example attention --message-format=json-render-diagnostics \
     | list_artifacts >> "$bundle/artifacts.txt"
 
 while read -r kind name path; do

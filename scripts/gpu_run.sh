@@ -3,9 +3,11 @@
 #
 #   run.sh RESULTS_DIR [PHASE...]      PHASE: tests sanitize bench peers all
 #
-#   tests     every gpu test binary, GPU required, one test at a time, and
-#             the preprocess example's --device cuda .npy against its
-#             --device cpu one, byte for byte, on fixture images
+#   tests     every gpu test binary, GPU required, one test at a time; the
+#             preprocess example's --device cuda .npy against its
+#             --device cpu one, byte for byte, on fixture images; and the
+#             attention example (portable, then on a 9.0 card the Hopper
+#             kernel), which fails on a non-finite output
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck, initcheck
 #             (each tool over every gpu test binary before the next tool),
 #             skipping tests named `*_at_model_shapes*`
@@ -151,6 +153,10 @@ for phase in "${phases[@]}"; do
             step example-preprocess "${NVLM_VISION_TEST_TIMEOUT:-300}" \
                 bash -c "$example_parity" example "$example" "$here/fixtures/images"
         fi
+        attention_example="$here/bin/examples/attention"
+        if [ -x "$attention_example" ]; then
+            step example-attention "${NVLM_VISION_TEST_TIMEOUT:-300}" "$attention_example"
+        fi
         for t in "${tests[@]}"; do
             case $(basename "$t") in
             *hopper*)
@@ -162,7 +168,11 @@ for phase in "${phases[@]}"; do
                         "$t" --test-threads=1 hopper || hopper_failed=1
                 fi ;;
             esac
-        done ;;
+        done
+        if [ -x "$attention_example" ] && [ -n "${NVLM_VISION_REQUIRE_HOPPER:-}" ]; then
+            step example-attention-hopper "${NVLM_VISION_HOPPER_TIMEOUT:-90}" \
+                "$attention_example" --kernel hopper || hopper_failed=1
+        fi ;;
     sanitize)
         if [ -z "$sanitizer" ]; then
             printf 'compute-sanitizer\tmissing\t0\t-\n' >> "$results/steps.tsv"

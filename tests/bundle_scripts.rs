@@ -81,6 +81,11 @@ fn fake_bundle(dir: &Path, card: Option<&str>) -> (PathBuf, PathBuf) {
          echo \"$(basename \"$image\") $dtype\" > \"$npy\"\n\
          if [ -n \"$FAKE_DEVICES_DIFFER\" ]; then echo \"$device\" >> \"$npy\"; fi\n",
     );
+    // The attention example: logs its arguments.
+    write_exe(
+        &bundle.join("bin/examples/attention"),
+        "#!/bin/sh\necho \"attention args: $*\"\n",
+    );
     write_exe(
         &bundle.join("bin/tests/gpu_bad"),
         "#!/bin/sh\necho \"args: $*\"\necho 'assertion failed: kernel wrote NaN'\nexit 3\n",
@@ -182,8 +187,10 @@ fn run_script_runs_every_phase_and_summarises() {
             "test-gpu_bad",
             "test-gpu_good",
             "example-preprocess",
+            "example-attention",
             "test-gpu_good-hopper",
             "test-gpu_hopper_prims",
+            "example-attention-hopper",
             "peer_stage",
             "bench-gpu_stage",
             "memcheck-gpu_bad",
@@ -210,6 +217,11 @@ fn run_script_runs_every_phase_and_summarises() {
             .contains("photo_rocket.jpg bf16: --device cuda .npy equals --device cpu"),
         "{}",
         log("example-preprocess")
+    );
+    assert_eq!(log("example-attention"), "attention args: \n");
+    assert_eq!(
+        log("example-attention-hopper"),
+        "attention args: --kernel hopper\n"
     );
     assert!(log("memcheck-gpu_good").contains("args: --test-threads=1 --skip _at_model_shapes"));
     assert!(log("racecheck-gpu_good").starts_with("sanitizer racecheck"));
@@ -570,4 +582,8 @@ fn run_script_requires_the_hopper_tests_on_compute_capability_9_0_only() {
         .unwrap();
     let log = fs::read_to_string(results.join("test-gpu_good.log")).unwrap();
     assert!(log.contains("require hopper: \n"), "{log}");
+    // The example's Hopper kernel is not run where it cannot be.
+    let steps = fs::read_to_string(results.join("steps.tsv")).unwrap();
+    assert!(steps.contains("example-attention\t"), "{steps}");
+    assert!(!steps.contains("example-attention-hopper"), "{steps}");
 }
