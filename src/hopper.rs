@@ -130,6 +130,10 @@ impl<const R: usize> TiledTensor<R> {
         if !(1..=5).contains(&R) {
             return bad(format!("rank {R} is outside 1..=5"));
         }
+        // The driver's rule. The CUDA Programming Guide's table of swizzle
+        // requirements lists 128 bytes for a swizzled map's global address;
+        // tests/gpu_hopper_primitives.rs loads a box through a map 16 bytes
+        // past a 128-byte boundary, so a GPU run says whether that holds.
         if !self.address.is_multiple_of(16) {
             return bad(format!(
                 "address {:#x} is not 16-byte aligned",

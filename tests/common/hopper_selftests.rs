@@ -185,14 +185,25 @@ pub fn expected_box(
 }
 
 /// Layouts the kernel reads: packed qkv (heads inside tokens, with the
-/// part's offset), contiguous `[B, N, H, D]`, and torch's head-major
-/// `[B, H, N, D]` (tokens inside heads).
-pub fn layouts(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> [AttentionLayout; 3] {
+/// part's offset), contiguous `[B, N, H, D]`, torch's head-major
+/// `[B, H, N, D]` (tokens inside heads), and `[B, N, H, D]` with gaps after
+/// each head, token and batch and an offset of 8 elements. That last map's
+/// address is 16 bytes past a 128-byte boundary: the driver asks 16-byte
+/// alignment of it, while the CUDA Programming Guide's table of swizzle
+/// requirements lists 128 bytes; a GPU run of this box says which holds.
+pub fn layouts(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> [AttentionLayout; 4] {
     use nvlm_vision::attention::QkvPart;
+    let dense = AttentionLayout::contiguous(batch, tokens, heads, head_dim);
+    let (head, token) = (head_dim + 8, heads * (head_dim + 8) + 16);
     [
         AttentionLayout::packed_qkv(batch, tokens, heads, head_dim, QkvPart::K),
-        AttentionLayout::contiguous(batch, tokens, heads, head_dim),
+        dense,
         AttentionLayout::heads_outer(batch, tokens, heads, head_dim),
+        AttentionLayout {
+            offset: 8,
+            strides: [tokens * token + 24, token, head],
+            ..dense
+        },
     ]
 }
 
