@@ -205,6 +205,37 @@ fn cluster_self_test_multicasts_into_both_ctas() {
     }
 }
 
+/// The round trip's launch file: a box loaded at `load` from the source
+/// and stored at `store` into the destination (addresses: source,
+/// destination, box copy).
+fn round_trip_file(
+    memory: &Memory,
+    [at_src, at_dst, at_box]: [u64; 3],
+    load: (i32, i32),
+    store: (i32, i32),
+) -> Vec<u8> {
+    let params = hopper_selftests::round_trip_params(at_box, load, store);
+    LaunchFile {
+        kernel: "selftest_tma_round_trip",
+        config: one_block(128, hopper_selftests::ROUND_TRIP_SMEM),
+        // SAFETY: abi.h's structs have no padding.
+        params: unsafe { host_emulation::param_bytes(&params) },
+        pointers: &[offset_of!(NvlmTmaSelftest, box_out)],
+        maps: &[
+            EmulatedTensorMap::of(&hopper_selftests::round_trip_matrix(
+                at_src,
+                hopper_selftests::ROUND_TRIP_SRC,
+            )),
+            EmulatedTensorMap::of(&hopper_selftests::round_trip_matrix(
+                at_dst,
+                hopper_selftests::ROUND_TRIP_DST,
+            )),
+        ],
+        memory,
+    }
+    .bytes()
+}
+
 #[test]
 fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
     let Some(exe) = emulator() else {
@@ -227,26 +258,7 @@ fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
         let at_src = memory.put(&src);
         let at_dst = memory.put(&vec![poison; (dst_pitch * dst_h) as usize]);
         let at_box = memory.put(&vec![poison; (box_w * box_h) as usize]);
-        let params = hopper_selftests::round_trip_params(at_box, load, store);
-        let file = LaunchFile {
-            kernel: "selftest_tma_round_trip",
-            config: one_block(128, hopper_selftests::ROUND_TRIP_SMEM),
-            // SAFETY: abi.h's structs have no padding.
-            params: unsafe { host_emulation::param_bytes(&params) },
-            pointers: &[offset_of!(NvlmTmaSelftest, box_out)],
-            maps: &[
-                EmulatedTensorMap::of(&hopper_selftests::round_trip_matrix(
-                    at_src,
-                    hopper_selftests::ROUND_TRIP_SRC,
-                )),
-                EmulatedTensorMap::of(&hopper_selftests::round_trip_matrix(
-                    at_dst,
-                    hopper_selftests::ROUND_TRIP_DST,
-                )),
-            ],
-            memory: &memory,
-        }
-        .bytes();
+        let file = round_trip_file(&memory, [at_src, at_dst, at_box], load, store);
         let after = host_emulation::run(&exe, &file);
         let got_box: Vec<u16> = Memory::get(&after, at_box, (box_w * box_h) as usize);
         let got_dst: Vec<u16> = Memory::get(&after, at_dst, (dst_pitch * dst_h) as usize);
@@ -263,6 +275,28 @@ fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
             "{what}: destination"
         );
     }
+}
+
+/// A TMA store's box may run past the tensor's far edges, not start before
+/// its first element (the CUDA Programming Guide), and the emulation stops
+/// one that does instead of dropping those elements.
+#[test]
+fn a_tma_store_at_a_negative_coordinate_fails_the_emulated_run() {
+    let Some(exe) = emulator() else {
+        return;
+    };
+    let (_, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
+    let (_, dst_h, dst_pitch) = hopper_selftests::ROUND_TRIP_DST;
+    let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
+    let poison = hopper_selftests::POISON;
+    let mut memory = Memory::default();
+    let addresses = [
+        memory.put(&random_bf16(9, (src_pitch * src_h) as usize)),
+        memory.put(&vec![poison; (dst_pitch * dst_h) as usize]),
+        memory.put(&vec![poison; (box_w * box_h) as usize]),
+    ];
+    let file = round_trip_file(&memory, addresses, (0, 0), (-8, 0));
+    host_emulation::assert_run_stops(&exe, &file, "a TMA store at (-8, 0): a negative coordinate");
 }
 
 #[test]

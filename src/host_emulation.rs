@@ -295,8 +295,15 @@ pub struct EmulatedTensorMap {
 }
 
 impl EmulatedTensorMap {
-    /// The map `TensorMap::tiled` would encode for `t` (rank 1 to 4).
+    /// The map `TensorMap::tiled` would encode for `t` (rank 1 to 4);
+    /// panics, as that would fail, on a tensor that breaks the driver's
+    /// rules ([`TiledTensor::check`]).
     pub fn of<const R: usize>(t: &TiledTensor<R>) -> EmulatedTensorMap {
+        t.check().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            R <= 4,
+            "the emulator holds tensor maps of rank 4 at most, not {R}"
+        );
         let padded = |v: [u64; R]| std::array::from_fn(|d| v.get(d).copied().unwrap_or(1));
         EmulatedTensorMap {
             address: t.address,

@@ -5,7 +5,8 @@
 // the whole box's bytes (zero-filled elements count, as on the GPU). A
 // store reads shared memory when its thread waits for it (the latest the
 // ISA allows, so a kernel that rewrites the box before waiting stores the
-// new bytes) and writes only the elements inside the tensor.
+// new bytes) and writes only the elements inside the tensor; its box may
+// not start at a negative coordinate.
 #pragma once
 #include <cuda.h>
 #include "common/mbarrier.cuh"
@@ -137,6 +138,10 @@ inline void tma_load_4d(void* dst, const CUtensorMap* map, uint64_t* bar, int32_
 
 inline void tma_store_2d(const CUtensorMap* map, const void* src, int32_t x, int32_t y) {
     if (map->rank != 2) emu::fail("a 2-D TMA store with a rank-%u tensor map", map->rank);
+    // A store's box may run past the tensor's far edges (those elements
+    // are not written) but may not start before its first element (the
+    // CUDA Programming Guide: the top-left corner cannot be negative).
+    if (x < 0 || y < 0) emu::fail("a TMA store at (%d, %d): a negative coordinate", x, y);
     emu::stores_issued.push_back({map, emu::shared_address(src), {x, y}});
 }
 
