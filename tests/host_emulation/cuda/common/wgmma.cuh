@@ -189,10 +189,20 @@ void unpack_a(const uint32_t (&a)[4], float* a_tile) {
     }
 }
 
+// Whether this thread has run wgmma.fence since its block began or since
+// its last wait_group. PTX asks for the fence before the first wgmma and
+// between any access of a wgmma's registers and the wgmma: the emulation
+// cannot see register accesses, so it asks for one after every wait (the
+// point past which the kernel reads the results and writes new operands).
+inline thread_local bool wgmma_fenced = false;
+
 inline void issue(float* acc, uint32_t acc_count, const uint32_t* a_registers,
                   void (*unpack)(const uint32_t (&)[4], float*), uint64_t desc_a, uint64_t desc_b,
                   bool accumulate, std::vector<float> (*operands)(const Wgmma&),
                   void (*run)(Wgmma&, const std::vector<float>&, const float*)) {
+    if (!wgmma_fenced)
+        fail("a wgmma issued with no wgmma.fence since the block began or since this thread's "
+             "last wgmma wait_group");
     check_uniform(desc_a, desc_b, accumulate);
     Wgmma w{};
     w.acc = acc;
@@ -237,12 +247,16 @@ inline void check_no_wgmma_in_flight() {
 }
 inline const bool wgmma_check_registered =
     (end_of_block_checks().push_back(check_no_wgmma_in_flight), true);
+// The next block starts unfenced (run as a check, at each block's end).
+inline void forget_wgmma_fence() { wgmma_fenced = false; }
+inline const bool wgmma_fence_reset_registered =
+    (end_of_block_checks().push_back(forget_wgmma_fence), true);
 
 }  // namespace emu
 
 namespace nvlm {
 
-inline void wgmma_fence() {}
+inline void wgmma_fence() { emu::wgmma_fenced = true; }
 
 inline void wgmma_commit_group() {
     emu::committed.push_back(std::move(emu::open_group));
@@ -256,6 +270,7 @@ inline void wgmma_wait_group() {
         emu::run_group(emu::committed.front());
         emu::committed.pop_front();
     }
+    emu::wgmma_fenced = false;
 }
 
 template <int N>
