@@ -145,6 +145,7 @@ struct Block {
     std::vector<std::unique_ptr<Barrier>> warpgroups, warps;
     std::vector<float> shuffle;         // one slot per thread
     std::vector<uint32_t> warp_words;   // [thread][8]: collective operands
+    std::vector<const char*> warp_op;   // [thread]: the warp-collective instruction it is at
     std::vector<float> wgmma_a;         // [warpgroup][64][16]: register A operands
     std::vector<uint64_t> wgmma_check;  // [thread][3]: operands every thread must agree on
     std::vector<uint8_t> smem;          // the dynamic shared memory
@@ -184,12 +185,29 @@ inline void start(uint32_t ctas, uint32_t threads, uint32_t smem_bytes) {
         for (uint32_t i = 0; i < threads / 32; ++i) b->warps.push_back(std::make_unique<Barrier>(32));
         b->shuffle.assign(threads, 0.0f);
         b->warp_words.assign(threads * 8, 0);
+        b->warp_op.assign(threads, "");
         b->wgmma_a.assign(threads / 128 * 64 * 16, 0.0f);
         b->wgmma_check.assign(threads * 3, 0);
         b->smem.assign(smem_bytes, 0);
         for (int id = 0; id < 16; ++id) b->named.push_back(std::make_unique<NamedBarrier>());
         cluster_ctas.push_back(std::move(b));
     }
+}
+
+// Waits until every lane of this thread's warp reaches a warp-collective
+// instruction, which must be the same one, `what` (a shuffle, an ldmatrix
+// or mma.sync variant): PTX's .sync.aligned instructions are executed by
+// the whole warp together. Lanes at different ones would otherwise meet
+// at the same emulated warp barrier and mix their operands.
+inline void warp_meet(const char* what) {
+    const uint32_t t = thread_rank, warp = t / 32;
+    cta().warp_op[t] = what;
+    cta().warps[warp]->wait(what);
+    const char* lane0 = cta().warp_op[warp * 32];
+    if (std::strcmp(lane0, what) != 0)
+        fail("lane %u is at %s while lane 0 of its warp is at %s: the warp must run a "
+             "warp-collective instruction together",
+             t % 32, what, lane0);
 }
 
 inline NamedBarrier& named_barrier(uint32_t id) {
@@ -261,7 +279,7 @@ inline float __shfl_xor_sync(uint32_t mask, float value, int lane_mask) {
     if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync with a partial mask");
     const uint32_t t = emu::thread_rank, warp = t / 32;
     emu::cta().shuffle[t] = value;
-    emu::cta().warps[warp]->wait("__shfl_xor_sync");
+    emu::warp_meet("__shfl_xor_sync");
     const float other = emu::cta().shuffle[warp * 32 + ((t % 32) ^ lane_mask)];
     emu::cta().warps[warp]->wait("__shfl_xor_sync");
     return other;

@@ -5,12 +5,14 @@
 //   thread sanitizer, a write racing another thread's read is reported
 //   wherever the hardware could make it;
 // - ldmatrix and mma.sync: warp-collective, every lane's operands meet in
-//   the block's exchange area; fragments as in kernels/common/warp_mma.cuh.
+//   the block's exchange area (every lane at the same variant, or the run
+//   stops); fragments as in kernels/common/warp_mma.cuh.
 #pragma once
 #include "common/ptx.cuh"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <deque>
+#include <type_traits>
 
 namespace emu {
 
@@ -30,12 +32,13 @@ inline void check_no_cp_async_in_flight() {
 inline const bool cp_async_check_registered =
     (end_of_block_checks().push_back(check_no_cp_async_in_flight), true);
 
-// This lane's words of the warp's exchange area, after all 32 lanes wrote
-// theirs; call warp_done() before the area is written again.
+// Lane 0's words of the warp's exchange area (lane l's 8 l words on),
+// after all 32 lanes wrote theirs at the same instruction `what`; call
+// warp_done() before the area is written again.
 inline const uint32_t* warp_exchange(const uint32_t* mine, uint32_t words, const char* what) {
     const uint32_t t = emu::thread_rank, warp = t / 32;
     std::memcpy(&cta().warp_words[8 * t], mine, words * 4);
-    cta().warps[warp]->wait(what);
+    warp_meet(what);
     return &cta().warp_words[8 * (warp * 32)];
 }
 inline void warp_done(const char* what) { cta().warps[emu::thread_rank / 32]->wait(what); }
@@ -87,7 +90,7 @@ inline void cp_async_wait() {
 }
 
 inline void ldmatrix_x4(uint32_t r[4], uint32_t smem) {
-    const uint32_t* rows = emu::warp_exchange(&smem, 1, "ldmatrix");
+    const uint32_t* rows = emu::warp_exchange(&smem, 1, "ldmatrix.x4");
     const uint32_t lane = emu::thread_rank % 32, g = lane / 4, q = lane % 4;
     for (uint32_t i = 0; i < 4; ++i) {
         const uint32_t row = rows[8 * (8 * i + g)];
@@ -98,7 +101,7 @@ inline void ldmatrix_x4(uint32_t r[4], uint32_t smem) {
 }
 
 inline void ldmatrix_x4_trans(uint32_t r[4], uint32_t smem) {
-    const uint32_t* rows = emu::warp_exchange(&smem, 1, "ldmatrix");
+    const uint32_t* rows = emu::warp_exchange(&smem, 1, "ldmatrix.x4.trans");
     const uint32_t lane = emu::thread_rank % 32, g = lane / 4, q = lane % 4;
     for (uint32_t i = 0; i < 4; ++i) {
         const uint32_t row0 = rows[8 * (8 * i + 2 * q)], row1 = rows[8 * (8 * i + 2 * q + 1)];
@@ -111,7 +114,8 @@ inline void ldmatrix_x4_trans(uint32_t r[4], uint32_t smem) {
 template <typename T>
 inline void mma_m16n8k16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     const uint32_t mine[6] = {a[0], a[1], a[2], a[3], b0, b1};
-    const uint32_t* all = emu::warp_exchange(mine, 6, "mma.sync");
+    const uint32_t* all = emu::warp_exchange(
+        mine, 6, std::is_same<T, __nv_bfloat16>::value ? "mma.sync bf16" : "mma.sync f16");
     const uint32_t lane = emu::thread_rank % 32, g = lane / 4, q = lane % 4;
     // Element (row, k) of A and (k, n) of B, from the lanes that hold them.
     const auto a_at = [&](uint32_t row, uint32_t k) {
