@@ -205,6 +205,24 @@ fn cluster_self_test_multicasts_into_both_ctas() {
     }
 }
 
+/// The round trip's memory: a source of random values drawn from `seed`,
+/// then the destination and the box copy, poisoned. Returns the source,
+/// the memory and the three addresses.
+fn round_trip_memory(seed: u64) -> (Vec<u16>, Memory, [u64; 3]) {
+    let (_, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
+    let (_, dst_h, dst_pitch) = hopper_selftests::ROUND_TRIP_DST;
+    let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
+    let poison = hopper_selftests::POISON;
+    let src = random_bf16(seed, (src_pitch * src_h) as usize);
+    let mut memory = Memory::default();
+    let addresses = [
+        memory.put(&src),
+        memory.put(&vec![poison; (dst_pitch * dst_h) as usize]),
+        memory.put(&vec![poison; (box_w * box_h) as usize]),
+    ];
+    (src, memory, addresses)
+}
+
 /// The round trip's launch file: a box loaded at `load` from the source
 /// and stored at `store` into the destination (addresses: source,
 /// destination, box copy).
@@ -241,10 +259,8 @@ fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
     let Some(exe) = emulator() else {
         return;
     };
-    let (_, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
     let (_, dst_h, dst_pitch) = hopper_selftests::ROUND_TRIP_DST;
     let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
-    let poison = hopper_selftests::POISON;
     // Inside, past every edge of the source, and stores clipped at the
     // destination's right and bottom edges.
     for (seed, load, store) in [
@@ -253,11 +269,7 @@ fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
         (7, (99, 69), (8, 20)),
         (8, (50, -3), (30, 0)),
     ] {
-        let src = random_bf16(seed, (src_pitch * src_h) as usize);
-        let mut memory = Memory::default();
-        let at_src = memory.put(&src);
-        let at_dst = memory.put(&vec![poison; (dst_pitch * dst_h) as usize]);
-        let at_box = memory.put(&vec![poison; (box_w * box_h) as usize]);
+        let (src, memory, [at_src, at_dst, at_box]) = round_trip_memory(seed);
         let file = round_trip_file(&memory, [at_src, at_dst, at_box], load, store);
         let after = host_emulation::run(&exe, &file);
         let got_box: Vec<u16> = Memory::get(&after, at_box, (box_w * box_h) as usize);
@@ -285,16 +297,7 @@ fn a_tma_store_at_a_negative_coordinate_fails_the_emulated_run() {
     let Some(exe) = emulator() else {
         return;
     };
-    let (_, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
-    let (_, dst_h, dst_pitch) = hopper_selftests::ROUND_TRIP_DST;
-    let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
-    let poison = hopper_selftests::POISON;
-    let mut memory = Memory::default();
-    let addresses = [
-        memory.put(&random_bf16(9, (src_pitch * src_h) as usize)),
-        memory.put(&vec![poison; (dst_pitch * dst_h) as usize]),
-        memory.put(&vec![poison; (box_w * box_h) as usize]),
-    ];
+    let (_, memory, addresses) = round_trip_memory(9);
     let file = round_trip_file(&memory, addresses, (0, 0), (-8, 0));
     host_emulation::assert_run_stops(&exe, &file, "a TMA store at (-8, 0): a negative coordinate");
 }
