@@ -2,9 +2,10 @@
 # Builds the GPU bundle: release, stripped executables of every test target
 # and every bench target named `gpu_*` (kernels embedded), the `preprocess`
 # example (run.sh compares its `--device cuda` output with `--device cpu`'s)
-# and the `attention` example, every `scripts/peer_*.py` and the timing module they share, the fixtures,
-# the ptxas report, the summariser and run.sh, in one folder small enough to
-# carry to a GPU host that has no Rust toolchain.
+# and the `attention` example, every `scripts/peer_*.py` and the timing
+# module they share, the fixtures, the ptxas report, the summariser and
+# run.sh, in one folder small enough to carry to a GPU host that has no
+# Rust toolchain.
 #
 #   scripts/gpu_bundle.sh [BUNDLE_DIR]     (default: bundle/)
 #   then, on the GPU host:  BUNDLE_DIR/run.sh RESULTS_DIR [tests|sanitize|bench|peers|all ...]

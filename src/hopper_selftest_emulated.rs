@@ -269,8 +269,9 @@ fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
         (7, (99, 69), (8, 20)),
         (8, (50, -3), (30, 0)),
     ] {
-        let (src, memory, [at_src, at_dst, at_box]) = round_trip_memory(seed);
-        let file = round_trip_file(&memory, [at_src, at_dst, at_box], load, store);
+        let (src, memory, addresses) = round_trip_memory(seed);
+        let [_, at_dst, at_box] = addresses;
+        let file = round_trip_file(&memory, addresses, load, store);
         let after = host_emulation::run(&exe, &file);
         let got_box: Vec<u16> = Memory::get(&after, at_box, (box_w * box_h) as usize);
         let got_dst: Vec<u16> = Memory::get(&after, at_dst, (dst_pitch * dst_h) as usize);

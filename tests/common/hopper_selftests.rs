@@ -194,7 +194,8 @@ pub fn expected_box(
 pub fn layouts(batch: usize, tokens: usize, heads: usize, head_dim: usize) -> [AttentionLayout; 4] {
     use nvlm_vision::attention::QkvPart;
     let dense = AttentionLayout::contiguous(batch, tokens, heads, head_dim);
-    let (head, token) = (head_dim + 8, heads * (head_dim + 8) + 16);
+    let head = head_dim + 8;
+    let token = heads * head + 16;
     [
         AttentionLayout::packed_qkv(batch, tokens, heads, head_dim, QkvPart::K),
         dense,

@@ -32,9 +32,9 @@ inline void check_no_cp_async_in_flight() {
 inline const bool cp_async_check_registered =
     (end_of_block_checks().push_back(check_no_cp_async_in_flight), true);
 
-// Lane 0's words of the warp's exchange area (lane l's 8 l words on),
-// after all 32 lanes wrote theirs at the same instruction `what`; call
-// warp_done() before the area is written again.
+// The warp's exchange area (lane l's words at 8 l), after all 32 lanes
+// wrote theirs at the same instruction `what`; call warp_done() before the
+// area is written again.
 inline const uint32_t* warp_exchange(const uint32_t* mine, uint32_t words, const char* what) {
     const uint32_t t = emu::thread_rank, warp = t / 32;
     std::memcpy(&cta().warp_words[8 * t], mine, words * 4);
