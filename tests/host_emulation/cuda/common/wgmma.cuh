@@ -14,9 +14,10 @@
 // retires its group, not when issued. Its operands (shared memory and the
 // A registers) are read at issue and again when it runs, and must not
 // have changed in between; its accumulator registers must not be written
-// while it is in flight; a group never waited for is an error at the end
-// of the block. Every thread of the warpgroup must issue the same wgmma
-// (the same descriptors), which is checked.
+// while it is in flight, and hold a NaN then, so that a result read
+// before its wait cannot pass; a group never waited for is an error at
+// the end of the block. Every thread of the warpgroup must issue the same
+// wgmma (the same descriptors), which is checked.
 #pragma once
 #include "common/ptx.cuh"
 #include "common/wgmma_descriptor.cuh"
@@ -100,8 +101,9 @@ struct Wgmma {
     float* acc;
     uint32_t acc_count;  // N / 2
     bool accumulate;
-    // The accumulators at issue, when no earlier wgmma in flight writes them.
-    std::vector<float> acc_at_issue;
+    // The accumulators' values for this wgmma, held here while `acc`
+    // holds kInFlightBits, when it is the first in flight to write them.
+    std::vector<float> acc_held;
     const uint32_t* a_registers;  // nullptr: A in shared memory
     uint32_t a_at_issue[4];
     // A's registers into the warpgroup's [64][16] tile (A from registers).
@@ -117,13 +119,25 @@ struct Wgmma {
 thread_local std::vector<Wgmma> open_group;
 thread_local std::deque<std::vector<Wgmma>> committed;
 
-inline bool in_flight(const float* acc) {
-    for (const Wgmma& w : open_group)
-        if (w.acc == acc) return true;
-    for (const auto& group : committed)
-        for (const Wgmma& w : group)
-            if (w.acc == acc) return true;
-    return false;
+// The first wgmma in flight that writes `acc`, or nullptr.
+inline Wgmma* first_in_flight(const float* acc) {
+    for (auto& group : committed)
+        for (Wgmma& w : group)
+            if (w.acc == acc) return &w;
+    for (Wgmma& w : open_group)
+        if (w.acc == acc) return &w;
+    return nullptr;
+}
+
+// What accumulators hold while a wgmma writing them is in flight: a quiet
+// NaN with a payload, which any arithmetic on it carries to the output.
+constexpr uint32_t kInFlightBits = 0x7fc0a5a5u;
+
+// Moves `acc`'s values into `w` (the first wgmma in flight on them) and
+// leaves kInFlightBits in the registers.
+inline void hold_accumulators(Wgmma& w) {
+    w.acc_held.assign(w.acc, w.acc + w.acc_count);
+    for (uint32_t i = 0; i < w.acc_count; ++i) std::memcpy(&w.acc[i], &kInFlightBits, 4);
 }
 
 // Operand values of the elements this thread's accumulators need: rows
@@ -208,7 +222,7 @@ inline void issue(float* acc, uint32_t acc_count, const uint32_t* a_registers,
     w.acc = acc;
     w.acc_count = acc_count;
     w.accumulate = accumulate;
-    if (!in_flight(acc)) w.acc_at_issue.assign(acc, acc + acc_count);
+    const bool first_on_acc = first_in_flight(acc) == nullptr;
     w.a_registers = a_registers;
     if (a_registers) std::memcpy(w.a_at_issue, a_registers, sizeof w.a_at_issue);
     w.unpack_a = unpack;
@@ -218,6 +232,7 @@ inline void issue(float* acc, uint32_t acc_count, const uint32_t* a_registers,
     w.operands_at_issue = operands(w);
     w.run = run;
     open_group.push_back(std::move(w));
+    if (first_on_acc) hold_accumulators(open_group.back());
 }
 
 inline void run_group(std::vector<Wgmma>& group) {
@@ -227,9 +242,12 @@ inline void run_group(std::vector<Wgmma>& group) {
         const std::vector<float> now = w.operands(w);
         if (std::memcmp(now.data(), w.operands_at_issue.data(), now.size() * sizeof(float)) != 0)
             fail("a wgmma's shared-memory operand changed between its issue and its wait");
-        if (!w.acc_at_issue.empty() &&
-            std::memcmp(w.acc, w.acc_at_issue.data(), w.acc_count * sizeof(float)) != 0)
-            fail("accumulator registers written while a wgmma on them was in flight");
+        if (!w.acc_held.empty()) {
+            for (uint32_t i = 0; i < w.acc_count; ++i)
+                if (std::memcmp(&w.acc[i], &kInFlightBits, 4) != 0)
+                    fail("accumulator registers written while a wgmma on them was in flight");
+            std::memcpy(w.acc, w.acc_held.data(), w.acc_count * sizeof(float));
+        }
         if (w.a_registers) {
             if (std::memcmp(w.a_registers, w.a_at_issue, sizeof w.a_at_issue) != 0)
                 fail("A registers written while the wgmma reading them was in flight");
@@ -267,8 +285,14 @@ inline void wgmma_commit_group() {
 template <int Pending>
 inline void wgmma_wait_group() {
     while (emu::committed.size() > static_cast<size_t>(Pending)) {
-        emu::run_group(emu::committed.front());
+        std::vector<emu::Wgmma> group = std::move(emu::committed.front());
         emu::committed.pop_front();
+        emu::run_group(group);
+        // Accumulators a later wgmma still writes stay unreadable.
+        for (const emu::Wgmma& w : group) {
+            emu::Wgmma* next = emu::first_in_flight(w.acc);
+            if (next && next->acc_held.empty()) emu::hold_accumulators(*next);
+        }
     }
     emu::wgmma_fenced = false;
 }
