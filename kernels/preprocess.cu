@@ -75,30 +75,28 @@ __device__ __forceinline__ void write_tiles(const NvlmTileWrite& p, uint32_t x, 
 
 }  // namespace
 
-// Both kernels: one thread per destination pixel; x from the grid, y
-// strided, since an intermediate can have more rows than gridDim.y allows.
+// Both kernels: one thread per destination pixel. The plan's size limits
+// keep a pass's rows within gridDim.y's cap (src/preprocess/gpu/two_pass.rs).
 extern "C" __global__ void resample_to_intermediate(const NvlmIntermediate p) {
     const uint32_t x = blockIdx.x * blockDim.x + threadIdx.x;
-    if (x >= p.pass.dst_width) return;
-    for (uint32_t y = blockIdx.y * blockDim.y + threadIdx.y; y < p.pass.dst_height; y += gridDim.y * blockDim.y) {
-        if (p.pass.channels == 3) {
-            write_intermediate<3>(p, x, y);
-        } else {
-            write_intermediate<1>(p, x, y);
-        }
+    const uint32_t y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= p.pass.dst_width || y >= p.pass.dst_height) return;
+    if (p.pass.channels == 3) {
+        write_intermediate<3>(p, x, y);
+    } else {
+        write_intermediate<1>(p, x, y);
     }
 }
 
 // Table entries are copied as bits, so f32, bf16 and f16 need two widths only.
 extern "C" __global__ void resample_to_tiles(const NvlmTileWrite p) {
     const uint32_t x = blockIdx.x * blockDim.x + threadIdx.x;
-    if (x >= p.pass.dst_width) return;
-    for (uint32_t y = blockIdx.y * blockDim.y + threadIdx.y; y < p.pass.dst_height; y += gridDim.y * blockDim.y) {
-        if (p.elem_bytes == 4) {
-            if (p.pass.channels == 3) write_tiles<3, uint32_t>(p, x, y); else write_tiles<1, uint32_t>(p, x, y);
-        } else {
-            if (p.pass.channels == 3) write_tiles<3, uint16_t>(p, x, y); else write_tiles<1, uint16_t>(p, x, y);
-        }
+    const uint32_t y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= p.pass.dst_width || y >= p.pass.dst_height) return;
+    if (p.elem_bytes == 4) {
+        if (p.pass.channels == 3) write_tiles<3, uint32_t>(p, x, y); else write_tiles<1, uint32_t>(p, x, y);
+    } else {
+        if (p.pass.channels == 3) write_tiles<3, uint16_t>(p, x, y); else write_tiles<1, uint16_t>(p, x, y);
     }
 }
 

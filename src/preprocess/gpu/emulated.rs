@@ -227,6 +227,7 @@ fn emulate_v1<T: TensorElement + bytemuck::Pod>(
     let out = memory.put(&vec![0xFFu8; out_bytes]);
     for target in Target::of(plan) {
         let resize = TwoPassV1::new(pre.pillow, (source.width, source.height), target);
+        let (intermediate_config, tiles_config) = resize.launch_configs().unwrap();
         let mut tables = |axis: &AxisCoefficients| {
             [
                 memory.put(&axis.first),
@@ -266,7 +267,7 @@ fn emulate_v1<T: TensorElement + bytemuck::Pod>(
             pointers.push(offset_of!(NvlmIntermediate, dst));
             let file = LaunchFile {
                 kernel: "resample_to_intermediate",
-                config: launch_config(&params.pass),
+                config: intermediate_config.expect("a first pass has a launch"),
                 // SAFETY: abi.h's structs have no padding.
                 params: unsafe { host_emulation::param_bytes(params) },
                 pointers: &pointers,
@@ -282,7 +283,7 @@ fn emulate_v1<T: TensorElement + bytemuck::Pod>(
         ]);
         let file = LaunchFile {
             kernel: "resample_to_tiles",
-            config: launch_config(&launches.tiles.pass),
+            config: tiles_config,
             // SAFETY: as above.
             params: unsafe { host_emulation::param_bytes(&launches.tiles) },
             pointers: &pointers,

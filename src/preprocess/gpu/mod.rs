@@ -12,7 +12,8 @@ use crate::preprocess::cpu::normalization_tables;
 use crate::preprocess::{ImageView, PixelFormat, Preprocessor, TilePlan, check_image_size};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
-    CudaEvent, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, PinnedHostSlice, PushKernelArg,
+    CudaEvent, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
 };
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +27,7 @@ mod two_pass;
 use fused::FusedLaunch;
 use launch_cache::{CachedLaunch, LaunchCache, LaunchKey};
 use staging::{HostImage, Staging};
-use two_pass::{DeviceAxis, TwoPassV1, V1Buffers, device_addr, launch_config};
+use two_pass::{DeviceAxis, TwoPassV1, V1Buffers, device_addr};
 
 /// Which preprocessing kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -528,13 +529,21 @@ impl CudaPreprocessor {
     ) -> Result<()> {
         let pre = &self.preprocessor;
         let stream = self.gpu.stream();
+        let resizes: Vec<TwoPassV1> = Target::of(plan)
+            .into_iter()
+            .map(|target| TwoPassV1::new(pre.pillow, (source.width, source.height), target))
+            .collect();
+        let configs = resizes
+            .iter()
+            .map(TwoPassV1::launch_configs)
+            .collect::<Result<Vec<_>>>()?;
         let tables = normalization_tables::<T>(pre.normalization.mean, pre.normalization.std);
         let flat: Vec<T> = tables.iter().flatten().copied().collect();
         let table = stream
             .clone_htod(&flat)
             .map_err(driver_error("copy normalisation table"))?;
-        for target in Target::of(plan) {
-            self.resize_into_tiles_v1(source, target, &table, out)?;
+        for (resize, configs) in resizes.iter().zip(configs) {
+            self.resize_into_tiles_v1(source, resize, configs, &table, out)?;
         }
         Ok(())
     }
@@ -542,16 +551,12 @@ impl CudaPreprocessor {
     fn resize_into_tiles_v1<T: TensorElement + DeviceRepr>(
         &self,
         image: Source,
-        target: Target,
+        resize: &TwoPassV1,
+        (intermediate_config, tiles_config): (Option<LaunchConfig>, LaunchConfig),
         table: &CudaSlice<T>,
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
         let stream = self.gpu.stream();
-        let resize = TwoPassV1::new(
-            self.preprocessor.pillow,
-            (image.width, image.height),
-            target,
-        );
         let first_tables = resize
             .first
             .as_ref()
@@ -583,20 +588,15 @@ impl CudaPreprocessor {
             T::DTYPE.size_bytes() as u32,
             self.preprocessor.config.tile_size,
         );
-        if let Some(params) = &launches.intermediate {
+        if let (Some(params), Some(config)) = (&launches.intermediate, intermediate_config) {
             let f = self
                 .gpu
                 .function(KernelModule::Preprocess, "resample_to_intermediate")?;
             // SAFETY: the params describe live device buffers of the sizes
             // the kernel indexes (the image checked on the host, the tables
             // and intermediate made for this resize); one stream orders it.
-            unsafe {
-                stream
-                    .launch_builder(&f)
-                    .arg(params)
-                    .launch(launch_config(&params.pass))
-            }
-            .map_err(driver_error("resample_to_intermediate"))?;
+            unsafe { stream.launch_builder(&f).arg(params).launch(config) }
+                .map_err(driver_error("resample_to_intermediate"))?;
         }
         let f = self
             .gpu
@@ -606,7 +606,7 @@ impl CudaPreprocessor {
             stream
                 .launch_builder(&f)
                 .arg(&launches.tiles)
-                .launch(launch_config(&launches.tiles.pass))
+                .launch(tiles_config)
         }
         .map_err(driver_error("resample_to_tiles"))?;
         // v1 as first written: the tables and the intermediate are dropped

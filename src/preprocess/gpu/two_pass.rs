@@ -5,7 +5,7 @@
 use super::{Source, Target};
 use crate::abi::{NvlmIntermediate, NvlmResamplePass, NvlmTileWrite};
 use crate::cuda::driver_error;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::preprocess::PixelFormat;
 use crate::preprocess::coeffs::AxisCoefficients;
 use crate::preprocess::cpu::{Passes, PillowVersion};
@@ -83,6 +83,12 @@ impl TwoPassV1 {
         }
     }
 
+    /// The first pass's launch, if any, and the last's.
+    pub(super) fn launch_configs(&self) -> Result<(Option<LaunchConfig>, LaunchConfig)> {
+        let first = self.first.as_ref().map(V1Pass::launch_config).transpose()?;
+        Ok((first, self.last.launch_config()?))
+    }
+
     /// The intermediate's bytes (colour channels only), for a two-pass resize.
     pub(super) fn intermediate_len(&self, format: PixelFormat) -> Option<usize> {
         self.first
@@ -135,6 +141,22 @@ impl TwoPassV1 {
 }
 
 impl V1Pass {
+    /// Its launch: one thread per pixel of the pass's destination.
+    pub(super) fn launch_config(&self) -> Result<LaunchConfig> {
+        let (w, h) = self.size;
+        let rows_of_blocks = h.div_ceil(BLOCK.1);
+        if rows_of_blocks > MAX_GRID_Y {
+            return Err(Error::InvalidShape(format!(
+                "a v1 pass of {h} rows needs {rows_of_blocks} rows of blocks, past CUDA's {MAX_GRID_Y}"
+            )));
+        }
+        Ok(LaunchConfig {
+            grid_dim: (w.div_ceil(BLOCK.0), rows_of_blocks, 1),
+            block_dim: (BLOCK.0, BLOCK.1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+
     pub(super) fn params(
         &self,
         src: &Plane,
@@ -186,8 +208,13 @@ impl DeviceAxis {
 }
 
 pub(super) const BLOCK: (u32, u32) = (32, 8);
-/// gridDim.y cap; the v1 kernels stride over the remaining rows.
-pub(super) const MAX_GRID_Y: u32 = 65535;
+/// CUDA's cap on gridDim.y. A v1 pass has at most 163 840 rows (20 480
+/// rows of blocks) within the plan's limits: a last pass makes at most 64
+/// tiles' rows of 2 048, and a horizontal first pass keeps the input's
+/// height, which Pillow 12 does only for `in_h <= 100 in_w` (so
+/// `in_h^2 <= 100 MAX_PIXELS`) or `out_h >= in_h`, and Pillow 13 only for
+/// `in_h - out_h <= 2 (in_w - out_w)`. The test below checks the extremes.
+const MAX_GRID_Y: u32 = 65535;
 
 /// A pass's source: `height` rows of `width` pixels of `bpp` bytes.
 #[derive(Clone, Copy)]
@@ -206,12 +233,52 @@ pub(super) fn device_addr<T>(slice: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     addr
 }
 
-/// A v1 launch: one thread per pixel of the pass's destination.
-pub(super) fn launch_config(pass: &NvlmResamplePass) -> LaunchConfig {
-    let (w, h) = (pass.dst_width, pass.dst_height);
-    LaunchConfig {
-        grid_dim: (w.div_ceil(BLOCK.0), h.div_ceil(BLOCK.1).min(MAX_GRID_Y), 1),
-        block_dim: (BLOCK.0, BLOCK.1, 1),
-        shared_mem_bytes: 0,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preprocess::{
+        DhrConfig, MAX_PIXELS, MAX_SIDE, MAX_TILE_SIZE, MAX_TILES_LIMIT, TilePlan,
+    };
+
+    /// The images with the most rows a v1 pass can take: the tallest for
+    /// each width (up to MAX_SIDE and MAX_PIXELS), around the widths where
+    /// Pillow 12 and 13 change order, with the largest tiles and tile
+    /// counts, keep every pass within gridDim.y's cap.
+    #[test]
+    fn every_pass_within_the_plan_limits_fits_the_grid() {
+        let mut widths: Vec<u32> = (0..=20).map(|e| 1 << e).collect();
+        // Pillow 12 goes horizontal first up to in_h = 100 in_w, so at
+        // MAX_PIXELS its tallest such input is 1638 wide; Pillow 13's is
+        // near 2 in_w + the tallest output.
+        widths.extend([1637, 1638, 1639, 1640, 2047, 2049, 40_000, 65_535]);
+        let mut tallest_pass = 0;
+        for in_w in widths {
+            let in_h = (MAX_PIXELS / u64::from(in_w)).min(u64::from(MAX_SIDE)) as u32;
+            for (tile_size, max_tiles) in [(MAX_TILE_SIZE, MAX_TILES_LIMIT), (448, 12), (32, 64)] {
+                let config = DhrConfig {
+                    tile_size,
+                    max_tiles,
+                    ..DhrConfig::NVLM_D
+                };
+                let plan = TilePlan::new(in_w, in_h, &config).unwrap();
+                for pillow in [PillowVersion::V12, PillowVersion::V13] {
+                    for target in Target::of(&plan) {
+                        let (out_w, out_h) = target.size;
+                        let passes = pillow.passes(in_w, in_h, out_w, out_h);
+                        let rows = match passes {
+                            Passes::HorizontalThenVertical => in_h.max(out_h),
+                            _ => out_h,
+                        };
+                        tallest_pass = tallest_pass.max(rows);
+                        assert!(
+                            rows.div_ceil(BLOCK.1) <= MAX_GRID_Y,
+                            "{in_w}x{in_h} to {out_w}x{out_h} ({pillow:?}, {passes:?}): {rows} rows"
+                        );
+                    }
+                }
+            }
+        }
+        // The extremes reached what the bound on MAX_GRID_Y says.
+        assert!(tallest_pass > 131_072, "tallest pass {tallest_pass} rows");
     }
 }
