@@ -239,18 +239,19 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
     // from the same memory in reverse: a byte that ends up different is
     // one two blocks both write, or one a block reads after another
     // writes it, which blocks run one at a time cannot otherwise show.
+    // One run of the grid with the guard bands poisoned; false if it wrote one.
+    const auto run_guarded = [&](bool reversed) {
+        poison_guards(true);
+        run_grid(reversed);
+        poison_guards(false);
+        return guards_intact();
+    };
     const std::vector<uint8_t> initial = clusters > 1 ? memory : std::vector<uint8_t>{};
-    poison_guards(true);
-    run_grid(false);
-    poison_guards(false);
-    if (!guards_intact()) return 1;
+    if (!run_guarded(false)) return 1;
     if (clusters > 1) {
         const std::vector<uint8_t> in_launch_order = memory;
         std::copy(initial.begin(), initial.end(), memory.begin());
-        poison_guards(true);
-        run_grid(true);
-        poison_guards(false);
-        if (!guards_intact()) return 1;
+        if (!run_guarded(true)) return 1;
         const auto differ = std::mismatch(memory.begin(), memory.end(), in_launch_order.begin());
         if (differ.first != memory.end()) {
             const size_t offset = static_cast<size_t>(differ.first - memory.begin());
