@@ -47,6 +47,28 @@ pub(super) struct V1Launches {
     pub(super) tiles: NvlmTileWrite,
 }
 
+/// A v1 pass's axis (true: vertical) and the size it makes.
+type PassShape = (bool, (u32, u32));
+
+/// The passes v1 runs to resize `in_w`x`in_h` to `out_w`x`out_h`, in
+/// Pillow's order: the first, when there are two, and the last.
+fn pass_shapes(
+    pillow: PillowVersion,
+    (in_w, in_h): (u32, u32),
+    (out_w, out_h): (u32, u32),
+) -> (Option<PassShape>, PassShape) {
+    let out = (out_w, out_h);
+    match pillow.passes(in_w, in_h, out_w, out_h) {
+        Passes::VerticalThenHorizontal => (Some((true, (in_w, out_h))), (false, out)),
+        Passes::HorizontalThenVertical => (Some((false, (out_w, in_h))), (true, out)),
+        Passes::Vertical => (None, (true, out)),
+        Passes::Horizontal => (None, (false, out)),
+        // Pillow copies; an identity pass is exact (each weight row is
+        // a single 1.0 at the centre), so the last pass can do the copy.
+        Passes::Copy => (None, (false, out)),
+    }
+}
+
 impl TwoPassV1 {
     pub(super) fn new(
         pillow: PillowVersion,
@@ -54,7 +76,7 @@ impl TwoPassV1 {
         target: Target,
     ) -> TwoPassV1 {
         let (out_w, out_h) = target.size;
-        let pass = |vertical: bool, size| V1Pass {
+        let pass = |(vertical, size): PassShape| V1Pass {
             axis: if vertical {
                 AxisCoefficients::bicubic(in_h, out_h)
             } else {
@@ -63,30 +85,22 @@ impl TwoPassV1 {
             vertical,
             size,
         };
-        let (first, last) = match pillow.passes(in_w, in_h, out_w, out_h) {
-            Passes::VerticalThenHorizontal => {
-                (Some(pass(true, (in_w, out_h))), pass(false, target.size))
-            }
-            Passes::HorizontalThenVertical => {
-                (Some(pass(false, (out_w, in_h))), pass(true, target.size))
-            }
-            Passes::Vertical => (None, pass(true, target.size)),
-            Passes::Horizontal => (None, pass(false, target.size)),
-            // Pillow copies; an identity pass is exact (each weight row is
-            // a single 1.0 at the centre), so the last pass can do the copy.
-            Passes::Copy => (None, pass(false, target.size)),
-        };
+        let (first, last) = pass_shapes(pillow, (in_w, in_h), target.size);
         TwoPassV1 {
             target,
-            first,
-            last,
+            first: first.map(pass),
+            last: pass(last),
         }
     }
 
     /// The first pass's launch, if any, and the last's.
     pub(super) fn launch_configs(&self) -> Result<(Option<LaunchConfig>, LaunchConfig)> {
-        let first = self.first.as_ref().map(V1Pass::launch_config).transpose()?;
-        Ok((first, self.last.launch_config()?))
+        let first = self
+            .first
+            .as_ref()
+            .map(|p| launch_config(p.size))
+            .transpose()?;
+        Ok((first, launch_config(self.last.size)?))
     }
 
     /// The intermediate's bytes (colour channels only), for a two-pass resize.
@@ -141,22 +155,6 @@ impl TwoPassV1 {
 }
 
 impl V1Pass {
-    /// Its launch: one thread per pixel of the pass's destination.
-    pub(super) fn launch_config(&self) -> Result<LaunchConfig> {
-        let (w, h) = self.size;
-        let rows_of_blocks = h.div_ceil(BLOCK.1);
-        if rows_of_blocks > MAX_GRID_Y {
-            return Err(Error::InvalidShape(format!(
-                "a v1 pass of {h} rows needs {rows_of_blocks} rows of blocks, past CUDA's {MAX_GRID_Y}"
-            )));
-        }
-        Ok(LaunchConfig {
-            grid_dim: (w.div_ceil(BLOCK.0), rows_of_blocks, 1),
-            block_dim: (BLOCK.0, BLOCK.1, 1),
-            shared_mem_bytes: 0,
-        })
-    }
-
     pub(super) fn params(
         &self,
         src: &Plane,
@@ -216,6 +214,21 @@ pub(super) const BLOCK: (u32, u32) = (32, 8);
 /// `in_h - out_h <= 2 (in_w - out_w)`. The test below checks the extremes.
 const MAX_GRID_Y: u32 = 65535;
 
+/// The launch of a v1 pass that makes `w`x`h` pixels: one thread each.
+fn launch_config((w, h): (u32, u32)) -> Result<LaunchConfig> {
+    let rows_of_blocks = h.div_ceil(BLOCK.1);
+    if rows_of_blocks > MAX_GRID_Y {
+        return Err(Error::InvalidShape(format!(
+            "a v1 pass of {h} rows needs {rows_of_blocks} rows of blocks, past CUDA's {MAX_GRID_Y}"
+        )));
+    }
+    Ok(LaunchConfig {
+        grid_dim: (w.div_ceil(BLOCK.0), rows_of_blocks, 1),
+        block_dim: (BLOCK.0, BLOCK.1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 /// A pass's source: `height` rows of `width` pixels of `bpp` bytes.
 #[derive(Clone, Copy)]
 pub(super) struct Plane {
@@ -263,17 +276,13 @@ mod tests {
                 let plan = TilePlan::new(in_w, in_h, &config).unwrap();
                 for pillow in [PillowVersion::V12, PillowVersion::V13] {
                     for target in Target::of(&plan) {
-                        let (out_w, out_h) = target.size;
-                        let passes = pillow.passes(in_w, in_h, out_w, out_h);
-                        let rows = match passes {
-                            Passes::HorizontalThenVertical => in_h.max(out_h),
-                            _ => out_h,
-                        };
-                        tallest_pass = tallest_pass.max(rows);
-                        assert!(
-                            rows.div_ceil(BLOCK.1) <= MAX_GRID_Y,
-                            "{in_w}x{in_h} to {out_w}x{out_h} ({pillow:?}, {passes:?}): {rows} rows"
-                        );
+                        let (first, last) = pass_shapes(pillow, (in_w, in_h), target.size);
+                        for (_, size) in first.into_iter().chain([last]) {
+                            tallest_pass = tallest_pass.max(size.1);
+                            if let Err(e) = launch_config(size) {
+                                panic!("{in_w}x{in_h} to {:?} ({pillow:?}): {e}", target.size);
+                            }
+                        }
                     }
                 }
             }
