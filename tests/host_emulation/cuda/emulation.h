@@ -10,9 +10,11 @@
 // Every misuse the emulation can see (a shared address outside the
 // launch's dynamic shared memory, a global read outside the buffers, a
 // wait that never ends, a warpgroup whose threads disagree on a wgmma
-// operand) aborts with a message naming it.
+// operand, an async-proxy read of ordinary stores no fence published)
+// aborts with a message naming it.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -79,14 +81,16 @@ inline thread_local uint32_t thread_rank = 0;
 // is a deadlock.
 constexpr auto kDeadlock = std::chrono::seconds(120);
 
-// A reusable barrier for `n` threads.
+// A reusable barrier for `n` threads. `on_complete`, if given, runs in the
+// last thread to arrive, while every other one waits.
 class Barrier {
   public:
     explicit Barrier(unsigned n) : n_(n) {}
-    void wait(const char* what) {
+    void wait(const char* what, void (*on_complete)() = nullptr) {
         std::unique_lock<std::mutex> lock(m_);
         const unsigned gen = gen_;
         if (++waiting_ == n_) {
+            if (on_complete) on_complete();
             waiting_ = 0;
             ++gen_;
             cv_.notify_all();
@@ -149,6 +153,11 @@ struct Block {
     std::vector<float> wgmma_a;         // [warpgroup][64][16]: register A operands
     std::vector<uint64_t> wgmma_check;  // [thread][3]: operands every thread must agree on
     std::vector<uint8_t> smem;          // the dynamic shared memory
+    // The dynamic shared memory as the async proxy (wgmma, TMA stores)
+    // sees it: what TMA wrote, and ordinary stores once published
+    // (publish_fenced_stores).
+    std::vector<uint8_t> async_view;
+    std::atomic<bool> proxy_fenced{false};  // a fence.proxy.async since the last publish
     std::vector<std::unique_ptr<NamedBarrier>> named;  // ids 1..15 (0 is __syncthreads)
 };
 // The CTAs of the cluster being run (one, unless the kernel's driver
@@ -189,6 +198,7 @@ inline void start(uint32_t ctas, uint32_t threads, uint32_t smem_bytes) {
         b->wgmma_a.assign(threads / 128 * 64 * 16, 0.0f);
         b->wgmma_check.assign(threads * 3, 0);
         b->smem.assign(smem_bytes, 0);
+        b->async_view.assign(smem_bytes, 0);
         for (int id = 0; id < 16; ++id) b->named.push_back(std::make_unique<NamedBarrier>());
         cluster_ctas.push_back(std::move(b));
     }
@@ -226,7 +236,26 @@ inline void check_named_barriers_idle() {
 
 // 0xFF bytes: NaN in bf16, f16 and f32, so a read of shared memory no copy
 // wrote shows up in the output.
-inline void poison_smem() { std::fill(cta().smem.begin(), cta().smem.end(), 0xFF); }
+inline void poison_smem() {
+    std::fill(cta().smem.begin(), cta().smem.end(), 0xFF);
+    std::fill(cta().async_view.begin(), cta().async_view.end(), 0xFF);
+    cta().proxy_fenced = false;
+}
+
+// Ordinary stores to shared memory reach the async proxy once the writing
+// thread has run fence.proxy.async and a barrier orders that fence before
+// the reader. Here a fence by any thread of a CTA, then __syncthreads or
+// barrier.cluster, publishes all of that CTA's stores (run as the
+// barrier completes, with every thread waiting at it): a fence missing
+// from only some of the writing threads is not caught, and a fence
+// ordered by an mbarrier or named barrier instead is not recognised.
+inline void publish_fenced_stores(Block& b) {
+    if (b.proxy_fenced.exchange(false)) b.async_view = b.smem;
+}
+inline void publish_this_cta() { publish_fenced_stores(cta()); }
+inline void publish_cluster() {
+    for (auto& b : cluster_ctas) publish_fenced_stores(*b);
+}
 
 inline uint32_t shared_address(const void* p) {
     const uint8_t* b = static_cast<const uint8_t*>(p);
@@ -255,6 +284,27 @@ inline uint8_t* shared_bytes(uint32_t address, uint32_t bytes) {
     return shared_bytes_of(cta_rank, address, bytes);
 }
 
+// An async-proxy write (TMA) of `bytes` bytes at `to`, an address in CTA
+// `rank`'s shared memory from shared_bytes_of: it lands in both views.
+inline void async_write_shared(uint32_t rank, uint8_t* to, const void* from, uint32_t bytes) {
+    Block& b = *cluster_ctas[rank];
+    std::memcpy(to, from, bytes);
+    std::memcpy(b.async_view.data() + (to - b.smem.data()), from, bytes);
+}
+
+// An async-proxy read (`reader`: wgmma, a TMA store) of this CTA's shared
+// memory, which must find the bytes the async proxy sees: a difference is
+// an ordinary store not published to it (publish_fenced_stores).
+inline const uint8_t* async_read_shared(uint32_t address, uint32_t bytes, const char* reader) {
+    const uint8_t* p = shared_bytes(address, bytes);
+    const uint8_t* seen = cta().async_view.data() + (p - cta().smem.data());
+    if (std::memcmp(p, seen, bytes) != 0)
+        fail("%s reads shared %#x (+%u bytes), written by ordinary stores that no "
+             "fence.proxy.async followed by __syncthreads made visible to the async proxy",
+             reader, address, bytes);
+    return p;
+}
+
 inline const uint8_t* global_bytes(uint64_t address, uint64_t bytes) {
     const uint8_t* p = reinterpret_cast<const uint8_t*>(address);
     if (p < global_begin || p + bytes > global_end)
@@ -273,7 +323,7 @@ inline uint32_t swizzle(uint32_t address, uint32_t span_bytes) {
 
 }  // namespace emu
 
-inline void __syncthreads() { emu::cta().all->wait("__syncthreads"); }
+inline void __syncthreads() { emu::cta().all->wait("__syncthreads", emu::publish_this_cta); }
 
 inline float __shfl_xor_sync(uint32_t mask, float value, int lane_mask) {
     if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync with a partial mask");

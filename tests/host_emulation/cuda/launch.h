@@ -128,6 +128,9 @@ inline int run_launch(int argc, char** argv, const std::map<std::string, Kernel>
         for (uint32_t d = 0; d < 4; ++d) m.strides_bytes[d] = u64();
         for (uint32_t d = 0; d < 4; ++d) m.box[d] = static_cast<uint32_t>(u64());
         m.swizzle_bytes = static_cast<uint32_t>(u64());
+        // cuTensorMapEncodeTiled's element types are 1, 2, 4 or 8 bytes.
+        if (m.element_bytes == 0 || m.element_bytes > 8 || (m.element_bytes & (m.element_bytes - 1)))
+            usage("a tensor map element of other than 1, 2, 4 or 8 bytes");
     }
     std::vector<std::pair<uint64_t, uint64_t>> guards(guard_count);
     for (auto& [offset, bytes] : guards) {

@@ -11,7 +11,7 @@ namespace nvlm {
 
 inline uint32_t cluster_ctarank() { return emu::cta_rank; }
 
-inline void cluster_sync() { emu::cluster_barrier->wait("cluster_sync"); }
+inline void cluster_sync() { emu::cluster_barrier->wait("cluster_sync", emu::publish_cluster); }
 
 inline void mbarrier_arrive_cluster(uint64_t* bar, uint32_t cta, bool arrive) {
     uint64_t* remote = reinterpret_cast<uint64_t*>(emu::shared_bytes_of(cta, emu::shared_address(bar), 8));

@@ -19,9 +19,9 @@ inline void named_barrier_arrive() {
     emu::named_barrier(Id).arrive(Threads, false, "bar.arrive");
 }
 
-// Ordering between the generic and async proxies: the emulated TMA and
-// wgmma read and write memory synchronously, so there is nothing to order.
-inline void fence_proxy_async_shared() {}
+// Marks this CTA's ordinary stores for publishing to the async proxy at
+// the next __syncthreads or barrier.cluster (emu::publish_fenced_stores).
+inline void fence_proxy_async_shared() { emu::cta().proxy_fenced = true; }
 
 // Register counts only constrain the hardware; these check what ptxas
 // would reject.

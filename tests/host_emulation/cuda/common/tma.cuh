@@ -63,8 +63,9 @@ inline void tma_load_to(uint32_t cta, uint32_t dst_addr, uint64_t* bar, const CU
     uint64_t bytes = 0;
     for_each_box_element(map, coords, rank, [&](uint64_t i, bool inside, uint64_t offset) {
         uint8_t* out = shared_bytes_of(cta, box_element_address(map, dst_addr, i), elem);
-        if (inside) std::memcpy(out, global_bytes(map->address + offset, elem), elem);
-        else std::memset(out, 0, elem);
+        static const uint8_t zeros[8] = {};
+        async_write_shared(cta, out, inside ? global_bytes(map->address + offset, elem) : zeros,
+                           elem);
         bytes += elem;
     });
     mbarrier_complete_tx(bar, static_cast<uint32_t>(bytes));
@@ -88,7 +89,8 @@ inline void tma_store_run(const TmaStore& s) {
     const uint32_t elem = s.map->element_bytes;
     for_each_box_element(s.map, s.coords, 2, [&](uint64_t i, bool inside, uint64_t offset) {
         if (!inside) return;
-        const uint8_t* from = shared_bytes(box_element_address(s.map, s.src_addr, i), elem);
+        const uint8_t* from =
+            async_read_shared(box_element_address(s.map, s.src_addr, i), elem, "a TMA store");
         // global_bytes checks the bounds; the launch's buffers are writable.
         std::memcpy(const_cast<uint8_t*>(global_bytes(s.map->address + offset, elem)), from, elem);
     });

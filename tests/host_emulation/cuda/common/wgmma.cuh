@@ -51,7 +51,7 @@ template <typename T>
 inline float load_element(uint32_t address, const Descriptor& d) {
     if (d.swizzle_bytes != 0) address = swizzle(address, d.swizzle_bytes);
     T value;
-    std::memcpy(&value, shared_bytes(address, 2), 2);
+    std::memcpy(&value, async_read_shared(address, 2, "wgmma"), 2);
     return emu_to_float(value);
 }
 
