@@ -15,13 +15,15 @@
 //! §4's "an engine can slice them away" takes as given and no test here
 //! can check without the checkpoint.
 
+use super::gpu::{DeviceTensors, check_aligned};
 use super::{
     AttentionElement, AttentionKernel, AttentionLayout, AttentionTensor, QkvPart, QkvRows,
-    flash_attention_with, qk_rms_norm,
+    check_qk_rms_norm, default_scale, flash_attention_with, qk_rms_norm,
 };
 use crate::cuda::{Gpu, driver_error};
 use crate::error::{Error, Result};
 use crate::gemm::{Epilogue, Gemm, LinearShape, check_operand_alignment};
+use crate::hopper::require_sm90a;
 use cudarc::cublaslt::{CudaBlasLT, Matmul};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, ValidAsZeroBits};
 use std::sync::Arc;
@@ -114,6 +116,25 @@ impl AttentionBlockConfig {
         {
             return bad(format!("qk-norm eps {eps} must be finite and >= 0"));
         }
+        // The GEMMs take int dimensions; the weights' element counts must
+        // not overflow.
+        let gemm_dim = |d: Option<usize>| d.filter(|&d| d <= i32::MAX as usize);
+        let qkv_width = gemm_dim(
+            self.head_dim
+                .checked_mul(3)
+                .and_then(|d| d.checked_mul(self.heads_padded)),
+        );
+        let proj_input = gemm_dim(self.proj_input_heads.checked_mul(self.head_dim));
+        let weights_fit = qkv_width
+            .zip(proj_input)
+            .zip(gemm_dim(Some(self.hidden)))
+            .is_some_and(|((q, p), h)| q.checked_mul(h).is_some() && p.checked_mul(h).is_some());
+        if !weights_fit {
+            return bad(format!(
+                "hidden, qkv width and proj input must be at most {} (the GEMMs' int dimensions)",
+                i32::MAX
+            ));
+        }
         Ok(())
     }
 }
@@ -147,11 +168,12 @@ impl BlockWeightLens {
     }
 }
 
-/// Every check [`AttentionBlock::forward`] makes before it queues work:
-/// the config, each weight's presence and exact length, `x` of exactly
-/// `batch · tokens · hidden` elements, an output and workspace at least as
-/// long as they must be (`BufferTooShort`), and the attention kernel's own
-/// limits on the derived layouts.
+/// Every check [`AttentionBlock::forward`] makes on lengths before it
+/// queues work: the config, each weight's presence and exact length, `x`
+/// of exactly `batch · tokens · hidden` elements (at most 2^31 - 1 rows,
+/// the GEMMs' int), an output and workspace at least as long as they must
+/// be (`BufferTooShort`), and the qk-norm and attention kernels' own limits
+/// on the derived shapes and layouts.
 pub fn check_attention_block(
     cfg: &AttentionBlockConfig,
     weights: &BlockWeightLens,
@@ -169,10 +191,11 @@ pub fn check_attention_block(
     }
     let rows = batch
         .checked_mul(tokens)
-        .filter(|&r| r > 0)
+        .filter(|&r| r > 0 && r <= i32::MAX as usize)
         .ok_or_else(|| {
             Error::InvalidShape(format!(
-                "batch {batch} x tokens {tokens}: empty or overflows"
+                "batch {batch} x tokens {tokens}: empty or past the GEMMs' {} rows",
+                i32::MAX
             ))
         })?;
     if x_len != rows * cfg.hidden {
@@ -202,6 +225,14 @@ pub fn check_attention_block(
             return Err(Error::BufferTooShort { what, len, needed });
         }
     }
+    if let Some(eps) = cfg.qk_norm_eps {
+        check_qk_rms_norm(
+            &norm_rows(cfg, rows),
+            workspace.0,
+            [want.q_norm, want.k_norm].map(|n| n.unwrap_or(0)),
+            eps,
+        )?;
+    }
     let (q, k, v, o) = layouts(cfg, batch, tokens);
     super::check_flash_attention(
         &q,
@@ -210,8 +241,18 @@ pub fn check_attention_block(
         &o,
         [workspace.0, workspace.0, workspace.0, workspace.1],
         None,
-        super::default_scale(cfg.head_dim),
+        default_scale(cfg.head_dim),
     )
+}
+
+/// The qkv rows the qk-norm runs over: every token of the batch.
+fn norm_rows(cfg: &AttentionBlockConfig, rows: usize) -> QkvRows {
+    QkvRows {
+        tokens: rows,
+        heads_padded: cfg.heads_padded,
+        heads_real: cfg.heads,
+        head_dim: cfg.head_dim,
+    }
 }
 
 /// q, k and v views of the packed qkv rows (the real heads only), and the
@@ -283,13 +324,17 @@ pub struct AttentionBlock {
 }
 
 impl AttentionBlock {
-    /// Checks the config and loads cuBLASLt (an error without it).
+    /// Checks the config and the device (a Hopper kernel needs compute
+    /// capability 9.0) and loads cuBLASLt (an error without it).
     pub fn new(
         config: AttentionBlockConfig,
         kernel: AttentionKernel,
         gpu: Arc<Gpu>,
     ) -> Result<Self> {
         config.validate()?;
+        if kernel.is_hopper() {
+            require_sm90a(&gpu, "the Hopper attention kernel")?;
+        }
         let gemm = Gemm::new(&gpu)?;
         Ok(AttentionBlock {
             config,
@@ -361,7 +406,30 @@ impl AttentionBlock {
                 .map(|b| ("proj bias", address(b))),
         );
         check_operand_alignment(&gemm_operands)?;
+        for (norm, what) in [(&weights.q_norm, "q norm"), (&weights.k_norm, "k norm")] {
+            if let Some(norm) = norm {
+                check_aligned(address(norm), what)?;
+            }
+        }
         let rows = batch * tokens;
+        let (q, k, v, o) = layouts(cfg, batch, tokens);
+        if self.kernel.is_hopper() {
+            // Its tensor maps' limits, on the workspace the kernel will read.
+            let qkv_address = workspace.qkv.device_ptr(stream).0;
+            let tensors = DeviceTensors {
+                q: (qkv_address, &q),
+                k: (qkv_address, &k),
+                v: (qkv_address, &v),
+                out: (workspace.attended.device_ptr(stream).0, &o),
+                lse: 0,
+            };
+            super::hopper::plan::<T>(
+                &tensors,
+                default_scale(cfg.head_dim),
+                self.kernel,
+                self.gpu.multiprocessor_count(),
+            )?;
+        }
         let mut qkv = workspace.qkv.slice_mut(..rows * cfg.qkv_width());
         self.gemm.linear(
             x,
@@ -378,13 +446,14 @@ impl AttentionBlock {
         if let (Some(eps), Some(q_norm), Some(k_norm)) =
             (cfg.qk_norm_eps, &weights.q_norm, &weights.k_norm)
         {
-            let norm_rows = QkvRows {
-                tokens: rows,
-                heads_padded: cfg.heads_padded,
-                heads_real: cfg.heads,
-                head_dim: cfg.head_dim,
-            };
-            qk_rms_norm(&self.gpu, &mut qkv, &norm_rows, q_norm, k_norm, eps)?;
+            qk_rms_norm(
+                &self.gpu,
+                &mut qkv,
+                &norm_rows(cfg, rows),
+                q_norm,
+                k_norm,
+                eps,
+            )?;
         }
         let mut attended = workspace.attended.slice_mut(..rows * cfg.proj_input());
         if cfg.proj_input_heads > cfg.heads {
@@ -392,7 +461,6 @@ impl AttentionBlock {
                 .memset_zeros(&mut attended)
                 .map_err(driver_error("zero the dummy heads' columns"))?;
         }
-        let (q, k, v, o) = layouts(cfg, batch, tokens);
         flash_attention_with(
             self.kernel,
             &self.gpu,
@@ -545,5 +613,77 @@ mod tests {
             check(&d80, BlockWeightLens::expected(&d80), 960, 960, ws80),
             Err(Error::Unsupported(_))
         ));
+    }
+
+    /// Empty, overflowing and past-the-GEMMs configs are `InvalidConfig`,
+    /// not a panic on overflow.
+    #[test]
+    fn configs_empty_or_past_the_gemms_int_are_rejected() {
+        let cfg = small();
+        for (bad, needle) in [
+            (AttentionBlockConfig { hidden: 0, ..cfg }, "at least 1"),
+            (AttentionBlockConfig { heads: 0, ..cfg }, "at least 1"),
+            (AttentionBlockConfig { head_dim: 0, ..cfg }, "at least 1"),
+            (
+                AttentionBlockConfig {
+                    head_dim: 1 << 62,
+                    ..cfg
+                },
+                "int dimensions",
+            ),
+            (
+                AttentionBlockConfig {
+                    hidden: 1 << 31,
+                    ..cfg
+                },
+                "int dimensions",
+            ),
+            (
+                AttentionBlockConfig {
+                    head_dim: 1 << 29,
+                    ..cfg
+                },
+                "int dimensions",
+            ),
+        ] {
+            match bad.validate() {
+                Err(Error::InvalidConfig(m)) => assert!(m.contains(needle), "{m}"),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    /// Rows are bounded by the GEMMs' int, and with qk-norm by its kernel's
+    /// token limit (2^31 - 128): 64 x 33 554 431 rows (2^31 - 64) pass
+    /// without qk-norm and fail with it.
+    #[test]
+    fn rows_past_the_gemms_or_the_qk_norm_are_rejected() {
+        let lens = |cfg: &AttentionBlockConfig, rows: usize| {
+            (
+                rows * cfg.hidden,
+                (rows * cfg.qkv_width(), rows * cfg.proj_input()),
+            )
+        };
+        let cfg = small();
+        let w = BlockWeightLens::expected(&cfg);
+        for (batch, tokens) in [(0, 5), (usize::MAX, 2), (1 << 16, 1 << 15)] {
+            let (x, ws) = lens(&cfg, 1);
+            match check_attention_block(&cfg, &w, (batch, tokens), x, x, ws) {
+                Err(Error::InvalidShape(m)) => assert!(m.contains("rows"), "{m}"),
+                other => panic!("batch {batch} x tokens {tokens} gave {other:?}"),
+            }
+        }
+        let (batch, tokens) = (64, 33_554_431);
+        let plain = AttentionBlockConfig {
+            qk_norm_eps: None,
+            ..cfg
+        };
+        let (x, ws) = lens(&plain, batch * tokens);
+        let plain_w = BlockWeightLens::expected(&plain);
+        check_attention_block(&plain, &plain_w, (batch, tokens), x, x, ws).unwrap();
+        match check_attention_block(&cfg, &w, (batch, tokens), x, x, ws) {
+            Err(Error::InvalidShape(m)) => assert!(m.contains("qkv rows"), "{m}"),
+            other => panic!("qk-norm over 2^31 - 64 rows gave {other:?}"),
+        }
     }
 }

@@ -193,7 +193,7 @@ pub(super) fn portable_launch<T: AttentionElement>(
             v: tensor_params(t.v.0, t.v.1),
             o: tensor_params(t.out.0, t.out.1),
             lse: t.lse,
-            // Checked: heads <= 65535, tokens <= i32::MAX.
+            // Checked: heads <= 65535, tokens < 2^31 - 127.
             heads: q_layout.heads as i32,
             q_len: q_layout.tokens as i32,
             kv_len: t.k.1.tokens as i32,

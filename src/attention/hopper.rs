@@ -132,7 +132,7 @@ pub(super) fn plan<T: AttentionElement>(
         o_batch_stride: out.strides[0] as i64,
         o_token_stride: out.strides[1] as i64,
         o_head_stride: out.strides[2] as i64,
-        // Checked: batch and heads <= 65535, tokens < 2^31.
+        // Checked: batch and heads <= 65535, tokens < 2^31 - 127.
         batch: q.batch as u32,
         heads: q.heads as u32,
         q_len: q.tokens as u32,

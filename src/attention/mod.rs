@@ -50,9 +50,10 @@ use half::{bf16, f16};
 pub const SUPPORTED_HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// Grid limits of the launch: heads on gridDim.y, batch on gridDim.z, and
-/// token indices held in `int` by the kernel.
+/// token counts held in `int` by the kernels, which round them up to whole
+/// tiles (`len + 127` at most) in `int` too.
 const MAX_GRID_YZ: usize = 65_535;
-const MAX_TOKENS: usize = i32::MAX as usize;
+const MAX_TOKENS: usize = i32::MAX as usize - 127;
 
 /// A 16-bit element type the attention kernels take (bf16 or f16).
 pub trait AttentionElement: TensorElement + cudarc::driver::DeviceRepr {
@@ -281,7 +282,7 @@ fn check_span(layout: &AttentionLayout, what: &'static str, len: usize) -> Resul
 /// layouts and the buffer lengths (in elements) alone:
 /// - shapes: no empty dimension; q, k, v, out agree (out = q's shape; k
 ///   and v share their tokens); batch and heads at most 65535, tokens at
-///   most 2^31 - 1 (else `InvalidShape`);
+///   most 2^31 - 128 (else `InvalidShape`);
 /// - head_dim 64 or 128 (else `Unsupported`);
 /// - 16-byte aligned rows: offsets and the strides of dimensions larger
 ///   than 1 are multiples of 8 elements (else `InvalidShape`); the device
@@ -390,7 +391,7 @@ impl QkvRows {
 
 /// Every check [`qk_rms_norm`] makes before it launches: a non-empty
 /// shape with `heads_real <= heads_padded`, head_dim a multiple of 8 (the
-/// kernel moves 16-byte vectors; else `Unsupported`), at most 2^31 - 1
+/// kernel moves 16-byte vectors; else `Unsupported`), at most 2^31 - 128
 /// tokens, buffers long enough (qkv `tokens * row_len`, each weight
 /// `width` elements, else `BufferTooShort`), and a finite eps >= 0.
 pub fn check_qk_rms_norm(
@@ -414,11 +415,13 @@ pub fn check_qk_rms_norm(
             rows.head_dim
         )));
     }
+    let width = rows.heads_real.checked_mul(rows.head_dim);
     let needed = rows
         .tokens
         .checked_mul(rows.heads_padded)
-        .and_then(|x| x.checked_mul(3 * rows.head_dim))
-        .filter(|&n| n <= (i64::MAX / 2) as usize && rows.width() <= u32::MAX as usize);
+        .zip(rows.head_dim.checked_mul(3))
+        .and_then(|(x, y)| x.checked_mul(y))
+        .filter(|&n| n <= (i64::MAX / 2) as usize && width.is_some_and(|w| w <= u32::MAX as usize));
     let Some(needed) = needed.filter(|_| rows.tokens <= MAX_TOKENS) else {
         return Err(Error::InvalidShape(format!(
             "qkv rows {rows:?} overflow the kernel's index types"

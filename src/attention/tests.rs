@@ -494,6 +494,33 @@ fn too_many_heads_for_the_grid_are_rejected() {
     ));
 }
 
+/// Token counts stay in the kernels' `int` with room to round up to a
+/// whole tile: k and v of 2^31 - 128 tokens (one row read over and over
+/// through a zero token stride) pass, one more does not; so does a batch
+/// past gridDim.z.
+#[test]
+fn token_counts_past_the_kernels_int_and_batches_past_the_grid_are_rejected() {
+    let (mut layouts, lens) = ok_case();
+    for keys in [MAX_TOKENS, MAX_TOKENS + 1] {
+        for kv in &mut layouts[1..3] {
+            kv.tokens = keys;
+            kv.strides[1] = 0;
+        }
+        let result = check(layouts, lens, None, 0.1);
+        if keys == MAX_TOKENS {
+            result.unwrap();
+        } else {
+            assert!(invalid_because(result, "at most 2147483520"));
+        }
+    }
+    let l = AttentionLayout::contiguous(65_536, 1, 1, 64);
+    let n = l.span().unwrap();
+    assert!(invalid_because(
+        check([l; 4], [n; 4], None, 0.1),
+        "batch 65536"
+    ));
+}
+
 #[test]
 fn non_finite_scale_is_rejected() {
     let (layouts, lens) = ok_case();
@@ -578,6 +605,41 @@ fn rms_norm_rejects_short_qkv_and_weights() {
             ..
         })
     ));
+    assert!(matches!(
+        check_norm(NVLM_ROWS, 1025 * 3 * 4096, [3199, 4096], 1e-6),
+        Err(Error::BufferTooShort {
+            what: "q weight",
+            ..
+        })
+    ));
+}
+
+/// Shapes whose element counts overflow are an `InvalidShape`, not a
+/// panic on overflow.
+#[test]
+fn rms_norm_rejects_rows_whose_sizes_overflow() {
+    for rows in [
+        QkvRows {
+            head_dim: 1 << 62,
+            ..NVLM_ROWS
+        },
+        QkvRows {
+            heads_padded: usize::MAX,
+            ..NVLM_ROWS
+        },
+        QkvRows {
+            tokens: MAX_TOKENS + 1,
+            ..NVLM_ROWS
+        },
+    ] {
+        assert!(
+            invalid_because(
+                check_norm(rows, usize::MAX, [usize::MAX; 2], 1e-6),
+                "overflow"
+            ),
+            "{rows:?}"
+        );
+    }
 }
 
 #[test]
@@ -594,16 +656,25 @@ fn rms_norm_rejects_bad_eps_and_empty_rows() {
         [4096; 2],
         -1.0
     )));
-    let rows = QkvRows {
-        tokens: 0,
-        ..NVLM_ROWS
-    };
-    assert!(is_invalid_shape(check_norm(
-        rows,
-        usize::MAX,
-        [4096; 2],
-        1e-6
-    )));
+    for rows in [
+        QkvRows {
+            tokens: 0,
+            ..NVLM_ROWS
+        },
+        QkvRows {
+            heads_real: 0,
+            ..NVLM_ROWS
+        },
+        QkvRows {
+            head_dim: 0,
+            ..NVLM_ROWS
+        },
+    ] {
+        assert!(
+            invalid_because(check_norm(rows, usize::MAX, [4096; 2], 1e-6), "at least 1"),
+            "{rows:?}"
+        );
+    }
 }
 
 /// With one token the softmax has one key, so the sub-layer is
