@@ -121,30 +121,7 @@ impl ProjectorKernels {
         bias: Option<&CudaView<'_, T>>,
         gelu: bool,
     ) -> Result<()> {
-        let name = match T::DTYPE {
-            Dtype::Bf16 => "bf16",
-            Dtype::F16 => "f16",
-            Dtype::F32 => return Err(Error::Unsupported("bias_gelu takes bf16 or f16".into())),
-        };
-        let count = rows * cols;
-        if rows == 0 || cols == 0 || u32::try_from(cols).is_err() {
-            return Err(Error::InvalidShape(format!("bias_gelu: [{rows}, {cols}]")));
-        }
-        if data.len() < count {
-            return Err(Error::BufferTooShort {
-                what: "bias_gelu data (elements)",
-                len: data.len(),
-                needed: count,
-            });
-        }
-        if let Some(b) = bias
-            && b.len() != cols
-        {
-            return Err(Error::InvalidShape(format!(
-                "bias_gelu: bias has {} elements, expected {cols}",
-                b.len()
-            )));
-        }
+        let name = check_bias_gelu(T::DTYPE, (rows, cols), data.len(), bias.map(|b| b.len()))?;
         self.gpu.check_capturable("bias + GELU")?;
         let stream = self.gpu.stream();
         // Guards held until the launch is queued, as in `front`.
@@ -309,6 +286,48 @@ pub(super) fn front_plan(
 
 /// The bias + GELU launch over `[data, bias]` device addresses (bias 0:
 /// none) of a checked `[rows, cols]` matrix of dtype `name`.
+/// Every check [`ProjectorKernels::bias_gelu`] makes before it launches: a
+/// 16-bit type (else `Unsupported`), a non-empty `[rows, cols]` whose
+/// element count fits usize and `cols` a u32 (else `InvalidShape`), at least
+/// that many elements of data (else `BufferTooShort`), and a bias, if any,
+/// of `cols` elements. Returns the kernel name's type part.
+pub fn check_bias_gelu(
+    dtype: Dtype,
+    (rows, cols): (usize, usize),
+    data_len: usize,
+    bias_len: Option<usize>,
+) -> Result<&'static str> {
+    let name = match dtype {
+        Dtype::Bf16 => "bf16",
+        Dtype::F16 => "f16",
+        Dtype::F32 => return Err(Error::Unsupported("bias_gelu takes bf16 or f16".into())),
+    };
+    let count = rows
+        .checked_mul(cols)
+        .filter(|&n| n > 0 && u32::try_from(cols).is_ok());
+    let Some(count) = count else {
+        return Err(Error::InvalidShape(format!(
+            "bias_gelu: [{rows}, {cols}] is empty, overflows, or has more than {} columns",
+            u32::MAX
+        )));
+    };
+    if data_len < count {
+        return Err(Error::BufferTooShort {
+            what: "bias_gelu data (elements)",
+            len: data_len,
+            needed: count,
+        });
+    }
+    if let Some(len) = bias_len
+        && len != cols
+    {
+        return Err(Error::InvalidShape(format!(
+            "bias_gelu: bias has {len} elements, expected {cols}"
+        )));
+    }
+    Ok(name)
+}
+
 pub(super) fn bias_gelu_plan(
     name: &str,
     [data_addr, bias_addr]: [u64; 2],

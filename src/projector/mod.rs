@@ -193,14 +193,17 @@ impl ProjectorConfig {
                 self.ln_eps
             ));
         }
+        // Checked here, so that row_width and tokens_per_tile cannot overflow.
+        let row_width = self.vit_hidden.checked_mul(4);
+        let tokens_per_tile = self.grid_side.checked_mul(self.grid_side);
         let too_big = [
-            self.row_width(),
-            self.linear1_out,
-            self.output_width(),
-            self.tokens_per_tile(),
+            row_width,
+            Some(self.linear1_out),
+            Some(self.output_width()),
+            tokens_per_tile.and_then(|t| t.checked_add(1)),
         ]
         .iter()
-        .any(|&d| d > i32::MAX as usize);
+        .any(|&d| d.is_none_or(|d| d > i32::MAX as usize));
         if too_big {
             return bad("a dimension exceeds i32::MAX".into());
         }
@@ -281,12 +284,17 @@ impl ProjectorConfig {
             ));
         }
         let tokens = input_len / c;
-        let need = tiles * self.tokens_per_tile();
-        if tokens != need {
+        let need = tiles.checked_mul(self.tokens_per_tile());
+        if need != Some(tokens) {
             return self.shape_error(&format!(
-                "input has {tokens} tokens of C = {c}, expected {tiles} tiles x {} tokens = {need}{}",
+                "input has {tokens} tokens of C = {c}, expected {tiles} tiles x {} tokens = {}{}",
                 self.tokens_per_tile(),
-                if self.cls_token { " (with CLS)" } else { " (no CLS)" }
+                need.map_or("more than usize holds".into(), |n| n.to_string()),
+                if self.cls_token {
+                    " (with CLS)"
+                } else {
+                    " (no CLS)"
+                }
             ));
         }
         if self.output_rows(tiles) > i32::MAX as usize {
@@ -670,6 +678,94 @@ mod tests {
             }
             .validate(),
             "eps NaN",
+        );
+        shape_err(
+            ProjectorConfig {
+                linear1_out: 0,
+                ..small()
+            }
+            .validate(),
+            "zero-sized",
+        );
+        // Past the kernels' int, and sizes whose products overflow usize
+        // (an error, not a panic).
+        for big in [
+            ProjectorConfig {
+                vit_hidden: 1 << 29,
+                ..small()
+            },
+            ProjectorConfig {
+                vit_hidden: usize::MAX / 2,
+                ..small()
+            },
+            ProjectorConfig {
+                grid_side: 1 << 33,
+                ..small()
+            },
+            ProjectorConfig {
+                linear1_out: 1 << 31,
+                ..small()
+            },
+            ProjectorConfig {
+                linear2_out: Some(1 << 31),
+                ..small()
+            },
+        ] {
+            shape_err(big.validate(), "exceeds i32::MAX");
+        }
+    }
+
+    /// A tile count whose token count overflows is a token mismatch, and
+    /// one whose output rows pass the kernels' int (2^31 tiles of 2 x 2
+    /// patches, C = 1: no buffer needed to say so) is refused.
+    #[test]
+    fn tile_counts_past_usize_or_the_kernels_int_are_rejected() {
+        let cfg = small();
+        let lens = WeightLens::expected(&cfg);
+        shape_err(
+            cfg.check_forward(usize::MAX / 2, input_len(&cfg, 2), &lens, out_len(&cfg, 2)),
+            "more than usize holds",
+        );
+        let tiny = ProjectorConfig {
+            vit_hidden: 1,
+            grid_side: 2,
+            cls_token: false,
+            ..small()
+        };
+        shape_err(
+            tiny.check_front(1 << 31, 4 << 31, 4, 4),
+            "too many output rows",
+        );
+        tiny.check_front((1 << 31) - 1, 4 * ((1 << 31) - 1), 4, 4)
+            .unwrap();
+    }
+
+    #[test]
+    fn bias_gelu_refuses_f32_empty_or_overflowing_shapes_and_short_buffers() {
+        use super::gpu::check_bias_gelu;
+        let ok = |dtype| check_bias_gelu(dtype, (3, 5), 15, Some(5));
+        assert_eq!(
+            (ok(Dtype::Bf16).unwrap(), ok(Dtype::F16).unwrap()),
+            ("bf16", "f16")
+        );
+        assert!(matches!(ok(Dtype::F32), Err(Error::Unsupported(_))));
+        for shape in [(0, 5), (3, 0), (usize::MAX, 2), (1, 1 << 32)] {
+            match check_bias_gelu(Dtype::Bf16, shape, usize::MAX, None) {
+                Err(Error::InvalidShape(m)) => assert!(m.contains("bias_gelu: ["), "{m}"),
+                other => panic!("{shape:?} gave {other:?}"),
+            }
+        }
+        assert_eq!(
+            check_bias_gelu(Dtype::Bf16, (3, 5), 14, None),
+            Err(Error::BufferTooShort {
+                what: "bias_gelu data (elements)",
+                len: 14,
+                needed: 15
+            })
+        );
+        shape_err(
+            check_bias_gelu(Dtype::F16, (3, 5), 15, Some(4)).map(|_| ()),
+            "bias has 4 elements, expected 5",
         );
     }
 
