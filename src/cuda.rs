@@ -163,13 +163,7 @@ impl Gpu {
     /// `stream` instead: one [`Gpu`] per engine stream without loading the
     /// modules again. `stream` must belong to this GPU's context.
     pub fn on_stream(&self, stream: Arc<CudaStream>) -> Result<Arc<Gpu>> {
-        if **stream.context() != *self.ctx {
-            return Err(Error::OfAnotherContext {
-                what: "stream",
-                its_device: stream.context().ordinal(),
-                gpu_device: self.ctx.ordinal(),
-            });
-        }
+        self.check_own_context(stream.context(), "stream")?;
         Ok(Arc::new(Gpu {
             ctx: self.ctx.clone(),
             stream,
@@ -215,6 +209,19 @@ impl Gpu {
 
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// `Ok` when `ctx`, the context `what` (a caller's stream or buffer)
+    /// was made in, is this GPU's: work queued here cannot use another's.
+    pub fn check_own_context(&self, ctx: &CudaContext, what: &'static str) -> Result<()> {
+        if *ctx != *self.ctx {
+            return Err(Error::OfAnotherContext {
+                what,
+                its_device: ctx.ordinal(),
+                gpu_device: self.ctx.ordinal(),
+            });
+        }
+        Ok(())
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {

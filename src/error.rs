@@ -39,7 +39,8 @@ pub enum Error {
     CudaUnavailable(String),
     /// A CUDA object made in another context than the GPU's: a stream
     /// handed to [`crate::cuda::Gpu::on_stream`], or a
-    /// [`crate::preprocess::PinnedImage`] handed to a preprocessor.
+    /// [`crate::preprocess::PinnedImage`], device image or output tensor
+    /// handed to a preprocessor.
     OfAnotherContext {
         what: &'static str,
         its_device: usize,

@@ -204,8 +204,8 @@ impl Drop for PinnedImage {
 /// v2–v4 keep the coefficient tables of the last 8 image shapes (size,
 /// stride, format, dtype; at most 32 MiB) on the device, so that an image
 /// of a shape met before is queued without the host's table building,
-/// which takes longer than the kernel (100–350 µs on one CPU core at
-/// NVLM-D's sizes). They are freed with the preprocessor.
+/// which takes 100–350 µs on one CPU core at NVLM-D's sizes, longer than
+/// the kernel is predicted to take (PERF.md; not yet measured). They are freed with the preprocessor.
 pub struct CudaPreprocessor {
     pub preprocessor: Preprocessor,
     pub kernel: PreprocessKernel,
@@ -307,14 +307,8 @@ impl CudaPreprocessor {
             .zip(outs.iter())
             .map(|(image, out)| {
                 if let HostImage::Pinned(pinned) = image {
-                    let ctx = pinned.bytes.context();
-                    if **ctx != **self.gpu.context() {
-                        return Err(Error::OfAnotherContext {
-                            what: "pinned image",
-                            its_device: ctx.ordinal(),
-                            gpu_device: self.gpu.context().ordinal(),
-                        });
-                    }
+                    self.gpu
+                        .check_own_context(pinned.bytes.context(), "pinned image")?;
                 }
                 let (width, height) = image.size();
                 let plan = self.preprocessor.plan(width, height)?;
@@ -414,6 +408,8 @@ impl CudaPreprocessor {
         out: &mut CudaSlice<T>,
     ) -> Result<()> {
         self.check(image.width, image.height, plan, out)?;
+        self.gpu
+            .check_own_context(image.data.context(), "device image")?;
         // The guard lives until the work is queued, so cudarc records the
         // kernels' reads for work on other streams.
         let (addr, _read) = image.data.device_ptr(self.gpu.stream());
@@ -456,10 +452,11 @@ impl CudaPreprocessor {
             out.len(),
             "device output tensor (elements, must be exact)",
         )?;
+        self.gpu.check_own_context(out.context(), "output tensor")?;
         self.gpu.check_not_capturing("preprocessing")
     }
 
-    /// v2 or v3: one launch.
+    /// v2, v3 or v4: one launch.
     fn run_fused<T: TensorElement + DeviceRepr>(
         &self,
         source: Source,

@@ -289,5 +289,12 @@ mod tests {
         }
         // The extremes reached what the bound on MAX_GRID_Y says.
         assert!(tallest_pass > 131_072, "tallest pass {tallest_pass} rows");
+        // And a pass past the grid's rows would be refused, not launched.
+        let rows = MAX_GRID_Y * BLOCK.1;
+        assert!(launch_config((1, rows)).is_ok());
+        match launch_config((1, rows + 1)) {
+            Err(Error::InvalidShape(m)) => assert!(m.contains("past CUDA's 65535"), "{m}"),
+            other => panic!("a pass of {} rows gave {other:?}", rows + 1),
+        }
     }
 }
