@@ -63,10 +63,11 @@ fn tma_4d_self_test_gives_the_expected_boxes() {
     let Some(exe) = emulator() else {
         return;
     };
+    let seed = host_emulation::fresh_seed("tma_4d_self_test_gives_the_expected_boxes");
     let (batch, tokens, heads) = (2, 130, 3);
     for head_dim in [64, 128] {
         for layout in hopper_selftests::layouts(batch, tokens, heads, head_dim) {
-            let elements = random_bf16(head_dim as u64, layout.span().unwrap());
+            let elements = random_bf16(seed.wrapping_add(head_dim as u64), layout.span().unwrap());
             for token0 in [0, 128] {
                 let mut memory = Memory::default();
                 let at_elements = memory.put(&elements);
@@ -104,7 +105,11 @@ fn wgmma_swizzled_self_test_gives_the_product() {
     let Some(exe) = emulator() else {
         return;
     };
-    let (a, b) = (random_bf16(1, 64 * 128), random_bf16(2, 64 * 128));
+    let seed = host_emulation::fresh_seed("wgmma_swizzled_self_test_gives_the_product");
+    let (a, b) = (
+        random_bf16(seed, 64 * 128),
+        random_bf16(seed.wrapping_add(1), 64 * 128),
+    );
     let mut memory = Memory::default();
     let (at_a, at_b) = (memory.put(&a), memory.put(&b));
     let at_c = memory.put(&vec![f32::NAN; 64 * 64]);
@@ -135,7 +140,11 @@ fn wgmma_register_a_self_test_gives_the_product() {
     let Some(exe) = emulator() else {
         return;
     };
-    let (p, v) = (random_bf16(3, 64 * 64), random_bf16(4, 64 * 128));
+    let seed = host_emulation::fresh_seed("wgmma_register_a_self_test_gives_the_product");
+    let (p, v) = (
+        random_bf16(seed, 64 * 64),
+        random_bf16(seed.wrapping_add(1), 64 * 128),
+    );
     let mut memory = Memory::default();
     let (at_p, at_v) = (memory.put(&p), memory.put(&v));
     let at_c = memory.put(&vec![f32::NAN; 64 * 128]);
@@ -169,8 +178,9 @@ fn cluster_self_test_multicasts_into_both_ctas() {
     let (_, src_h, src_pitch) = hopper_selftests::ROUND_TRIP_SRC;
     let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
     // Inside, and the second CTA's box past the bottom and left edges.
-    for (seed, load) in [(9, (8, 2)), (10, (-20, 50))] {
-        let src = random_bf16(seed, (src_pitch * src_h) as usize);
+    let seed = host_emulation::fresh_seed("cluster_self_test_multicasts_into_both_ctas");
+    for (i, load) in [(0, (8, 2)), (1, (-20, 50))] {
+        let src = random_bf16(seed.wrapping_add(i), (src_pitch * src_h) as usize);
         let mut memory = Memory::default();
         let at_src = memory.put(&src);
         let out_len = (4 * box_w * box_h) as usize;
@@ -263,13 +273,14 @@ fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
     let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
     // Inside, past every edge of the source, and stores clipped at the
     // destination's right and bottom edges.
-    for (seed, load, store) in [
-        (5, (0, 0), (0, 0)),
-        (6, (-32, -16), (71, 39)),
-        (7, (99, 69), (8, 20)),
-        (8, (50, -3), (30, 0)),
+    let seed = host_emulation::fresh_seed("tma_round_trip_self_test_fills_with_zeros_and_clips");
+    for (i, load, store) in [
+        (0, (0, 0), (0, 0)),
+        (1, (-32, -16), (71, 39)),
+        (2, (99, 69), (8, 20)),
+        (3, (50, -3), (30, 0)),
     ] {
-        let (src, memory, addresses) = round_trip_memory(seed);
+        let (src, memory, addresses) = round_trip_memory(seed.wrapping_add(i));
         let [_, at_dst, at_box] = addresses;
         let file = round_trip_file(&memory, addresses, load, store);
         let after = host_emulation::run(&exe, &file);
@@ -308,9 +319,10 @@ fn mbarrier_pipeline_self_test_streams_every_tile_once() {
     let Some(exe) = emulator() else {
         return;
     };
+    let seed = host_emulation::fresh_seed("mbarrier_pipeline_self_test_streams_every_tile_once");
     // One tile, a partial one, exact stages, and many rounds of the ring.
     for rows in [1u32, 31, 32, 33, 64, 65, 300] {
-        let matrix = random_bf16(u64::from(rows), rows as usize * 64);
+        let matrix = random_bf16(seed.wrapping_add(u64::from(rows)), rows as usize * 64);
         let mut memory = Memory::default();
         let at_matrix = memory.put(&matrix);
         let at_out = memory.put(&[f32::NAN; 128]);
@@ -354,7 +366,11 @@ fn wgmma_tile_self_test_gives_the_product() {
     let Some(exe) = emulator() else {
         return;
     };
-    let (a, b) = (random_bf16(9, 64 * 64), random_bf16(10, 64 * 64));
+    let seed = host_emulation::fresh_seed("wgmma_tile_self_test_gives_the_product");
+    let (a, b) = (
+        random_bf16(seed, 64 * 64),
+        random_bf16(seed.wrapping_add(1), 64 * 64),
+    );
     let mut memory = Memory::default();
     let (at_a, at_b) = (memory.put(&a), memory.put(&b));
     let at_c = memory.put(&vec![f32::NAN; 64 * 64]);

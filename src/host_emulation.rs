@@ -182,14 +182,10 @@ pub fn assert_run_stops(exe: &Path, launch: &[u8], expected: &str) {
     assert!(message.contains(expected), "{message}");
 }
 
-/// The size and seed of a by-hand random search (the ignored tests with
-/// `random` in their names): `NVLM_VISION_EMULATED_CASES` cases (default 8), drawn from
-/// `NVLM_VISION_SEED` or the clock; the seed is printed so a draw can be
-/// repeated.
-pub fn random_search() -> (u64, u64) {
-    let count = std::env::var("NVLM_VISION_EMULATED_CASES")
-        .map(|v| v.parse().expect("NVLM_VISION_EMULATED_CASES: a count"))
-        .unwrap_or(8);
+/// A test's seed for its inputs: `NVLM_VISION_SEED`, else the clock, so
+/// each run draws fresh values; printed with the test's name so that a
+/// failing draw can be repeated.
+pub fn fresh_seed(test: &str) -> u64 {
     let seed = std::env::var("NVLM_VISION_SEED")
         .map(|v| v.parse().expect("NVLM_VISION_SEED: a number"))
         .unwrap_or_else(|_| {
@@ -198,8 +194,18 @@ pub fn random_search() -> (u64, u64) {
                 .unwrap()
                 .as_nanos() as u64
         });
-    eprintln!("NVLM_VISION_SEED={seed}");
-    (count, seed)
+    eprintln!("{test}: NVLM_VISION_SEED={seed} repeats this draw");
+    seed
+}
+
+/// The size and seed of a by-hand random search (the ignored tests with
+/// `random` in their names): `NVLM_VISION_EMULATED_CASES` cases (default
+/// 8), drawn from [`fresh_seed`].
+pub fn random_search(test: &str) -> (u64, u64) {
+    let count = std::env::var("NVLM_VISION_EMULATED_CASES")
+        .map(|v| v.parse().expect("NVLM_VISION_EMULATED_CASES: a count"))
+        .unwrap_or(8);
+    (count, fresh_seed(test))
 }
 
 /// A random search's draws (xorshift64 from the seed), for the shapes it

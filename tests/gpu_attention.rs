@@ -497,7 +497,9 @@ fn bad_inputs_are_rejected_before_launch() {
         return;
     };
     let stream = gpu.stream();
-    let input = stream.clone_htod(&vec![bf16::ONE; n + 8]).unwrap();
+    let mut rng = Rng::from_env_or_time("bad_inputs_are_rejected_before_launch");
+    let input_values: Vec<bf16> = fill(&mut rng, n + 8, 1.0);
+    let input = stream.clone_htod(&input_values).unwrap();
     let mut out = stream.clone_htod(&vec![bf16::NAN; n]).unwrap();
     let t = |layout| AttentionTensor::new(&input, layout);
     // Too short an output.
@@ -542,7 +544,7 @@ fn bad_inputs_are_rejected_before_launch() {
     );
     assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
     // Too short an LSE buffer.
-    let mut lse = stream.clone_htod(&vec![0f32; 2 * 4 * 65 - 1]).unwrap();
+    let mut lse = stream.clone_htod(&vec![f32::NAN; 2 * 4 * 65 - 1]).unwrap();
     let r = flash_attention(
         &gpu,
         t(q),
@@ -563,7 +565,8 @@ fn bad_inputs_are_rejected_before_launch() {
         heads_real: 3,
         head_dim: 64,
     };
-    let mut qkv = stream.clone_htod(&vec![bf16::ONE; 3 * 3 * 64]).unwrap();
+    let qkv_values: Vec<bf16> = fill(&mut rng, 3 * 3 * 64, 1.0);
+    let mut qkv = stream.clone_htod(&qkv_values).unwrap();
     let r = qk_rms_norm(&gpu, &mut qkv, &rows, &input, &input, 1e-6);
     assert!(matches!(r, Err(Error::InvalidShape(_))), "{r:?}");
 
@@ -571,6 +574,18 @@ fn bad_inputs_are_rejected_before_launch() {
     assert!(
         after.iter().all(|x| x.is_nan()),
         "a rejected call wrote the output"
+    );
+    let lse_after: Vec<f32> = stream.clone_dtoh(&lse).unwrap();
+    assert!(
+        lse_after.iter().all(|x| x.is_nan()),
+        "a rejected call wrote the LSE"
+    );
+    let qkv_after: Vec<bf16> = stream.clone_dtoh(&qkv).unwrap();
+    let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&qkv_after),
+        bits(&qkv_values),
+        "a rejected qk-RMSNorm changed qkv"
     );
 }
 
@@ -704,19 +719,26 @@ fn attention_block_case<T: AttentionElement + cudarc::driver::ValidAsZeroBits>(
         Err(nvlm_vision::Error::InvalidShape(m)) if m.contains("proj weight at") => {}
         other => panic!("{what}: an offset proj weight gave {other:?}"),
     }
-    let (mut err2, mut ref2) = (0f64, 0f64);
+    let (mut err2, mut ref2, mut max_abs, mut largest) = (0f64, 0f64, 0f64, 0f64);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         let g = f64::from(g.to_f32());
         assert!(g.is_finite(), "{what}: output {i} = {g} (unwritten or NaN)");
         err2 += (g - w).powi(2);
         ref2 += w * w;
+        max_abs = max_abs.max((g - w).abs());
+        largest = largest.max(w.abs());
     }
     let rel = (err2 / ref2).sqrt();
+    eprintln!("{what}: relative error {rel:.2e}, max abs {max_abs:.2e}");
     assert!(
         rel <= tolerance,
         "{what}: relative error {rel:.2e} > {tolerance:.0e}"
     );
-    eprintln!("{what}: relative error {rel:.2e}");
+    // The norm alone would hide a few wrong elements among many.
+    assert!(
+        max_abs <= 2.0 * tolerance * largest,
+        "{what}: max abs {max_abs:.2e} > 2 x {tolerance:.0e} x max |ref| {largest:.2e}"
+    );
 }
 
 fn attention_block_matches(kernel: AttentionKernel, test: &str) {

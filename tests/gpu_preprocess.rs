@@ -484,24 +484,35 @@ fn pinned_images_wait_for_their_copies_without_event_tracking() {
     }
 }
 
+/// Whether every output is still all NaN (nothing written).
+fn untouched(gpu: &Gpu, outs: &[CudaSlice<f32>]) -> bool {
+    gpu.stream().synchronize().unwrap();
+    outs.iter().all(|o| {
+        gpu.stream()
+            .clone_dtoh(o)
+            .unwrap()
+            .iter()
+            .all(|v| v.is_nan())
+    })
+}
+
 #[test]
 fn batch_with_mismatched_outputs_is_an_error_before_any_copy() {
     let Some(gpu) = gpu_or_skip("batch_with_mismatched_outputs_is_an_error_before_any_copy") else {
         return;
     };
-    let pixels = vec![9u8; 30 * 20 * 3];
+    let mut rng = Rng::from_env_or_time("gpu batch_with_mismatched_outputs");
+    let pixels = rng.bytes(30 * 20 * 3);
     let view = ImageView::packed(&pixels, 30, 20, PixelFormat::Rgb8).unwrap();
     let cuda = CudaPreprocessor::new(Preprocessor::default(), gpu.clone());
     let len = cuda.preprocessor.plan(30, 20).unwrap().tensor_len();
-    let mut one = vec![gpu.stream().alloc_zeros::<f32>(len).unwrap()];
+    let nan = |n: usize| gpu.stream().clone_htod(&vec![f32::NAN; n]).unwrap();
+    let mut one = vec![nan(len)];
     assert!(matches!(
         cuda.run_batch_into(&[view, view], &mut one).unwrap_err(),
         Error::InvalidShape(_)
     ));
-    let mut short = vec![
-        gpu.stream().alloc_zeros::<f32>(len).unwrap(),
-        gpu.stream().alloc_zeros::<f32>(len - 1).unwrap(),
-    ];
+    let mut short = vec![nan(len), nan(len - 1)];
     assert!(matches!(
         cuda.run_batch_into(&[view, view], &mut short).unwrap_err(),
         Error::BufferTooShort { .. }
@@ -517,6 +528,7 @@ fn batch_with_mismatched_outputs_is_an_error_before_any_copy() {
             .unwrap_err(),
         Error::BufferTooShort { .. }
     ));
+    assert!(untouched(&gpu, &one) && untouched(&gpu, &short));
     assert!(matches!(
         PinnedImage::new(&gpu, 0, 20, PixelFormat::Rgb8),
         Err(Error::InvalidImageSize { .. })
@@ -528,18 +540,20 @@ fn wrong_output_length_is_an_error_before_launch() {
     let Some(gpu) = gpu_or_skip("wrong_output_length_is_an_error_before_launch") else {
         return;
     };
-    let pixels = vec![9u8; 30 * 20 * 3];
+    let mut rng = Rng::from_env_or_time("gpu wrong_output_length");
+    let pixels = rng.bytes(30 * 20 * 3);
     let view = ImageView::packed(&pixels, 30, 20, PixelFormat::Rgb8).unwrap();
     let cuda = CudaPreprocessor::new(Preprocessor::default(), gpu.clone());
     let plan = cuda.preprocessor.plan(30, 20).unwrap();
     let mut out = gpu
         .stream()
-        .alloc_zeros::<f32>(plan.tensor_len() + 1)
+        .clone_htod(&vec![f32::NAN; plan.tensor_len() + 1])
         .unwrap();
     assert!(matches!(
         cuda.run_into(&view, &plan, &mut out).unwrap_err(),
         Error::BufferTooShort { .. }
     ));
+    assert!(untouched(&gpu, std::slice::from_ref(&out)));
 }
 
 /// On a machine without kernels or without a driver, the GPU entry point

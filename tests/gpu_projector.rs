@@ -9,6 +9,7 @@ mod common;
 
 use common::Rng;
 use common::gpu::{gpu_or_skip, hopper_or_skip};
+use common::projector_checks::check_front_output;
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use half::{bf16, f16};
 use nvlm_vision::Error;
@@ -96,6 +97,20 @@ fn compare(what: &str, out: &[f64], reference: &[f64]) -> (f64, f64) {
     (rel, max_abs)
 }
 
+/// [`compare`], then ‖out − ref‖ / ‖ref‖ < `tol` and max |out − ref| ≤
+/// 2·`tol`·max |ref|: the norm alone would hide a few wrong elements among
+/// many. Each test's `tol` is a few roundings of its type, and one
+/// rounding moves an element by at most one ulp, 2·EPS of its magnitude.
+fn assert_close(what: &str, out: &[f64], reference: &[f64], tol: f64) {
+    let (rel, max_abs) = compare(what, out, reference);
+    assert!(rel < tol, "{what}: rel {rel:e} (tolerance {tol:e})");
+    let largest = reference.iter().fold(0.0f64, |m, r| m.max(r.abs()));
+    assert!(
+        max_abs <= 2.0 * tol * largest,
+        "{what}: max abs {max_abs:e} > 2 x {tol:e} x max |ref| {largest:e}"
+    );
+}
+
 fn small_config(c: usize, cls: bool, ps: PsVersion) -> ProjectorConfig {
     ProjectorConfig {
         name: "test",
@@ -129,7 +144,8 @@ fn front_case<T: Half>(
     let (gamma, gamma_vals) = to_device::<T>(gpu, &uniform(rng, cfg.row_width(), 2.0));
     let (beta, beta_vals) = to_device::<T>(gpu, &uniform(rng, cfg.row_width(), 1.0));
     let n_out = cfg.output_rows(tiles) * cfg.row_width();
-    let mut out = poisoned::<T>(gpu, offset + n_out);
+    // Poison before and after the output view, to see writes outside it.
+    let mut out = poisoned::<T>(gpu, offset + n_out + 8);
     kernels
         .front(
             cfg,
@@ -137,7 +153,7 @@ fn front_case<T: Half>(
             tiles,
             &gamma.slice(..),
             &beta.slice(..),
-            &mut out.slice_mut(offset..),
+            &mut out.slice_mut(offset..offset + n_out),
         )
         .unwrap();
     let got = download(gpu, &out);
@@ -157,17 +173,16 @@ fn front_case<T: Half>(
         cfg.cls_token,
         cfg.ps_version
     );
-    let (rel, _) = compare(&what, &got[offset..], &reference);
-    // The output is the f64 value rounded once to T, up to f32 statistics.
-    for (e, (g, r)) in got[offset..].iter().zip(&reference).enumerate() {
-        assert!(
-            (g - r).abs() <= T::EPS * r.abs() + 1e-3,
-            "{what}: element {e} (row {}, k {}): {g} vs {r}",
-            e / cfg.row_width(),
-            e % cfg.row_width()
-        );
-    }
-    assert!(rel < T::EPS, "{what}: rel {rel}");
+    let view = &got[offset..offset + n_out];
+    compare(&what, view, &reference);
+    check_front_output(&what, view, &reference, T::EPS, cfg.row_width());
+    assert!(
+        got[..offset]
+            .iter()
+            .chain(&got[offset + n_out..])
+            .all(|v| v.is_nan()),
+        "{what}: wrote outside its view"
+    );
 }
 
 #[test]
@@ -229,6 +244,62 @@ fn front_misaligned_views_take_the_scalar_path_or_are_refused() {
     );
 }
 
+/// `data[rows, cols] = gelu?(data + bias?)` in place in `T` against the
+/// f64 values of its inputs; 8 NaN elements after the view stay NaN.
+fn bias_gelu_case<T: Half>(
+    gpu: &Arc<nvlm_vision::cuda::Gpu>,
+    kernels: &ProjectorKernels,
+    rng: &mut Rng,
+    (rows, cols): (usize, usize),
+    with_bias: bool,
+    gelu: bool,
+) {
+    let n = rows * cols;
+    let mut raw = uniform(rng, n, 5.0);
+    raw.extend([f32::NAN; 8]);
+    let (mut data, x) = to_device::<T>(gpu, &raw);
+    let (bias, b) = to_device::<T>(gpu, &uniform(rng, cols, 1.0));
+    kernels
+        .bias_gelu(
+            &mut data.slice_mut(..n),
+            rows,
+            cols,
+            with_bias.then(|| bias.slice(..)).as_ref(),
+            gelu,
+        )
+        .unwrap();
+    let got = download(gpu, &data);
+    let reference: Vec<f64> = x[..n]
+        .iter()
+        .enumerate()
+        .map(|(e, &v)| {
+            let v = f64::from(v)
+                + if with_bias {
+                    f64::from(b[e % cols])
+                } else {
+                    0.0
+                };
+            if gelu { gelu_erf(v) } else { v }
+        })
+        .collect();
+    let what = format!(
+        "bias_gelu {:?} [{rows}, {cols}] bias={with_bias} gelu={gelu}",
+        T::DTYPE
+    );
+    compare(&what, &got[..n], &reference);
+    // One rounding of the f32 result to T.
+    for (e, (g, r)) in got.iter().zip(&reference).enumerate() {
+        assert!(
+            (g - r).abs() <= T::EPS * r.abs() + 1e-6,
+            "{what}: element {e}: {g} vs {r}"
+        );
+    }
+    assert!(
+        got[n..].iter().all(|v| v.is_nan()),
+        "{what}: wrote past its rows"
+    );
+}
+
 #[test]
 fn bias_gelu_matches_cpu() {
     let Some(gpu) = gpu_or_skip("bias_gelu_matches_cpu") else {
@@ -237,42 +308,10 @@ fn bias_gelu_matches_cpu() {
     let mut rng = Rng::from_env_or_time("bias_gelu");
     let kernels = ProjectorKernels::new(gpu.clone());
     // cols % 8 == 0 (16-byte path) and odd cols (scalar path).
-    for (rows, cols) in [(37, 64), (5, 29568 / 8), (13, 7), (3, 1)] {
+    for shape in [(37, 64), (5, 29568 / 8), (13, 7), (3, 1)] {
         for (with_bias, gelu) in [(true, true), (true, false), (false, true)] {
-            let (data, x) = to_device::<bf16>(&gpu, &uniform(&mut rng, rows * cols, 5.0));
-            let (bias, b) = to_device::<bf16>(&gpu, &uniform(&mut rng, cols, 1.0));
-            let mut data = data;
-            kernels
-                .bias_gelu(
-                    &mut data.slice_mut(..),
-                    rows,
-                    cols,
-                    with_bias.then(|| bias.slice(..)).as_ref(),
-                    gelu,
-                )
-                .unwrap();
-            let got = download(&gpu, &data);
-            let reference: Vec<f64> = x
-                .iter()
-                .enumerate()
-                .map(|(e, &v)| {
-                    let v = f64::from(v)
-                        + if with_bias {
-                            f64::from(b[e % cols])
-                        } else {
-                            0.0
-                        };
-                    if gelu { gelu_erf(v) } else { v }
-                })
-                .collect();
-            let what = format!("bias_gelu [{rows}, {cols}] bias={with_bias} gelu={gelu}");
-            compare(&what, &got, &reference);
-            for (e, (g, r)) in got.iter().zip(&reference).enumerate() {
-                assert!(
-                    (g - r).abs() <= bf16::EPS * r.abs() + 1e-6,
-                    "{what}: element {e}: {g} vs {r}"
-                );
-            }
+            bias_gelu_case::<bf16>(&gpu, &kernels, &mut rng, shape, with_bias, gelu);
+            bias_gelu_case::<f16>(&gpu, &kernels, &mut rng, shape, with_bias, gelu);
         }
     }
 }
@@ -361,8 +400,12 @@ fn gemm_matches_cpu_with_and_without_bias() {
             .unwrap();
             let got = download(&gpu, &y);
             let reference = linear_reference(&xv, &wv, with_bias.then_some(&bv[..]), s);
-            let (rel, _) = compare(&format!("gemm {s:?} bias={with_bias}"), &got, &reference);
-            assert!(rel < 2.0 * bf16::EPS, "{rel}");
+            assert_close(
+                &format!("gemm {s:?} bias={with_bias}"),
+                &got,
+                &reference,
+                2.0 * bf16::EPS,
+            );
         }
     }
 }
@@ -454,6 +497,13 @@ fn cublaslt_gelu_epilogue_is_measured_and_the_exact_path_is_erf() {
         let (erf, tanh) = (
             round16(gelu_erf(f64::from(x))),
             round16(gelu_tanh(f64::from(x))),
+        );
+        // Whichever it computes, it is a GELU: within 2 ulps of one of
+        // them (and written: NaN fails this), or of 0 below f16's normals.
+        let slack = 4.0 * f16::EPS * erf.abs().max(tanh.abs()) + 2f64.powi(-14);
+        assert!(
+            (g - erf).abs().min((g - tanh).abs()) <= slack,
+            "cuBLASLt GELU epilogue, f16: x = {x}: {g} is neither erf GELU {erf} nor tanh GELU {tanh}"
         );
         if (erf - tanh).abs() > 2.0 * 2.0 * f16::EPS * erf.abs().max(tanh.abs()) {
             if (g - erf).abs() < (g - tanh).abs() {
@@ -599,9 +649,7 @@ fn projector_case<T: Half>(
     let got = download(gpu, &out);
     // The reference rounds to T where the GPU path stores a tensor.
     let rounded = cpu::projector(&cfg, &in_vals, tiles, &weights.host, Some(T::DTYPE));
-    let (rel, _) = compare(&format!("{what} vs rounded reference"), &got, &rounded);
     let exact = cpu::projector(&cfg, &in_vals, tiles, &weights.host, None);
-    let (rel_exact, _) = compare(&format!("{what} vs f64 reference"), &got, &exact);
     // The GPU's f32 accumulation flips some of the reference's roundings
     // (and the sm_90a Linear rounds once where the reference rounds the
     // product, then the GELU): a few ulps of T in norm. A wrong index,
@@ -610,13 +658,12 @@ fn projector_case<T: Half>(
         GeluMode::ExactErf | GeluMode::ExactErfHopperLinear => 4.0 * T::EPS,
         GeluMode::CublasLtApproximate => 4.0 * bf16::EPS,
     };
-    assert!(
-        rel < tol,
-        "{what}: rel {rel} vs rounded reference (tolerance {tol})"
-    );
-    assert!(
-        rel_exact < 4.0 * bf16::EPS,
-        "{what}: rel {rel_exact} vs f64 reference"
+    assert_close(&format!("{what} vs rounded reference"), &got, &rounded, tol);
+    assert_close(
+        &format!("{what} vs f64 reference"),
+        &got,
+        &exact,
+        4.0 * bf16::EPS,
     );
 }
 
@@ -776,8 +823,12 @@ fn projector_graph_case(gpu: &Arc<nvlm_vision::cuda::Gpu>, gelu: GeluMode, test:
         graph.launch().unwrap();
         let got = download(&engine, &out);
         let want = cpu::projector(&cfg, &in_vals, tiles, &weights.host, Some(Dtype::Bf16));
-        let (rel, _) = compare(&format!("{test} replay {round}"), &got, &want);
-        assert!(rel < 4.0 * bf16::EPS, "{test} replay {round}: rel {rel}");
+        assert_close(
+            &format!("{test} replay {round}"),
+            &got,
+            &want,
+            4.0 * bf16::EPS,
+        );
     }
 }
 
@@ -859,12 +910,12 @@ fn nvlm_d_72b_sampled_rows(gpu: &Arc<nvlm_vision::cuda::Gpu>, gelu: GeluMode) {
         .iter()
         .flat_map(|&r| got[r * width..(r + 1) * width].iter().copied())
         .collect();
-    let (rel, _) = compare(
+    assert_close(
         &format!("NVLM-D-72B {gelu:?} rows {rows:?}"),
         &sampled,
         &reference,
+        4.0 * bf16::EPS,
     );
-    assert!(rel < 4.0 * bf16::EPS, "rel {rel}");
 }
 
 /// The sm_90a Linear in tiles of `width` on `[m, n, k]` against the f64
@@ -910,8 +961,7 @@ fn hopper_linear_case<T: Half>(
         .into_iter()
         .map(|v| if gelu { gelu_erf(v) } else { v })
         .collect();
-    let (rel, _) = compare(&what, &got[..s.m * s.n], &reference);
-    assert!(rel < 2.0 * T::EPS, "{what}: rel {rel}");
+    assert_close(&what, &got[..s.m * s.n], &reference, 2.0 * T::EPS);
     assert!(
         got[s.m * s.n..].iter().all(|v| v.is_nan()),
         "{what}: wrote past [m, n]"
@@ -1167,7 +1217,24 @@ fn projector_bad_inputs_fail_before_any_launch() {
         matches!(r, Err(Error::BufferTooShort { what, .. }) if what.contains("workspace")),
         "{r:?}"
     );
+    // The front alone, into one element too few.
+    let kernels = ProjectorKernels::new(gpu.clone());
+    let front_len = cfg.output_rows(2) * cfg.row_width();
+    let mut front_out = poisoned::<bf16>(&gpu, front_len);
+    let r = kernels.front(
+        &cfg,
+        &input.slice(..n_in),
+        2,
+        &good.ln_gamma,
+        &good.ln_beta,
+        &mut front_out.slice_mut(..front_len - 1),
+    );
+    assert!(
+        matches!(r, Err(Error::BufferTooShort { what, .. }) if what.contains("front output")),
+        "{r:?}"
+    );
     // Nothing was launched: the outputs are still all poison.
     assert!(download(&gpu, &out).iter().all(|v| v.is_nan()));
     assert!(download(&gpu, &out3).iter().all(|v| v.is_nan()));
+    assert!(download(&gpu, &front_out).iter().all(|v| v.is_nan()));
 }

@@ -109,14 +109,18 @@ fn strided_input_equals_packed_input() {
     assert_eq!(a, b);
 }
 
+/// Each error comes before any output is written: the outputs, poisoned
+/// with NaN, are still all NaN after it.
 #[test]
 fn bad_inputs_are_errors_before_any_work() {
-    let pixels = vec![7u8; 64 * 64 * 3];
+    let mut rng = Rng::from_env_or_time("bad_inputs_are_errors_before_any_work");
+    let pixels = random_image(&mut rng, 64, 64, PixelFormat::Rgb8);
     let view = ImageView::packed(&pixels, 64, 64, PixelFormat::Rgb8).unwrap();
     let pre = Preprocessor::default();
     let plan = pre.plan(64, 64).unwrap();
+    let untouched = |out: &[f32]| out.iter().all(|v| v.is_nan());
 
-    let mut short = vec![0f32; plan.tensor_len() - 1];
+    let mut short = vec![f32::NAN; plan.tensor_len() - 1];
     assert_eq!(
         pre.run_into(&view, &plan, &mut short).unwrap_err(),
         Error::BufferTooShort {
@@ -125,11 +129,13 @@ fn bad_inputs_are_errors_before_any_work() {
             needed: plan.tensor_len()
         }
     );
+    assert!(untouched(&short), "written before the error");
 
     let other_plan = pre.plan(1000, 300).unwrap();
-    let mut out = vec![0f32; other_plan.tensor_len()];
+    let mut out = vec![f32::NAN; other_plan.tensor_len()];
     let err = pre.run_into(&view, &other_plan, &mut out).unwrap_err();
     assert!(err.to_string().contains("1000x300"), "{err}");
+    assert!(untouched(&out), "written before the error");
 
     let bad_norm = Preprocessor {
         normalization: Normalization {

@@ -278,11 +278,13 @@ fn matches_the_f64_reference(kernel: AttentionKernel) {
     let Some(exe) = emulator(kernel, "address") else {
         return;
     };
-    for (seed, (case, f16)) in cases().into_iter().enumerate() {
+    let base = host_emulation::fresh_seed(&format!("{kernel:?} matches the f64 reference"));
+    for (i, (case, f16)) in cases().into_iter().enumerate() {
+        let seed = base.wrapping_add(i as u64);
         let (err, naive) = if f16 {
-            check_case::<f16>(kernel, &exe, case, seed as u64 + 1)
+            check_case::<f16>(kernel, &exe, case, seed)
         } else {
-            check_case::<bf16>(kernel, &exe, case, seed as u64 + 1)
+            check_case::<bf16>(kernel, &exe, case, seed)
         };
         eprintln!("{kernel:?} {case:?} f16 {f16}: max error {err:.2e}, naive {naive:.2e}");
     }
@@ -295,17 +297,18 @@ fn has_no_data_race(kernel: AttentionKernel) {
         return;
     };
     use Arrangement::*;
+    let seed = host_emulation::fresh_seed(&format!("{kernel:?} has no data race"));
     check_case::<bf16>(
         kernel,
         &exe,
         case((1, 1, 130, 600, 64), Contiguous, false, true),
-        11,
+        seed,
     );
     check_case::<f16>(
         kernel,
         &exe,
         case((1, 1, 65, 520, 128), HeadsOuter, true, false),
-        12,
+        seed.wrapping_add(1),
     );
 }
 
@@ -448,7 +451,8 @@ fn random_case(rng: &mut Rng) -> (Case, bool) {
 #[test]
 #[ignore = "minutes per kernel; run by hand"]
 fn random_cases_on_every_kernel_meet_the_f64_reference() {
-    let (count, seed) = host_emulation::random_search();
+    let (count, seed) =
+        host_emulation::random_search("random_cases_on_every_kernel_meet_the_f64_reference");
     for kernel in [
         AttentionKernel::Portable,
         AttentionKernel::HopperSerial,
@@ -530,6 +534,7 @@ fn qk_rms_norm_source_on_the_cpu_matches_the_reference() {
         heads_real: 3,
         head_dim: 64,
     };
-    rms_norm_case::<bf16>(&exe, padded, 21);
-    rms_norm_case::<f16>(&exe, plain, 22);
+    let seed = host_emulation::fresh_seed("qk_rms_norm_source_on_the_cpu_matches_the_reference");
+    rms_norm_case::<bf16>(&exe, padded, seed);
+    rms_norm_case::<f16>(&exe, plain, seed.wrapping_add(1));
 }

@@ -5,6 +5,7 @@ pub mod attention_checks;
 pub mod decode;
 pub mod gpu;
 pub mod hopper_selftests;
+pub mod projector_checks;
 
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;

@@ -421,13 +421,14 @@ fn check(
 /// cases (for v1's source too, given `emulator`), and windows of
 /// several chunks in both pass orders, for v2 and for v3's staged
 /// targets.
-fn check_cases(cases: &[(u32, u32, u32, u32)], emulator: Option<&PathBuf>) -> Coverage {
+fn check_cases(test: &str, cases: &[(u32, u32, u32, u32)], emulator: Option<&PathBuf>) -> Coverage {
     let formats = [
         PixelFormat::Rgb8,
         PixelFormat::Rgba8,
         PixelFormat::L8,
         PixelFormat::La8,
     ];
+    let seed = host_emulation::fresh_seed(test);
     let (mut n, mut all) = (0u64, Coverage::default());
     for &(w, h, tile_size, max_tiles) in cases {
         for pillow in [PillowVersion::V12, PillowVersion::V13] {
@@ -442,7 +443,14 @@ fn check_cases(cases: &[(u32, u32, u32, u32)], emulator: Option<&PathBuf>) -> Co
             };
             n += 1;
             let format = formats[n as usize % 4];
-            let one = check(pre, (w, h), format, n as usize % 3, n, emulator);
+            let one = check(
+                pre,
+                (w, h),
+                format,
+                n as usize % 3,
+                seed.wrapping_add(n),
+                emulator,
+            );
             all.passes.extend(one.passes);
             all.v1_passes.extend(one.v1_passes);
             all.v1_bf16 |= one.v1_bf16;
@@ -482,6 +490,7 @@ fn fused_launch_model_equals_the_cpu_reference() {
     // Upscales, tile sizes that are not multiples of the patch or of
     // 4, long strips, and the cases the emulation test runs.
     check_cases(
+        "fused_launch_model_equals_the_cpu_reference",
         &[
             (640, 480, 448, 6),
             (1344, 896, 448, 6),
@@ -515,6 +524,7 @@ fn fused_kernel_source_on_the_cpu_equals_the_cpu_reference() {
         return;
     };
     let coverage = check_cases(
+        "fused_kernel_source_on_the_cpu_equals_the_cpu_reference",
         &[
             (640, 480, 64, 6),
             (192, 128, 64, 6),
@@ -547,7 +557,8 @@ fn kernel_source_on_random_shapes_equals_the_cpu_reference() {
     let Some(exe) = host_emulation::emulator("preprocess_on_cpu", "address") else {
         return;
     };
-    let (count, seed) = host_emulation::random_search();
+    let (count, seed) =
+        host_emulation::random_search("kernel_source_on_random_shapes_equals_the_cpu_reference");
     let mut draws = host_emulation::Draws::new(seed);
     let mut below = |n: u32| draws.below(n as usize) as u32;
     let formats = [
@@ -598,6 +609,7 @@ fn fused_kernel_source_on_the_cpu_has_no_data_race() {
         return;
     };
     check_cases(
+        "fused_kernel_source_on_the_cpu_has_no_data_race",
         &[
             (192, 128, 64, 6),
             (150, 64, 64, 2),
