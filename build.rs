@@ -73,7 +73,7 @@ fn main() {
             "nvcc failed on {}:\n{log}",
             cu.display()
         );
-        for line in log.lines().filter(|l| has_spills(l) || serialises_wgmma(l)) {
+        for line in log.lines().filter(|l| has_spills(l) || hinders_wgmma(l)) {
             println!("cargo::warning={stem}.cu: {}", line.trim());
         }
         report.push_str(&format!("== {stem}.cu ({})\n{log}\n", gencode.join(" ")));
@@ -126,11 +126,13 @@ fn gencode_flags() -> Vec<String> {
     flags
 }
 
-/// A ptxas note that it serialised a kernel's wgmmas ("Potential Performance
-/// Loss", C7510-C7520): each then waits for the one before, and the
-/// overlap the kernel was written for is gone.
-fn serialises_wgmma(line: &str) -> bool {
+/// A ptxas note ("Potential Performance Loss") that it serialised a
+/// kernel's wgmmas (C7510-C7520: each then waits for the one before, and
+/// the overlap the kernel was written for is gone) or injected a
+/// `warpgroup.arrive` between them (C7519: a wait on register writes).
+fn hinders_wgmma(line: &str) -> bool {
     line.contains("wgmma.mma_async instructions are serialized")
+        || line.contains("warpgroup.arrive is injected")
 }
 
 /// A ptxas line that reports spills or a local stack.
