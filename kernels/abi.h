@@ -44,8 +44,8 @@ typedef struct NvlmTileWrite {
     uint32_t first_output;
 } NvlmTileWrite;
 
-// Kernels v2 (preprocess_fused) and v3 (preprocess_staged), one launch per
-// image: both resize targets (the grid, the thumbnail), both passes, crop
+// Kernels v2 (preprocess_fused), v3 (preprocess_staged) and v4
+// (preprocess_staged_dp4a), one launch per image: both resize targets (the grid, the thumbnail), both passes, crop
 // and normalisation. Each block makes one
 // 32x32 patch of one target's resized image; blocks [first_block, next
 // target's first_block) belong to a target, patch `b - first_block` in
@@ -58,7 +58,8 @@ typedef struct NvlmTileWrite {
 typedef struct NvlmFusedTarget {
     uint64_t first_f;      // uint32_t[out size along F]: first input index per output
     uint64_t count_f;      // uint32_t[...]: taps used per output
-    uint64_t coeffs_f;     // int32_t[taps_f][out size along F]: tap-major
+    uint64_t coeffs_f;     // int32_t[taps_f][out size along F]: tap-major; v4
+                           // horizontal first and staged: byte planes (fused.rs)
     uint64_t first_s;      // the same for axis S, but
     uint64_t count_s;
     uint64_t coeffs_s;     // int32_t[out size along S][taps_s]: output-major
@@ -70,7 +71,7 @@ typedef struct NvlmFusedTarget {
     uint32_t first_block;
     uint32_t tiles_across; // tiles per row of the resized image
     uint32_t first_output; // tensor index of its first tile
-    // preprocess_staged (v3) only; chunk_samples = 0 runs v2's first pass
+    // v3 and v4 only; chunk_samples = 0 runs v2's first pass
     // (a window too wide to stage). Shared memory: the intermediate's slab,
     // then from stage_offset C planes of stage_rows x stage_pitch input bytes
     // (rows are chunk samples when horizontal first, window rows otherwise).
@@ -163,7 +164,8 @@ static_assert(sizeof(NvlmQkRmsNorm) == 48, "NvlmQkRmsNorm layout");
 // d innermost, batch outermost, 64 x 1 x 128 x 1 boxes with the 128-byte
 // swizzle); `*_tokens_inner` says whether dimension 1 of that map is the
 // token (1) or the head (0). The output is [B, Nq, H, D] by element strides.
-// Launch shape: grid (ceil(q_len / QUERY_ROWS), heads, batch), THREADS
+// Launch shape: grid (ceil(q_len / QUERY_ROWS), heads, batch), or for the
+// persistent v4 a 1-D grid of at most one CTA per work item; THREADS
 // threads, SMEM_BYTES_D<head_dim> bytes of dynamic shared memory (tiles
 // plus 1024 bytes to reach the swizzle alignment).
 #define NVLM_HOPPER_ATTENTION_THREADS 384

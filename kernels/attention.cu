@@ -4,8 +4,8 @@
 // Flash attention (FlashAttention-2's schedule): one block per 128 query
 // rows of one (batch, head); 8 warps of 16 rows each. Each warp keeps its Q
 // fragments, the running max/sum and the O accumulator in registers and
-// streams 64-key K/V tiles from shared memory, which cp.async fills two
-// tiles ahead of use (double buffering). S = Q K^T and O += P V are
+// streams 64-key K/V tiles from shared memory through two stages: cp.async
+// fills the next tile's stage while this one's is used (double buffering). S = Q K^T and O += P V are
 // mma.sync.m16n8k16 (bf16 or f16 operands, f32 accumulation); P goes from
 // the S accumulators straight into A fragments without shared memory.
 // The softmax is online, in the log2 domain: t = s * scale * log2(e),
@@ -386,8 +386,9 @@ __device__ __forceinline__ void qk_rms_norm(const NvlmQkRmsNorm& p) {
         flash_attention_forward<T, D>(p);                                                  \
     }
 
-// D = 128 needs ~170 registers per thread (64 for O, 32 for Q, 32 for S),
-// so one 8-warp block per SM; D = 64 fits two.
+// D = 128 holds 64 registers of O, 32 of Q and 32 of S per thread, and
+// ptxas gives it 243-245 in all, so one 8-warp block per SM; D = 64 (128
+// registers) fits two.
 NVLM_FLASH_KERNEL(flash_attention_bf16_d64, __nv_bfloat16, 64, 2)
 NVLM_FLASH_KERNEL(flash_attention_bf16_d128, __nv_bfloat16, 128, 1)
 NVLM_FLASH_KERNEL(flash_attention_f16_d64, __half, 64, 2)

@@ -11,7 +11,8 @@
 //   registers, V MN-major). A K stage is released once its S is done, a V
 //   stage once its P V is, so the producer refills K while P V still runs.
 //
-// Versions (all built; PERF.md has what each is predicted and measured at):
+// Versions (all built; PERF.md has what each is predicted to run at; none
+// has been measured on a GPU yet):
 // - v1 (`attention_hopper_serial_*`): each wgmma batch waited for before
 //   the next step;
 // - v2 (`attention_hopper_*`): intra-warpgroup overlap. Tile j's S is
@@ -32,9 +33,10 @@
 // zeros; keys past kv_len get -inf scores (zero-padded keys would score 0
 // and take softmax mass); query rows past q_len are never stored, and a
 // consumer warpgroup whose 64 rows all lie past q_len does no math (the
-// last tile of N = 1025 runs one warpgroup, not two): it only passes each
-// K/V tile's barriers, so every barrier's count is the same for every
-// item; a last K/V tile of at most 16 keys is visited first and runs
+// last tile of N = 1025 runs one warpgroup, not two): in v1-v3 it leaves
+// and the block's barrier counts leave it out; in v4, whose barriers serve
+// every item, it passes each K/V tile's barriers as a working one would;
+// a last K/V tile of at most 16 keys is visited first and runs
 // P V on one k16 step, and, in v1-v3, QK^T on n16 wgmmas (before the
 // loop: a narrow path inside it made ptxas serialise the wgmmas).
 //

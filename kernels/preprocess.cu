@@ -1,8 +1,9 @@
 // DHR preprocessing: Pillow-exact bicubic resize (22-bit fixed point, int32
 // accumulation, uint8 intermediate), crop into tiles, ToTensor + Normalize.
 //
-// Two versions, both kept so one GPU run can compare them (the host picks
-// one with `PreprocessKernel`); the fused v2 is at the end of this file.
+// Four versions, all kept so one GPU run can compare them (the host picks
+// one with `PreprocessKernel`): v1 first, then the fused v2 and its
+// variants v3 and v4, whose entry points end this file.
 //
 // v1, correctness first: one thread per output pixel, one launch per pass.
 // A two-pass resize is `resample_to_intermediate` then `resample_to_tiles`;

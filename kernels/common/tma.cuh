@@ -1,4 +1,4 @@
-// TMA (the bulk tensor copy engine, sm_90): 2-D tiles between global memory,
+// TMA (the bulk tensor copy engine, sm_90): 2-D and 4-D boxes between global memory,
 // described by a CUtensorMap made on the host with cuTensorMapEncodeTiled
 // and passed as a __grid_constant__ kernel parameter, and shared memory
 // (one CTA's, or several CTAs' of a cluster at once).

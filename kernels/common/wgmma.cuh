@@ -1,5 +1,6 @@
-// wgmma (sm_90a): warpgroup matrix multiply-accumulate with both operands
-// in shared memory, described by 64-bit matrix descriptors.
+// wgmma (sm_90a): warpgroup matrix multiply-accumulate, B (and A, in
+// wgmma_ss) in shared memory described by 64-bit matrix descriptors, or A
+// from registers (wgmma_rs).
 //
 // Accumulator layout of m64nNk16 with f32 accumulators, per thread t of the
 // warpgroup (warp w = t / 32, lane l = t % 32), for n8 block j:

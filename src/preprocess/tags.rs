@@ -7,7 +7,7 @@
 //! have no released code: the grid tag is `<tile_x{col}_y{row}>` (0-based,
 //! as the paper's `<tile_x0_y0>`), the box tag is
 //! `<box> (left, top), (right, bottom) </box>` in pixels of the resized image.
-//! In every style the thumbnail is tagged `<tile_global_thumbnail>`.
+//! In every tagged style the thumbnail is tagged `<tile_global_thumbnail>`.
 
 use crate::preprocess::plan::TilePlan;
 

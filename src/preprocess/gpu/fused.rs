@@ -10,7 +10,7 @@ use crate::preprocess::cpu::{Passes, PillowVersion, normalization_tables};
 use crate::preprocess::{PixelFormat, Preprocessor, TilePlan};
 use cudarc::driver::LaunchConfig;
 
-/// Side of a v2/v3 patch in output pixels (kernels/preprocess.cu).
+/// Side of a v2–v4 patch in output pixels (kernels/preprocess.cu).
 pub(super) const PATCH: u32 = 32;
 /// v2's shared memory per block: the staged intermediate of one chunk of a
 /// patch's window (256 samples of RGB, 768 of grey).
@@ -103,7 +103,7 @@ pub(super) fn widest_window(axis: &AxisCoefficients) -> u32 {
         .unwrap_or(0)
 }
 
-/// The host side of one v2 or v3 launch: every table in one blob of 32-bit
+/// The host side of one v2, v3 or v4 launch: every table in one blob of 32-bit
 /// words, and the parameters with addresses as byte offsets into the blob
 /// (the image and output addresses zero) until [`FusedLaunch::relocated`].
 pub(super) struct FusedLaunch {

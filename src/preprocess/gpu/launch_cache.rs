@@ -34,8 +34,8 @@ pub(super) struct CachedLaunch<B> {
 
 /// The fused launches of the image shapes met most recently, their tables
 /// kept on the device: an image of a shape met before costs its checks and
-/// one launch, not the host's table building (longer than the kernel
-/// itself at NVLM-D's sizes; PERF.md) and an upload. Least recently used
+/// one launch, not the host's table building (at NVLM-D's sizes longer
+/// than the kernel's predicted time; PERF.md) and an upload. Least recently used
 /// first; entries go from the front past [`CACHED_LAUNCHES`] or
 /// [`CACHED_LAUNCH_BYTES`], and a launch whose tables alone exceed the
 /// bytes is used once and not kept.
