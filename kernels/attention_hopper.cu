@@ -58,6 +58,9 @@ namespace {
 constexpr int kQueryRows = NVLM_HOPPER_ATTENTION_QUERY_ROWS;  // two consumer warpgroups of 64
 constexpr int kKeyRows = 128;                                  // per K/V tile
 constexpr int kStages = 2;
+// The ring counters below wrap at 2^32, which keeps their values mod
+// 2 * kStages (a stage and its phase) only for a power of two.
+static_assert((kStages & (kStages - 1)) == 0, "kStages a power of two");
 constexpr int kThreads = NVLM_HOPPER_ATTENTION_THREADS;
 constexpr uint32_t kAtomRowBytes = 128;
 
@@ -183,8 +186,9 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
         warpgroup_registers_release<NVLM_HOPPER_ATTENTION_PRODUCER_REGISTERS>();
         if (threadIdx.x == 0) {
             // K/V tiles loaded so far, across items: each one's ring stage
-            // and round.
-            int loaded = 0;
+            // and round. Unsigned: a persistent CTA may pass 2^31 tiles,
+            // and the wrap keeps the stage and phase.
+            uint32_t loaded = 0;
             int n = 0;
             for (int item = first_item; item < items; item += item_stride, ++n) {
                 const WorkItem w = work_item(item);
@@ -195,8 +199,12 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                     load_tile(smem + a * L::q_atom_bytes, q_map, &q_full, 64 * a, w.q_row0, w.head,
                               w.batch, p.q_tokens_inner);
                 }
+                // Not unrolled: the one thread's loop issues copies, and
+                // unrolling it (as ptxas did for head_dim 64 once the
+                // counter was unsigned) only doubles its load sites.
+#pragma unroll 1
                 for (int j = 0; j < kv_tiles; ++j, ++loaded) {
-                    const int stage = loaded % kStages, round = loaded / kStages;
+                    const uint32_t stage = loaded % kStages, round = loaded / kStages;
                     uint8_t* k_tile = smem + L::k_offset + stage * L::kv_tile_bytes;
                     uint8_t* v_tile = smem + L::v_offset + stage * L::kv_tile_bytes;
                     mbarrier_wait(&k_empty[stage], (round & 1) ^ 1);
@@ -230,10 +238,13 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
 
     const uint8_t* q_rows = smem + consumer * 64 * kAtomRowBytes;
     // K/V tiles of earlier items: tile j of this item is ring slot
-    // consumed + j (stage and phase as the producer counts them).
-    int consumed = 0;
-    const auto stage_of = [&](int j) { return (consumed + j) % kStages; };
-    const auto phase_of = [&](int j) { return ((consumed + j) / kStages) & 1; };
+    // consumed + j (stage and phase as the producer counts them; unsigned,
+    // as the producer's count, so both wrap alike).
+    uint32_t consumed = 0;
+    const auto stage_of = [&](int j) { return static_cast<int>((consumed + j) % kStages); };
+    const auto phase_of = [&](int j) {
+        return static_cast<int>(((consumed + j) / kStages) & 1);
+    };
 
     // One item in which this warpgroup has rows, once its Q has landed:
     // the math and the stores.
