@@ -10,10 +10,11 @@
 #             kernel), which fails on a non-finite output
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck, initcheck
 #             (each tool over every gpu test binary before the next tool),
-#             skipping tests named `*_at_model_shapes*`
+#             skipping tests named `*_at_model_shapes*`; the sm_90a tests
+#             after all the others, unless one of them timed out in this run
 #   bench     every gpu bench binary (criterion, short times; results under
 #             RESULTS_DIR/criterion); without the sm_90a kernels when a
-#             Hopper test step of this run failed
+#             Hopper test step of this run timed out
 #   peers     every peer script with python3, JSON lines into RESULTS_DIR/peers
 #   all       (default) tests, peers, bench, sanitize: numbers before the
 #             slow sanitizer, in case time runs out
@@ -25,8 +26,10 @@
 # 2 when it could not start (usage, no GPU).
 #
 # Time limits per step (seconds): NVLM_VISION_TEST_TIMEOUT (default 300),
-# NVLM_VISION_HOPPER_TIMEOUT (90, the sm_90a tests, run after the others),
-# NVLM_VISION_SANITIZE_TIMEOUT (300), NVLM_VISION_BENCH_TIMEOUT (150),
+# NVLM_VISION_HOPPER_TIMEOUT (90, the sm_90a tests, run after the others;
+# at least twice what the same binary's other tests took),
+# NVLM_VISION_SANITIZE_TIMEOUT (300; the sm_90a tests under it get
+# NVLM_VISION_HOPPER_SANITIZE_TIMEOUT, 120), NVLM_VISION_BENCH_TIMEOUT (150),
 # NVLM_VISION_PEER_TIMEOUT (120); and for the whole run,
 # NVLM_VISION_RUN_BUDGET (540): a step gets at most what is left of it, and
 # steps past it are recorded as skipped, so the summary is printed before a
@@ -66,27 +69,50 @@ if [ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2> /dev/null | 
     export NVLM_VISION_REQUIRE_HOPPER=1
 fi
 
-# cuBLASLt (the GEMMs) is loaded by name at run time. When the loader does
-# not know it, look where a CUDA toolkit or the pip wheels (a PyTorch
-# image's nvidia-cublas) keep it, and put that folder on LD_LIBRARY_PATH.
-if ! ldconfig -p 2> /dev/null | grep -q 'libcublasLt\.so'; then
+# cuBLASLt (the GEMMs) is loaded by name at run time, CUDA 13's
+# (libcublasLt.so.13) being what the crate is built against. When the
+# loader does not know it, look where a CUDA toolkit or the pip wheels (a
+# PyTorch image's nvidia-cublas) keep it, and put that folder on
+# LD_LIBRARY_PATH. (ldconfig may be outside a non-root PATH; its list is
+# read whole, as `grep -q` on a pipe under pipefail can fail at random.)
+loader=$({ command -v ldconfig > /dev/null && ldconfig -p || /sbin/ldconfig -p; } 2> /dev/null)
+if ! grep -q 'libcublasLt\.so\.13' <<< "$loader"; then
     roots=()
     for home in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda; do
         [ -n "$home" ] && roots+=("$home/lib64" "$home/lib" "$home/targets/x86_64-linux/lib")
     done
     mapfile -t -O ${#roots[@]} roots < <(python3 -c 'import site; print("\n".join(p + "/nvidia" for p in site.getsitepackages()))' 2> /dev/null)
     for root in "${roots[@]}"; do
-        found=$(find "$root" -maxdepth 3 -name 'libcublasLt.so*' 2> /dev/null | sort | head -n 1)
+        found=$(find "$root" -maxdepth 3 -name 'libcublasLt.so.13*' 2> /dev/null | sort | head -n 1)
         if [ -n "$found" ]; then
             export LD_LIBRARY_PATH="$(dirname "$found")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
             break
         fi
     done
 fi
-echo "cuBLASLt: $(ldconfig -p 2> /dev/null | grep -m 1 -o '/[^ ]*libcublasLt\.so[^ ]*' || echo "not known to the loader"); LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" > "$results/libraries.txt"
+known=$(grep -m 1 -o '/[^ ]*libcublasLt\.so[^ ]*' <<< "$loader" || echo "none")
+if grep -q 'libcublasLt\.so\.13' <<< "$loader"; then
+    where="the loader's: $known"
+elif [ -n "${found:-}" ]; then
+    where="$found (its folder put on LD_LIBRARY_PATH)"
+else
+    where="no libcublasLt.so.13 found; the loader knows $known"
+fi
+echo "cuBLASLt: $where; LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" > "$results/libraries.txt"
 
 failed=0
-hopper_failed=0
+# Set when a Hopper step times out: a hang (TMA, mbarrier), which would hold
+# every later step that runs those kernels to its limit. A wrong result
+# does not set it.
+hopper_hung=0
+hopper_step() {  # as step; a timeout sets hopper_hung
+    step "$@"
+    local rc=$?
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then hopper_hung=1; fi
+    return $rc
+}
+# Seconds each test binary's portable tests took (the Hopper step's limit).
+declare -A portable_seconds=()
 budget=${NVLM_VISION_RUN_BUDGET:-540}
 step() {  # step NAME TIMEOUT_S COMMAND...
     local name=$1 limit=$2; shift 2
@@ -145,8 +171,10 @@ for phase in "${phases[@]}"; do
         # *hopper* in the others.
         for t in "${tests[@]}"; do
             case $(basename "$t") in *hopper*) continue ;; esac
+            started=$SECONDS
             step "test-$(basename "$t")" "${NVLM_VISION_TEST_TIMEOUT:-300}" \
                 "$t" --test-threads=1 --skip hopper
+            portable_seconds[$(basename "$t")]=$((SECONDS - started))
         done
         example="$here/bin/examples/preprocess"
         if [ -x "$example" ]; then
@@ -158,20 +186,26 @@ for phase in "${phases[@]}"; do
             step example-attention "${NVLM_VISION_TEST_TIMEOUT:-300}" "$attention_example"
         fi
         for t in "${tests[@]}"; do
-            case $(basename "$t") in
+            name=$(basename "$t")
+            case $name in
             *hopper*)
-                step "test-$(basename "$t")" "${NVLM_VISION_HOPPER_TIMEOUT:-90}" \
-                    "$t" --test-threads=1 || hopper_failed=1 ;;
+                hopper_step "test-$name" "${NVLM_VISION_HOPPER_TIMEOUT:-90}" \
+                    "$t" --test-threads=1 ;;
             *)
-                if "$t" --list 2> /dev/null | grep -q 'hopper.*: test$'; then
-                    step "test-$(basename "$t")-hopper" "${NVLM_VISION_HOPPER_TIMEOUT:-90}" \
-                        "$t" --test-threads=1 hopper || hopper_failed=1
+                # The list read whole: `grep -q` on the pipe would close it
+                # early, and the binary's broken-pipe exit would fail the
+                # pipeline under pipefail.
+                if grep -q 'hopper.*: test$' <<< "$("$t" --list 2> /dev/null)"; then
+                    limit=${NVLM_VISION_HOPPER_TIMEOUT:-90}
+                    twice=$((2 * ${portable_seconds[$name]:-0}))
+                    [ "$twice" -gt "$limit" ] && limit=$twice
+                    hopper_step "test-$name-hopper" "$limit" "$t" --test-threads=1 hopper
                 fi ;;
             esac
         done
         if [ -x "$attention_example" ] && [ -n "${NVLM_VISION_REQUIRE_HOPPER:-}" ]; then
-            step example-attention-hopper "${NVLM_VISION_HOPPER_TIMEOUT:-90}" \
-                "$attention_example" --kernel hopper || hopper_failed=1
+            hopper_step example-attention-hopper "${NVLM_VISION_HOPPER_TIMEOUT:-90}" \
+                "$attention_example" --kernel hopper
         fi ;;
     sanitize)
         if [ -z "$sanitizer" ]; then
@@ -180,21 +214,43 @@ for phase in "${phases[@]}"; do
             continue
         fi
         # Tool by tool, so a short budget still covers every binary with
-        # memcheck (out-of-bounds accesses) before the slower tools.
-        for tool in memcheck racecheck synccheck initcheck; do
+        # memcheck (out-of-bounds accesses) before the slower tools; the
+        # sm_90a tests after all of that, where a hang costs only what is
+        # left, and not at all once one has timed out.
+        tools=(memcheck racecheck synccheck initcheck)
+        for tool in "${tools[@]}"; do
             for t in "${tests[@]}"; do
+                case $(basename "$t") in *hopper*) continue ;; esac
                 step "$tool-$(basename "$t")" "${NVLM_VISION_SANITIZE_TIMEOUT:-300}" \
                     "$sanitizer" --tool "$tool" --error-exitcode 99 \
-                    "$t" --test-threads=1 --skip _at_model_shapes
+                    "$t" --test-threads=1 --skip _at_model_shapes --skip hopper
+            done
+        done
+        for tool in "${tools[@]}"; do
+            for t in "${tests[@]}"; do
+                name=$(basename "$t")
+                case $name in
+                *hopper*) stepname=$tool-$name filter=() ;;
+                *)
+                    grep -q 'hopper.*: test$' <<< "$("$t" --list 2> /dev/null)" || continue
+                    stepname=$tool-$name-hopper filter=(hopper) ;;
+                esac
+                if [ "$hopper_hung" = 1 ]; then
+                    printf '%s\tskipped\t0\t-\n' "$stepname" >> "$results/steps.tsv"
+                    continue
+                fi
+                hopper_step "$stepname" "${NVLM_VISION_HOPPER_SANITIZE_TIMEOUT:-120}" \
+                    "$sanitizer" --tool "$tool" --error-exitcode 99 \
+                    "$t" --test-threads=1 --skip _at_model_shapes "${filter[@]}"
             done
         done ;;
     bench)
         # Short times; criterion keeps its results under CRITERION_HOME for
         # the summary. The sm_90a kernels are left out when a Hopper test
-        # failed: one that hangs would hold each bench to its time limit.
+        # timed out: one that hangs would hold each bench to its time limit.
         export CRITERION_HOME="$results/criterion"
-        if [ "$hopper_failed" = 1 ]; then
-            export NVLM_VISION_BENCH_SKIP_HOPPER="a Hopper test step failed in this run"
+        if [ "$hopper_hung" = 1 ]; then
+            export NVLM_VISION_BENCH_SKIP_HOPPER="a Hopper test step timed out in this run"
         fi
         for b in "${benches[@]}"; do
             step "bench-$(basename "$b")" \

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Peers of the DHR preprocessing kernel, on the GPU host (torch, torchvision,
-PIL; no other packages). Same work and case names as benches/gpu_preprocess.rs:
+"""Peers of the DHR preprocessing kernel, on the GPU host (torch, numpy and
+PIL; torchvision for the CPU pipeline only, whose row says so when it is
+missing). Same work and case names as benches/gpu_preprocess.rs:
 NVLM-D config (1..=6 tiles of 448 + thumbnail), random uint8 RGB in, f32
 [T, 3, 448, 448] out. Prints one JSON line per (impl, case):
 
@@ -32,9 +33,13 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms as T
 from PIL import Image
-from torchvision.transforms.functional import InterpolationMode
+
+try:
+    import torchvision.transforms as T
+    from torchvision.transforms.functional import InterpolationMode
+except ImportError as e:  # the GPU rows do not need it
+    T, TORCHVISION_MISSING = None, f"torchvision: {e}"
 
 from gpu_timing import device_median_us
 
@@ -77,7 +82,9 @@ def plan(w, h):
 
 
 def pil_pipeline(image, transform):
-    """InternVL's dynamic_preprocess + build_transform, one image."""
+    """InternVL's dynamic_preprocess + build_transform, one image; without
+    torchvision (transform None) its ToTensor + Normalize in numpy, for the
+    comparison only."""
     w, h = image.size
     cols, rows, thumbnail = plan(w, h)
     resized = image.resize((cols * TILE, rows * TILE))
@@ -88,6 +95,10 @@ def pil_pipeline(image, transform):
     ]
     if thumbnail:
         tiles.append(image.resize((TILE, TILE)))
+    if transform is None:
+        mean, std = np.array(MEAN).reshape(3, 1, 1), np.array(STD).reshape(3, 1, 1)
+        planes = [np.asarray(t, dtype=np.float32).transpose(2, 0, 1) / 255 for t in tiles]
+        return torch.from_numpy(np.stack([(p - mean) / std for p in planes]).astype(np.float32))
     return torch.stack([transform(t) for t in tiles])
 
 
@@ -119,7 +130,7 @@ def main():
     card = torch.cuda.get_device_name()
     mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
-    transform = T.Compose([
+    transform = None if T is None else T.Compose([
         T.Lambda(lambda img: img.convert("RGB")),
         T.Resize((TILE, TILE), interpolation=InterpolationMode.BICUBIC),
         T.ToTensor(),
@@ -138,13 +149,18 @@ def main():
 
         # The CPU reference, and how far torch's resize lands from it.
         image = Image.fromarray(host[0], "RGB")
-        times = []
-        for _ in range(4 if w * h > 3_000_000 else 12):
-            t0 = time.perf_counter()
-            want = pil_pipeline(image, transform)
-            times.append(time.perf_counter() - t0)
-        emit(card, "pil-torchvision-cpu", case, statistics.median(times[1:]) * 1e6,
-             threads=torch.get_num_threads())
+        if transform is None:
+            want = pil_pipeline(image, None)
+            print(json.dumps({"stage": "preprocess", "impl": "pil-torchvision-cpu", "case": case,
+                              "card": card, "error": TORCHVISION_MISSING}), flush=True)
+        else:
+            times = []
+            for _ in range(4 if w * h > 3_000_000 else 12):
+                t0 = time.perf_counter()
+                want = pil_pipeline(image, transform)
+                times.append(time.perf_counter() - t0)
+            emit(card, "pil-torchvision-cpu", case, statistics.median(times[1:]) * 1e6,
+                 threads=torch.get_num_threads())
 
         sets = [torch.from_numpy(a).to(dev) for a in host]
         got = torch_pipeline(sets[0], cols, rows, thumbnail, mean, std).cpu()
