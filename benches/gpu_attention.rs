@@ -49,7 +49,7 @@ fn attention(c: &mut Criterion) {
     }
     let stream = gpu.stream();
     let mut group = c.benchmark_group("attention");
-    group.sample_size(30);
+    group.sample_size(20);
     // Every case on one kernel before the next: the Hopper kernel, last,
     // cannot take the portable kernel's numbers with it if it fails.
     for &(kernel, name) in &kernels {

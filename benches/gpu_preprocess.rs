@@ -5,7 +5,10 @@
 //!
 //! Ids `preprocess/<impl>/<case>`:
 //! - `nvlm-v1` .. `nvlm-v4`: each kernel on an image already on the device,
-//!   of a shape met before (v2–v4 reuse the tables kept on the device);
+//!   of a shape met before (v2–v4 reuse the tables kept on the device). v1
+//!   as written, not its kernels alone: each call builds and uploads its
+//!   tables, zeroes an intermediate and synchronises once per resize
+//!   target, so its time is host and GPU work in series;
 //! - `nvlm-v2-first-sight`: the default kernel on a shape not met before (a
 //!   new `CudaPreprocessor` each call: the host builds and uploads the
 //!   tables every time);

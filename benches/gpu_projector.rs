@@ -16,7 +16,9 @@
 //!   `linear2-hopper` against `linear2-cublaslt` (a plain GEMM: its main
 //!   loop against cuBLAS's).
 //!
-//! Inputs rotate among sets larger than L2. Skips without a GPU.
+//! Inputs rotate among sets larger than L2. Skips without a GPU. Both
+//! configurations' portable ids run before any sm_90a one: a fault there
+//! (which ends the process) cannot lose them.
 
 mod common;
 
@@ -50,7 +52,18 @@ fn random(gpu: &Gpu, n: usize, scale: f32, seed: u64) -> CudaSlice<bf16> {
     gpu.stream().clone_htod(&host).expect("copy to device")
 }
 
-fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig) {
+/// Which of a configuration's ids to run.
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    /// The front, the whole projector (exact and approximate GELU) and the
+    /// cuBLASLt GEMMs alone.
+    Portable,
+    /// The sm_90a Linear and the per-GEMM ids it is compared with (only
+    /// where `bench_hopper` allows).
+    Hopper,
+}
+
+fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig, part: Part) {
     let case = format!("{}_T{TILES}", cfg.name);
     let (k1, h1, h2) = (cfg.row_width(), cfg.linear1_out, cfg.output_width());
     let rows = cfg.output_rows(TILES);
@@ -103,79 +116,81 @@ fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig) {
 
     let mut group = c.benchmark_group("projector");
     group.sample_size(20);
-    group.bench_function(format!("nvlm-front/{case}"), |b| {
-        b.iter_custom(|iters| {
-            device_time(gpu, iters, |i| {
-                exact
-                    .kernels()
-                    .front(
-                        &cfg,
-                        &input(i),
-                        TILES,
-                        &weights.ln_gamma,
-                        &weights.ln_beta,
-                        &mut front.slice_mut(..),
-                    )
-                    .expect("front")
-            })
-        })
-    });
-    group.bench_function(format!("nvlm-exact-gelu/{case}"), |b| {
-        b.iter_custom(|iters| {
-            device_time(gpu, iters, |i| {
-                exact
-                    .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
-                    .expect("forward")
-            })
-        })
-    });
-    group.bench_function(format!("nvlm-cublaslt-gelu/{case}"), |b| {
-        b.iter_custom(|iters| {
-            device_time(gpu, iters, |i| {
-                approx
-                    .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
-                    .expect("forward")
-            })
-        })
-    });
     // The GEMMs alone, on fixed activations (their content does not change
     // the GEMMs' work).
     let x = random(gpu, rows * k1, 1.0, 20);
     let mut hidden = random(gpu, rows * h1, 1.0, 21);
-    group.bench_function(format!("cublaslt-gemms-only/{case}"), |b| {
-        b.iter_custom(|iters| {
-            device_time(gpu, iters, |_| {
-                let gemm = exact.gemm();
-                gemm.linear(
-                    &x.slice(..),
-                    &weights.w1,
-                    None,
-                    &mut hidden.slice_mut(..),
-                    LinearShape {
-                        m: rows,
-                        n: h1,
-                        k: k1,
-                    },
-                    Epilogue::None,
-                )
-                .expect("gemm 1");
-                gemm.linear(
-                    &hidden.slice(..),
-                    weights.w2.as_ref().unwrap(),
-                    None,
-                    &mut out.slice_mut(..),
-                    LinearShape {
-                        m: rows,
-                        n: h2,
-                        k: h1,
-                    },
-                    Epilogue::None,
-                )
-                .expect("gemm 2");
+    if part == Part::Portable {
+        group.bench_function(format!("nvlm-front/{case}"), |b| {
+            b.iter_custom(|iters| {
+                device_time(gpu, iters, |i| {
+                    exact
+                        .kernels()
+                        .front(
+                            &cfg,
+                            &input(i),
+                            TILES,
+                            &weights.ln_gamma,
+                            &weights.ln_beta,
+                            &mut front.slice_mut(..),
+                        )
+                        .expect("front")
+                })
             })
-        })
-    });
-    if bench_hopper(gpu, "the sm_90a Linear") {
+        });
+        group.bench_function(format!("nvlm-exact-gelu/{case}"), |b| {
+            b.iter_custom(|iters| {
+                device_time(gpu, iters, |i| {
+                    exact
+                        .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
+                        .expect("forward")
+                })
+            })
+        });
+        group.bench_function(format!("nvlm-cublaslt-gelu/{case}"), |b| {
+            b.iter_custom(|iters| {
+                device_time(gpu, iters, |i| {
+                    approx
+                        .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
+                        .expect("forward")
+                })
+            })
+        });
+        group.bench_function(format!("cublaslt-gemms-only/{case}"), |b| {
+            b.iter_custom(|iters| {
+                device_time(gpu, iters, |_| {
+                    let gemm = exact.gemm();
+                    gemm.linear(
+                        &x.slice(..),
+                        &weights.w1,
+                        None,
+                        &mut hidden.slice_mut(..),
+                        LinearShape {
+                            m: rows,
+                            n: h1,
+                            k: k1,
+                        },
+                        Epilogue::None,
+                    )
+                    .expect("gemm 1");
+                    gemm.linear(
+                        &hidden.slice(..),
+                        weights.w2.as_ref().unwrap(),
+                        None,
+                        &mut out.slice_mut(..),
+                        LinearShape {
+                            m: rows,
+                            n: h2,
+                            k: h1,
+                        },
+                        Epilogue::None,
+                    )
+                    .expect("gemm 2");
+                })
+            })
+        });
+    }
+    if part == Part::Hopper {
         let hopper = Projector::new(
             ProjectorConfig {
                 gelu: GeluMode::ExactErfHopperLinear,
@@ -296,8 +311,15 @@ fn projector(c: &mut Criterion) {
     let Some(gpu) = gpu_or_skip("gpu_projector") else {
         return;
     };
-    bench_config(c, &gpu, ProjectorConfig::nvlm_d_72b());
-    bench_config(c, &gpu, ProjectorConfig::nvlm_d_34b());
+    let configs = [ProjectorConfig::nvlm_d_72b(), ProjectorConfig::nvlm_d_34b()];
+    for cfg in &configs {
+        bench_config(c, &gpu, cfg.clone(), Part::Portable);
+    }
+    if bench_hopper(&gpu, "the sm_90a Linear") {
+        for cfg in configs {
+            bench_config(c, &gpu, cfg, Part::Hopper);
+        }
+    }
 }
 
 criterion_group!(benches, projector);

@@ -51,9 +51,8 @@ pub fn device_time(gpu: &Gpu, iters: u64, mut launch: impl FnMut(u64)) -> Durati
 
 /// Whether to bench the sm_90a kernels: the GPU runs them, and
 /// `NVLM_VISION_BENCH_SKIP_HOPPER` is unset (run.sh sets it when a Hopper
-/// test step failed or timed out: a kernel that hangs would hold every
-/// bench binary to its time limit and leave no time for the rest). Prints
-/// why not.
+/// test step timed out: a kernel that hangs would hold every bench binary
+/// to its time limit and leave no time for the rest). Prints why not.
 pub fn bench_hopper(gpu: &Gpu, what: &str) -> bool {
     if let Ok(why) = std::env::var("NVLM_VISION_BENCH_SKIP_HOPPER") {
         eprintln!("skipped: {what} (NVLM_VISION_BENCH_SKIP_HOPPER={why})");
