@@ -241,7 +241,7 @@ for phase in "${phases[@]}"; do
                 fi
                 hopper_step "$stepname" "${NVLM_VISION_HOPPER_SANITIZE_TIMEOUT:-120}" \
                     "$sanitizer" --tool "$tool" --error-exitcode 99 \
-                    "$t" --test-threads=1 --skip _at_model_shapes "${filter[@]}"
+                    "$t" --test-threads=1 --skip _at_model_shapes ${filter[@]+"${filter[@]}"}
             done
         done ;;
     bench)

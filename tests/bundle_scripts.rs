@@ -230,11 +230,13 @@ fn run_script_runs_every_phase_and_summarises() {
         log("example-attention-hopper"),
         "attention args: --kernel hopper\n"
     );
-    assert!(log("memcheck-gpu_good").contains(
-        "args: --test-threads=1 --skip _at_model_shapes --skip hopper\n"
-    ));
     assert!(
-        log("memcheck-gpu_good-hopper").contains("args: --test-threads=1 --skip _at_model_shapes hopper\n")
+        log("memcheck-gpu_good")
+            .contains("args: --test-threads=1 --skip _at_model_shapes --skip hopper\n")
+    );
+    assert!(
+        log("memcheck-gpu_good-hopper")
+            .contains("args: --test-threads=1 --skip _at_model_shapes hopper\n")
     );
     assert!(log("racecheck-gpu_good").starts_with("sanitizer racecheck"));
     assert!(log("synccheck-gpu_hopper_prims").starts_with("sanitizer synccheck"));
@@ -354,7 +356,10 @@ fn run_script_puts_a_toolkits_cublaslt_on_the_loader_path() {
         return;
     }
     let known = Command::new("sh")
-        .args(["-c", "ldconfig -p | grep 'libcublasLt\\.so\\.13' > /dev/null"])
+        .args([
+            "-c",
+            "ldconfig -p | grep 'libcublasLt\\.so\\.13' > /dev/null",
+        ])
         .status()
         .is_ok_and(|s| s.success());
     if known {
@@ -507,7 +512,10 @@ fn run_script_benches_without_hopper_kernels_only_after_a_hopper_test_hung() {
         } else {
             ""
         };
-        assert!(log.contains(&format!("skip hopper: {reason}\n")), "{fault}: {log}");
+        assert!(
+            log.contains(&format!("skip hopper: {reason}\n")),
+            "{fault}: {log}"
+        );
         let steps = fs::read_to_string(results.join("steps.tsv")).unwrap();
         assert_eq!(
             steps.contains("memcheck-gpu_hopper_prims\tskipped"),
