@@ -138,24 +138,17 @@ fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig, part: P
                 })
             })
         });
-        group.bench_function(format!("nvlm-exact-gelu/{case}"), |b| {
-            b.iter_custom(|iters| {
-                device_time(gpu, iters, |i| {
-                    exact
-                        .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
-                        .expect("forward")
+        for (id, projector) in [("nvlm-exact-gelu", &exact), ("nvlm-cublaslt-gelu", &approx)] {
+            group.bench_function(format!("{id}/{case}"), |b| {
+                b.iter_custom(|iters| {
+                    device_time(gpu, iters, |i| {
+                        projector
+                            .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
+                            .expect("forward")
+                    })
                 })
-            })
-        });
-        group.bench_function(format!("nvlm-cublaslt-gelu/{case}"), |b| {
-            b.iter_custom(|iters| {
-                device_time(gpu, iters, |i| {
-                    approx
-                        .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
-                        .expect("forward")
-                })
-            })
-        });
+            });
+        }
         group.bench_function(format!("cublaslt-gemms-only/{case}"), |b| {
             b.iter_custom(|iters| {
                 device_time(gpu, iters, |_| {

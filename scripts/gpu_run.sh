@@ -111,6 +111,12 @@ hopper_step() {  # as step; a timeout sets hopper_hung
     if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then hopper_hung=1; fi
     return $rc
 }
+# Whether test binary $1 lists a test named *hopper*. The list is read
+# whole: `grep -q` on a pipe would close it early, and the binary's
+# broken-pipe exit would fail the pipeline under pipefail.
+lists_hopper_tests() {
+    grep -q 'hopper.*: test$' <<< "$("$1" --list 2> /dev/null)"
+}
 # Seconds each test binary's portable tests took (the Hopper step's limit).
 declare -A portable_seconds=()
 budget=${NVLM_VISION_RUN_BUDGET:-540}
@@ -192,10 +198,7 @@ for phase in "${phases[@]}"; do
                 hopper_step "test-$name" "${NVLM_VISION_HOPPER_TIMEOUT:-90}" \
                     "$t" --test-threads=1 ;;
             *)
-                # The list read whole: `grep -q` on the pipe would close it
-                # early, and the binary's broken-pipe exit would fail the
-                # pipeline under pipefail.
-                if grep -q 'hopper.*: test$' <<< "$("$t" --list 2> /dev/null)"; then
+                if lists_hopper_tests "$t"; then
                     limit=${NVLM_VISION_HOPPER_TIMEOUT:-90}
                     twice=$((2 * ${portable_seconds[$name]:-0}))
                     [ "$twice" -gt "$limit" ] && limit=$twice
@@ -232,7 +235,7 @@ for phase in "${phases[@]}"; do
                 case $name in
                 *hopper*) stepname=$tool-$name filter=() ;;
                 *)
-                    grep -q 'hopper.*: test$' <<< "$("$t" --list 2> /dev/null)" || continue
+                    lists_hopper_tests "$t" || continue
                     stepname=$tool-$name-hopper filter=(hopper) ;;
                 esac
                 if [ "$hopper_hung" = 1 ]; then
