@@ -9,7 +9,7 @@ mod common;
 
 use common::Rng;
 use common::gpu::{gpu_or_skip, hopper_or_skip};
-use common::projector_checks::check_front_output;
+use common::projector_checks::{check_bias_gelu_output, check_front_output};
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use half::{bf16, f16};
 use nvlm_vision::Error;
@@ -269,31 +269,17 @@ fn bias_gelu_case<T: Half>(
         )
         .unwrap();
     let got = download(gpu, &data);
-    let reference: Vec<f64> = x[..n]
-        .iter()
-        .enumerate()
-        .map(|(e, &v)| {
-            let v = f64::from(v)
-                + if with_bias {
-                    f64::from(b[e % cols])
-                } else {
-                    0.0
-                };
-            if gelu { gelu_erf(v) } else { v }
-        })
-        .collect();
     let what = format!(
         "bias_gelu {:?} [{rows}, {cols}] bias={with_bias} gelu={gelu}",
         T::DTYPE
     );
-    compare(&what, &got[..n], &reference);
-    // One rounding of the f32 result to T.
-    for (e, (g, r)) in got.iter().zip(&reference).enumerate() {
-        assert!(
-            (g - r).abs() <= T::EPS * r.abs() + 1e-6,
-            "{what}: element {e}: {g} vs {r}"
-        );
-    }
+    check_bias_gelu_output(
+        &what,
+        &got[..n],
+        (&x[..n], with_bias.then_some(&b[..])),
+        gelu.then_some(gelu_erf as fn(f64) -> f64),
+        T::EPS,
+    );
     assert!(
         got[n..].iter().all(|v| v.is_nan()),
         "{what}: wrote past its rows"

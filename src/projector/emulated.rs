@@ -335,15 +335,14 @@ fn bias_gelu_case<T: Half>(
     }
     .bytes();
     let got: Vec<T> = Memory::get(&host_emulation::run(exe, &file), data_at, rows * cols);
-    for (e, g) in got.iter().enumerate() {
-        let v = f64::from(x[e]) + if bias { f64::from(b[e % cols]) } else { 0.0 };
-        let r = if gelu { gelu_erf(v) } else { v };
-        let g = g.to_f64();
-        assert!(
-            (g - r).abs() <= T::EPS * r.abs() + 1e-6,
-            "{kernel} [{rows}, {cols}] bias={bias} gelu={gelu}: element {e}: {g} vs {r}"
-        );
-    }
+    let got: Vec<f64> = got.iter().map(|g| g.to_f64()).collect();
+    projector_checks::check_bias_gelu_output(
+        &format!("{kernel} [{rows}, {cols}] bias={bias} gelu={gelu}"),
+        &got,
+        (&x, bias.then_some(&b[..])),
+        gelu.then_some(gelu_erf as fn(f64) -> f64),
+        T::EPS,
+    );
     kernel
 }
 

@@ -28,3 +28,25 @@ pub fn check_front_output(what: &str, got: &[f64], want: &[f64], eps: f64, row_w
     let rel = (diff2 / want2).sqrt();
     assert!(rel < eps, "{what}: rel {rel:e}");
 }
+
+/// Asserts `got` (f64 values of bias + GELU's in-place output, `[rows,
+/// cols]`) within one rounding to the output type (`eps`·|ref|) and 1e-6 of
+/// `gelu?(x + bias?)` computed in f64 from the f32 values of its inputs;
+/// `gelu` is the exact erf GELU the caller's crate path names.
+pub fn check_bias_gelu_output(
+    what: &str,
+    got: &[f64],
+    (x, bias): (&[f32], Option<&[f32]>),
+    gelu: Option<fn(f64) -> f64>,
+    eps: f64,
+) {
+    assert_eq!(got.len(), x.len(), "{what}: lengths");
+    for (e, (g, &v)) in got.iter().zip(x).enumerate() {
+        let v = f64::from(v) + bias.map_or(0.0, |b| f64::from(b[e % b.len()]));
+        let r = gelu.map_or(v, |gelu| gelu(v));
+        assert!(
+            (g - r).abs() <= eps * r.abs() + 1e-6,
+            "{what}: element {e}: {g} vs {r}"
+        );
+    }
+}
