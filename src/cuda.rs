@@ -2,7 +2,7 @@
 //! build.rs and embedded in the crate, loaded on first use.
 
 use crate::error::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, DeviceSlice};
 use std::sync::{Arc, OnceLock};
 
 /// Declares the kernel modules: one `kernels/<file>.cu` each, compiled by
@@ -214,14 +214,18 @@ impl Gpu {
     /// `Ok` when `ctx`, the context `what` (a caller's stream or buffer)
     /// was made in, is this GPU's: work queued here cannot use another's.
     pub fn check_own_context(&self, ctx: &CudaContext, what: &'static str) -> Result<()> {
-        if *ctx != *self.ctx {
-            return Err(Error::OfAnotherContext {
-                what,
-                its_device: ctx.ordinal(),
-                gpu_device: self.ctx.ordinal(),
-            });
-        }
-        Ok(())
+        check_same_context(&self.ctx, ctx, what)
+    }
+
+    /// `Ok` when the device buffer `what` was allocated in this GPU's
+    /// context: a kernel given another device's memory faults, and the
+    /// fault poisons the context.
+    pub fn check_own_buffer<T>(
+        &self,
+        buffer: &impl DeviceSlice<T>,
+        what: &'static str,
+    ) -> Result<()> {
+        self.check_own_context(buffer.stream().context(), what)
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -301,6 +305,22 @@ fn is_capturing(stream: &CudaStream) -> Result<bool> {
         .capture_status()
         .map_err(driver_error("cuStreamIsCapturing"))?;
     Ok(status != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+}
+
+/// `Ok` when `ctx`, the context of the stream or buffer `what`, is `own`.
+pub(crate) fn check_same_context(
+    own: &CudaContext,
+    ctx: &CudaContext,
+    what: &'static str,
+) -> Result<()> {
+    if ctx != own {
+        return Err(Error::OfAnotherContext {
+            what,
+            its_device: ctx.ordinal(),
+            gpu_device: own.ordinal(),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses `what` on a stream under capture while cudarc tracks events

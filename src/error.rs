@@ -38,9 +38,11 @@ pub enum Error {
     /// driver or device.
     CudaUnavailable(String),
     /// A CUDA object made in another context than the GPU's: a stream
-    /// handed to [`crate::cuda::Gpu::on_stream`], or a
+    /// handed to [`crate::cuda::Gpu::on_stream`], a
     /// [`crate::preprocess::PinnedImage`], device image or output tensor
-    /// handed to a preprocessor.
+    /// handed to a preprocessor, or a device buffer handed to attention,
+    /// the projector or a GEMM (refused before anything is queued: a kernel
+    /// would fault on memory its device cannot reach).
     OfAnotherContext {
         what: &'static str,
         its_device: usize,

@@ -9,7 +9,7 @@
 mod common;
 
 use common::Rng;
-use common::gpu::{gpu_or_skip, hopper_or_skip};
+use common::gpu::{gpu_or_skip, hopper_or_skip, second_device_stream};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use nvlm_vision::Error;
@@ -586,6 +586,233 @@ fn bad_inputs_are_rejected_before_launch() {
         bits(&qkv_after),
         bits(&qkv_values),
         "a rejected qk-RMSNorm changed qkv"
+    );
+}
+
+/// A buffer of another device, as any of flash attention's or
+/// qk-RMSNorm's operands, is refused by name before the launch, which would
+/// fault on memory the device cannot reach. Takes two GPUs.
+#[test]
+fn buffers_of_another_device_are_rejected_before_launch() {
+    let test = "buffers_of_another_device_are_rejected_before_launch";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    let Some(other) = second_device_stream(test) else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time(test);
+    let layout = AttentionLayout::contiguous(1, 65, 2, 64);
+    let n = layout.span().unwrap();
+    let values: Vec<bf16> = fill(&mut rng, n, 1.0);
+    let stream = gpu.stream();
+    let ours = stream.clone_htod(&values).unwrap();
+    let theirs = other.clone_htod(&values).unwrap();
+    let mut out = stream.clone_htod(&vec![bf16::NAN; n]).unwrap();
+    let mut their_out = other.clone_htod(&vec![bf16::NAN; n]).unwrap();
+    let mut lse = stream.clone_htod(&vec![f32::NAN; 2 * 65]).unwrap();
+    let mut their_lse = other.clone_htod(&vec![f32::NAN; 2 * 65]).unwrap();
+    let refused = |r: nvlm_vision::Result<()>, what: &str| match r {
+        Err(Error::OfAnotherContext {
+            what: named,
+            its_device: 1,
+            gpu_device: 0,
+        }) => assert_eq!(named, what),
+        other => panic!("{what} of device 1: {other:?}"),
+    };
+    let t = |buffer| AttentionTensor::new(buffer, layout);
+    for (slot, what) in ["q", "k", "v"].into_iter().enumerate() {
+        let pick = |i| if i == slot { &theirs } else { &ours };
+        let r = flash_attention(
+            &gpu,
+            t(pick(0)),
+            t(pick(1)),
+            t(pick(2)),
+            AttentionTensor::new(&mut out, layout),
+            Some(&mut lse),
+            None,
+        );
+        refused(r, what);
+    }
+    let r = flash_attention(
+        &gpu,
+        t(&ours),
+        t(&ours),
+        t(&ours),
+        AttentionTensor::new(&mut their_out, layout),
+        None,
+        None,
+    );
+    refused(r, "out");
+    let r = flash_attention(
+        &gpu,
+        t(&ours),
+        t(&ours),
+        t(&ours),
+        AttentionTensor::new(&mut out, layout),
+        Some(&mut their_lse),
+        None,
+    );
+    refused(r, "lse");
+
+    let rows = QkvRows {
+        tokens: 3,
+        heads_padded: 2,
+        heads_real: 2,
+        head_dim: 64,
+    };
+    let qkv_values: Vec<bf16> = fill(&mut rng, rows.tokens * rows.row_len(), 1.0);
+    let mut qkv = stream.clone_htod(&qkv_values).unwrap();
+    let mut their_qkv = other.clone_htod(&qkv_values).unwrap();
+    refused(
+        qk_rms_norm(&gpu, &mut their_qkv, &rows, &ours, &ours, 1e-6),
+        "qkv",
+    );
+    refused(
+        qk_rms_norm(&gpu, &mut qkv, &rows, &theirs, &ours, 1e-6),
+        "q weight",
+    );
+    refused(
+        qk_rms_norm(&gpu, &mut qkv, &rows, &ours, &theirs, 1e-6),
+        "k weight",
+    );
+
+    let out_after: Vec<bf16> = stream.clone_dtoh(&out).unwrap();
+    assert!(
+        out_after.iter().all(|x| x.is_nan()),
+        "a refused call wrote out"
+    );
+    let lse_after: Vec<f32> = stream.clone_dtoh(&lse).unwrap();
+    assert!(
+        lse_after.iter().all(|x| x.is_nan()),
+        "a refused call wrote lse"
+    );
+    let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let qkv_after: Vec<bf16> = stream.clone_dtoh(&qkv).unwrap();
+    assert_eq!(
+        bits(&qkv_after),
+        bits(&qkv_values),
+        "a refused qk-RMSNorm wrote qkv"
+    );
+    let their_out_after: Vec<bf16> = other.clone_dtoh(&their_out).unwrap();
+    assert!(
+        their_out_after.iter().all(|x| x.is_nan()),
+        "a refused call wrote device 1's out"
+    );
+
+    // The attention block: each weight, x, the workspace and out.
+    use nvlm_vision::attention::{AttentionBlock, AttentionBlockConfig, AttentionBlockWeights};
+    let cfg = AttentionBlockConfig {
+        hidden: 64,
+        heads: 2,
+        heads_padded: 2,
+        head_dim: 64,
+        qk_norm_eps: Some(1e-6),
+        qkv_bias: true,
+        proj_bias: true,
+        proj_input_heads: 2,
+    };
+    let (batch, tokens) = (1, 65);
+    let both = |rng: &mut Rng, n: usize| {
+        let values: Vec<bf16> = fill(rng, n, 0.5);
+        (
+            stream.clone_htod(&values).unwrap(),
+            other.clone_htod(&values).unwrap(),
+        )
+    };
+    let c = cfg.hidden;
+    let qkv_weight = both(&mut rng, cfg.qkv_width() * c);
+    let qkv_bias = both(&mut rng, cfg.qkv_width());
+    let norm = both(&mut rng, cfg.heads * cfg.head_dim);
+    let proj_weight = both(&mut rng, c * cfg.proj_input());
+    let proj_bias = both(&mut rng, c);
+    let x = both(&mut rng, batch * tokens * c);
+    let names = [
+        "qkv weight",
+        "qkv bias",
+        "q norm",
+        "k norm",
+        "proj weight",
+        "proj bias",
+    ];
+    let block = AttentionBlock::new(cfg, AttentionKernel::Portable, gpu.clone()).unwrap();
+    let their_block = AttentionBlock::new(
+        cfg,
+        AttentionKernel::Portable,
+        Gpu::from_stream(other.clone()).unwrap(),
+    )
+    .unwrap();
+    let mut workspace = block.workspace::<bf16>(batch, tokens).unwrap();
+    let mut their_workspace = their_block.workspace::<bf16>(batch, tokens).unwrap();
+    let mut block_out = stream
+        .clone_htod(&vec![bf16::NAN; batch * tokens * c])
+        .unwrap();
+    let mut their_block_out = other
+        .clone_htod(&vec![bf16::NAN; batch * tokens * c])
+        .unwrap();
+    type Pair = (CudaSlice<bf16>, CudaSlice<bf16>);
+    fn pick(theirs: bool, (ours, their): &Pair) -> cudarc::driver::CudaView<'_, bf16> {
+        if theirs {
+            their.as_view()
+        } else {
+            ours.as_view()
+        }
+    }
+    // Device 1's weight `theirs` (by its index in `names`), or none.
+    let weights = |theirs: Option<usize>| {
+        let t = |i| theirs == Some(i);
+        AttentionBlockWeights {
+            qkv_weight: pick(t(0), &qkv_weight),
+            qkv_bias: Some(pick(t(1), &qkv_bias)),
+            q_norm: Some(pick(t(2), &norm)),
+            k_norm: Some(pick(t(3), &norm)),
+            proj_weight: pick(t(4), &proj_weight),
+            proj_bias: Some(pick(t(5), &proj_bias)),
+        }
+    };
+    for (i, what) in names.into_iter().enumerate() {
+        let r = block.forward(
+            &weights(Some(i)),
+            &x.0.as_view(),
+            (batch, tokens),
+            &mut workspace,
+            &mut block_out.as_view_mut(),
+        );
+        refused(r, what);
+    }
+    let r = block.forward(
+        &weights(None),
+        &x.1.as_view(),
+        (batch, tokens),
+        &mut workspace,
+        &mut block_out.as_view_mut(),
+    );
+    refused(r, "x");
+    let r = block.forward(
+        &weights(None),
+        &x.0.as_view(),
+        (batch, tokens),
+        &mut their_workspace,
+        &mut block_out.as_view_mut(),
+    );
+    refused(r, "workspace qkv");
+    let r = block.forward(
+        &weights(None),
+        &x.0.as_view(),
+        (batch, tokens),
+        &mut workspace,
+        &mut their_block_out.as_view_mut(),
+    );
+    refused(r, "out");
+    let after: Vec<bf16> = stream.clone_dtoh(&block_out).unwrap();
+    assert!(
+        after.iter().all(|x| x.is_nan()),
+        "a refused block wrote out"
+    );
+    let their_after: Vec<bf16> = other.clone_dtoh(&their_block_out).unwrap();
+    assert!(
+        their_after.iter().all(|x| x.is_nan()),
+        "a refused block wrote device 1's out"
     );
 }
 

@@ -8,7 +8,7 @@
 mod common;
 
 use common::Rng;
-use common::gpu::{gpu_or_skip, hopper_or_skip};
+use common::gpu::{gpu_or_skip, hopper_or_skip, second_device_stream};
 use common::projector_checks::{check_bias_gelu_output, check_front_output};
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use half::{bf16, f16};
@@ -716,12 +716,7 @@ fn projector_on_an_engine_stream_matches_cpu() {
         projector_case::<bf16>(&on_engine, &mut rng, cfg.clone(), 3);
     }
     // A stream of another device's context is refused; it takes two GPUs.
-    let devices = cudarc::driver::CudaContext::device_count().unwrap();
-    if devices >= 2 {
-        let other = cudarc::driver::CudaContext::new(1)
-            .unwrap()
-            .new_stream()
-            .unwrap();
+    if let Some(other) = second_device_stream("projector_on_an_engine_stream_matches_cpu") {
         assert_eq!(
             gpu.on_stream(other).err(),
             Some(Error::OfAnotherContext {
@@ -730,8 +725,198 @@ fn projector_on_an_engine_stream_matches_cpu() {
                 gpu_device: 0
             })
         );
-    } else {
-        eprintln!("one CUDA device: the refusal of another context's stream is not exercised");
+    }
+}
+
+/// A buffer of another device, as any operand of the projector, its
+/// kernels or a GEMM, is refused by name before anything is queued (the
+/// kernel would fault on memory the device cannot reach). Takes two GPUs.
+#[test]
+fn buffers_of_another_device_are_rejected_before_launch() {
+    let test = "projector_buffers_of_another_device_are_rejected_before_launch";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    let Some(other_stream) = second_device_stream(test) else {
+        return;
+    };
+    let other = nvlm_vision::cuda::Gpu::from_stream(other_stream).unwrap();
+    let mut rng = Rng::from_env_or_time(test);
+    let cfg = ProjectorConfig {
+        bias: true,
+        ..small_config(8, true, PsVersion::V2)
+    };
+    let tiles = 2;
+    let n_in = tiles * cfg.tokens_per_tile() * cfg.vit_hidden;
+    let n_out = cfg.output_rows(tiles) * cfg.output_width();
+    let input_values = uniform(&mut rng, n_in, 2.0);
+    let (ours_in, _) = to_device::<bf16>(&gpu, &input_values);
+    let (theirs_in, _) = to_device::<bf16>(&other, &input_values);
+    let ours_w = Weights::<bf16>::random(&gpu, &mut rng, &cfg);
+    let theirs_w = Weights::<bf16>::random(&other, &mut rng, &cfg);
+    let mut out = poisoned::<bf16>(&gpu, n_out);
+    let mut their_out = poisoned::<bf16>(&other, n_out);
+    let refused = |r: nvlm_vision::Result<()>, what: &str| match r {
+        Err(Error::OfAnotherContext {
+            what: named,
+            its_device: 1,
+            gpu_device: 0,
+        }) => assert_eq!(named, what),
+        other => panic!("{what} of device 1: {other:?}"),
+    };
+
+    let projector = Projector::new(cfg.clone(), gpu.clone()).unwrap();
+    let mut ws = projector.workspace::<bf16>(tiles).unwrap();
+    let mut their_ws = Projector::new(cfg.clone(), other.clone())
+        .unwrap()
+        .workspace::<bf16>(tiles)
+        .unwrap();
+    let forward = |input: &CudaSlice<bf16>,
+                   weights: &ProjectorWeights<'_, bf16>,
+                   ws: &mut nvlm_vision::projector::gpu::ProjectorWorkspace<bf16>,
+                   out: &mut CudaSlice<bf16>| {
+        projector.forward(&input.slice(..), tiles, weights, ws, &mut out.slice_mut(..))
+    };
+    // Each weight of device 1 in turn, the others ours.
+    let names = [
+        "LayerNorm weight",
+        "LayerNorm bias",
+        "Linear 1 weight",
+        "Linear 1 bias",
+        "Linear 2 weight",
+        "Linear 2 bias",
+    ];
+    for (i, what) in names.into_iter().enumerate() {
+        let mut w = ours_w.views();
+        let t = theirs_w.views();
+        match i {
+            0 => w.ln_gamma = t.ln_gamma,
+            1 => w.ln_beta = t.ln_beta,
+            2 => w.w1 = t.w1,
+            3 => w.b1 = t.b1,
+            4 => w.w2 = t.w2,
+            _ => w.b2 = t.b2,
+        }
+        refused(forward(&ours_in, &w, &mut ws, &mut out), what);
+    }
+    let w = ours_w.views();
+    refused(
+        forward(&theirs_in, &w, &mut ws, &mut out),
+        "projector input",
+    );
+    refused(
+        forward(&ours_in, &w, &mut their_ws, &mut out),
+        "projector workspace",
+    );
+    refused(
+        forward(&ours_in, &w, &mut ws, &mut their_out),
+        "projector output",
+    );
+
+    // The kernels and the GEMM on their own.
+    let kernels = projector.kernels();
+    let rows = cfg.output_rows(tiles);
+    let k1 = cfg.row_width();
+    let mut front = poisoned::<bf16>(&gpu, rows * k1);
+    let mut their_front = poisoned::<bf16>(&other, rows * k1);
+    let (g, b) = (ours_w.gamma.slice(..), ours_w.beta.slice(..));
+    let front_with = |input: &CudaSlice<bf16>,
+                      gamma: &cudarc::driver::CudaView<'_, bf16>,
+                      beta: &cudarc::driver::CudaView<'_, bf16>,
+                      out: &mut CudaSlice<bf16>| {
+        kernels.front(
+            &cfg,
+            &input.slice(..),
+            tiles,
+            gamma,
+            beta,
+            &mut out.slice_mut(..),
+        )
+    };
+    let (tg, tb) = (theirs_w.gamma.slice(..), theirs_w.beta.slice(..));
+    refused(
+        front_with(&theirs_in, &g, &b, &mut front),
+        "projector input",
+    );
+    refused(
+        front_with(&ours_in, &tg, &b, &mut front),
+        "LayerNorm weight",
+    );
+    refused(front_with(&ours_in, &g, &tb, &mut front), "LayerNorm bias");
+    refused(
+        front_with(&ours_in, &g, &b, &mut their_front),
+        "projector front output",
+    );
+    let h1 = cfg.linear1_out;
+    let (ours_b1, theirs_b1) = (ours_w.b1.as_ref().unwrap(), theirs_w.b1.as_ref().unwrap());
+    let mut hidden = poisoned::<bf16>(&gpu, rows * h1);
+    let mut their_hidden = poisoned::<bf16>(&other, rows * h1);
+    refused(
+        kernels.bias_gelu(
+            &mut their_hidden.slice_mut(..),
+            rows,
+            h1,
+            Some(&ours_b1.slice(..)),
+            true,
+        ),
+        "bias + GELU data",
+    );
+    refused(
+        kernels.bias_gelu(
+            &mut hidden.slice_mut(..),
+            rows,
+            h1,
+            Some(&theirs_b1.slice(..)),
+            true,
+        ),
+        "bias + GELU bias",
+    );
+    let shape = LinearShape {
+        m: rows,
+        n: h1,
+        k: k1,
+    };
+    let gemm = projector.gemm();
+    let (x, tx) = (front.slice(..), their_front.slice(..));
+    let (w1, tw1) = (ours_w.w1.slice(..), theirs_w.w1.slice(..));
+    let (b1, tb1) = (ours_b1.slice(..), theirs_b1.slice(..));
+    for (x, w, bias, theirs_y, what) in [
+        (&tx, &w1, &b1, false, "GEMM x"),
+        (&x, &tw1, &b1, false, "GEMM w"),
+        (&x, &w1, &tb1, false, "GEMM bias"),
+        (&x, &w1, &b1, true, "GEMM y"),
+    ] {
+        let y = if theirs_y {
+            &mut their_hidden
+        } else {
+            &mut hidden
+        };
+        let r = gemm.linear(
+            x,
+            w,
+            Some(bias),
+            &mut y.slice_mut(..),
+            shape,
+            Epilogue::None,
+        );
+        refused(r, what);
+    }
+
+    for (buffer, what) in [(&out, "out"), (&front, "front"), (&hidden, "hidden")] {
+        assert!(
+            download(&gpu, buffer).iter().all(|v| v.is_nan()),
+            "a refused call wrote {what}"
+        );
+    }
+    for (buffer, what) in [
+        (&their_out, "out"),
+        (&their_front, "front"),
+        (&their_hidden, "hidden"),
+    ] {
+        assert!(
+            download(&other, buffer).iter().all(|v| v.is_nan()),
+            "a refused call wrote device 1's {what}"
+        );
     }
 }
 

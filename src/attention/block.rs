@@ -307,6 +307,20 @@ impl<W> AttentionBlockWeights<W> {
             proj_bias: self.proj_bias.as_ref().map(&len),
         }
     }
+
+    /// The weights that are present, each with its name.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, &W)> {
+        [
+            ("qkv weight", Some(&self.qkv_weight)),
+            ("qkv bias", self.qkv_bias.as_ref()),
+            ("q norm", self.q_norm.as_ref()),
+            ("k norm", self.k_norm.as_ref()),
+            ("proj weight", Some(&self.proj_weight)),
+            ("proj bias", self.proj_bias.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(what, w)| w.map(|w| (what, w)))
+    }
 }
 
 /// The intermediates of one forward: the qkv rows and the attention output.
@@ -386,6 +400,15 @@ impl AttentionBlock {
             out.len(),
             (workspace.qkv.len(), workspace.attended.len()),
         )?;
+        // Every buffer in this GPU's context, before anything is queued.
+        for (what, w) in weights.named() {
+            self.gpu.check_own_buffer(w, what)?;
+        }
+        self.gpu.check_own_buffer(x, "x")?;
+        self.gpu.check_own_buffer(&workspace.qkv, "workspace qkv")?;
+        self.gpu
+            .check_own_buffer(&workspace.attended, "workspace attended")?;
+        self.gpu.check_own_buffer(out, "out")?;
         self.gpu.check_capturable("the attention block")?;
         let stream = self.gpu.stream();
         // The GEMMs' operands that the caller supplies (the workspace's are

@@ -129,6 +129,13 @@ pub fn flash_attention_with<T: AttentionElement>(
         lse.as_ref().map(|l| l.len()),
         scale,
     )?;
+    gpu.check_own_buffer(q.data, "q")?;
+    gpu.check_own_buffer(k.data, "k")?;
+    gpu.check_own_buffer(v.data, "v")?;
+    gpu.check_own_buffer(out.data, "out")?;
+    if let Some(lse) = &lse {
+        gpu.check_own_buffer(*lse, "lse")?;
+    }
     if kernel.is_hopper() {
         require_sm90a(gpu, "the Hopper attention kernel")?;
     }
@@ -275,6 +282,9 @@ pub fn qk_rms_norm<T: AttentionElement>(
     eps: f32,
 ) -> Result<()> {
     check_qk_rms_norm(rows, qkv.len(), [q_weight.len(), k_weight.len()], eps)?;
+    gpu.check_own_buffer(qkv, "qkv")?;
+    gpu.check_own_buffer(q_weight, "q weight")?;
+    gpu.check_own_buffer(k_weight, "k weight")?;
     gpu.check_capturable("qk-RMSNorm")?;
     let name = format!("qk_rms_norm_{}", T::KERNEL_SUFFIX);
     let function = gpu.function(KernelModule::Attention, &name)?;

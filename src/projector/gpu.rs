@@ -48,6 +48,20 @@ impl<T> ProjectorWeights<'_, T> {
             b2: self.b2.as_ref().map(|b| b.len()),
         }
     }
+
+    /// The weights that are present, each with its name.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, &CudaView<'_, T>)> {
+        [
+            ("LayerNorm weight", Some(&self.ln_gamma)),
+            ("LayerNorm bias", Some(&self.ln_beta)),
+            ("Linear 1 weight", Some(&self.w1)),
+            ("Linear 1 bias", self.b1.as_ref()),
+            ("Linear 2 weight", self.w2.as_ref()),
+            ("Linear 2 bias", self.b2.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(what, w)| w.map(|w| (what, w)))
+    }
 }
 
 /// The projector's own kernels, usable without cuBLASLt.
@@ -91,6 +105,10 @@ impl ProjectorKernels {
                 needed: need,
             });
         }
+        self.gpu.check_own_buffer(input, "projector input")?;
+        self.gpu.check_own_buffer(gamma, "LayerNorm weight")?;
+        self.gpu.check_own_buffer(beta, "LayerNorm bias")?;
+        self.gpu.check_own_buffer(out, "projector front output")?;
         self.gpu.check_capturable("the projector front")?;
         let stream = self.gpu.stream();
         // The guards live until the launch is queued, so cudarc records
@@ -122,6 +140,10 @@ impl ProjectorKernels {
         gelu: bool,
     ) -> Result<()> {
         let name = check_bias_gelu(T::DTYPE, (rows, cols), data.len(), bias.map(|b| b.len()))?;
+        self.gpu.check_own_buffer(data, "bias + GELU data")?;
+        if let Some(bias) = bias {
+            self.gpu.check_own_buffer(bias, "bias + GELU bias")?;
+        }
         self.gpu.check_capturable("bias + GELU")?;
         let stream = self.gpu.stream();
         // Guards held until the launch is queued, as in `front`.
@@ -210,6 +232,12 @@ impl ProjectorKernels {
         width: hopper::TileWidth,
     ) -> Result<()> {
         check_linear(shape, x.len(), w.len(), bias.map(|b| b.len()), y.len())?;
+        self.gpu.check_own_buffer(x, "sm_90a Linear x")?;
+        self.gpu.check_own_buffer(w, "sm_90a Linear w")?;
+        if let Some(bias) = bias {
+            self.gpu.check_own_buffer(bias, "sm_90a Linear bias")?;
+        }
+        self.gpu.check_own_buffer(y, "sm_90a Linear y")?;
         self.gpu.check_capturable("the sm_90a Linear")?;
         let stream = self.gpu.stream();
         // Guards held until the launch is queued, as in `front`.
@@ -470,7 +498,18 @@ impl Projector {
                 out.len(),
             )?;
         }
-        self.kernels.gpu.check_capturable("the projector")?;
+        // Every buffer in this GPU's context, before the first launch.
+        let gpu = &self.kernels.gpu;
+        for (what, w) in weights.named() {
+            gpu.check_own_buffer(w, what)?;
+        }
+        gpu.check_own_buffer(input, "projector input")?;
+        gpu.check_own_buffer(&ws.front, "projector workspace")?;
+        if let Some(hidden) = &ws.hidden {
+            gpu.check_own_buffer(hidden, "projector workspace")?;
+        }
+        gpu.check_own_buffer(out, "projector output")?;
+        gpu.check_capturable("the projector")?;
         // The GEMMs' operands that the caller supplies (the workspace's are
         // whole allocations), checked before the front's launch.
         let stream = self.kernels.gpu.stream();

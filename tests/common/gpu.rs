@@ -31,3 +31,19 @@ pub fn hopper_or_skip(test: &str) -> Option<Arc<Gpu>> {
     }
     Some(gpu)
 }
+
+/// Device 1's default stream, for the refusal of another device's streams
+/// and buffers, or `None` (after printing that `test` does not exercise
+/// it) on a host with one device.
+pub fn second_device_stream(test: &str) -> Option<Arc<cudarc::driver::CudaStream>> {
+    let devices = cudarc::driver::CudaContext::device_count().unwrap();
+    if devices < 2 {
+        eprintln!("{test}: one CUDA device, so another device's buffers are not exercised");
+        return None;
+    }
+    Some(
+        cudarc::driver::CudaContext::new(1)
+            .unwrap()
+            .default_stream(),
+    )
+}
