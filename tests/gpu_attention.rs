@@ -9,7 +9,9 @@
 mod common;
 
 use common::Rng;
-use common::gpu::{gpu_or_skip, hopper_or_skip, second_device_stream};
+use common::gpu::{
+    assert_refused_as_of_device_1, gpu_or_skip, hopper_or_skip, two_devices_or_skip,
+};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use nvlm_vision::Error;
@@ -595,10 +597,7 @@ fn bad_inputs_are_rejected_before_launch() {
 #[test]
 fn buffers_of_another_device_are_rejected_before_launch() {
     let test = "buffers_of_another_device_are_rejected_before_launch";
-    let Some(gpu) = gpu_or_skip(test) else {
-        return;
-    };
-    let Some(other) = second_device_stream(test) else {
+    let Some((gpu, other)) = two_devices_or_skip(test) else {
         return;
     };
     let mut rng = Rng::from_env_or_time(test);
@@ -612,14 +611,7 @@ fn buffers_of_another_device_are_rejected_before_launch() {
     let mut their_out = other.clone_htod(&vec![bf16::NAN; n]).unwrap();
     let mut lse = stream.clone_htod(&vec![f32::NAN; 2 * 65]).unwrap();
     let mut their_lse = other.clone_htod(&vec![f32::NAN; 2 * 65]).unwrap();
-    let refused = |r: nvlm_vision::Result<()>, what: &str| match r {
-        Err(Error::OfAnotherContext {
-            what: named,
-            its_device: 1,
-            gpu_device: 0,
-        }) => assert_eq!(named, what),
-        other => panic!("{what} of device 1: {other:?}"),
-    };
+    let refused = assert_refused_as_of_device_1;
     let t = |buffer| AttentionTensor::new(buffer, layout);
     for (slot, what) in ["q", "k", "v"].into_iter().enumerate() {
         let pick = |i| if i == slot { &theirs } else { &ours };
@@ -770,40 +762,31 @@ fn buffers_of_another_device_are_rejected_before_launch() {
             proj_bias: Some(pick(t(5), &proj_bias)),
         }
     };
-    for (i, what) in names.into_iter().enumerate() {
-        let r = block.forward(
-            &weights(Some(i)),
-            &x.0.as_view(),
+    // (device 1's weight, x of device 1, device 1's workspace, out of device 1)
+    let mut forward = |theirs: Option<usize>, their_x: bool, their_ws: bool, their_out: bool| {
+        block.forward(
+            &weights(theirs),
+            &pick(their_x, &x),
             (batch, tokens),
-            &mut workspace,
-            &mut block_out.as_view_mut(),
-        );
-        refused(r, what);
+            if their_ws {
+                &mut their_workspace
+            } else {
+                &mut workspace
+            },
+            &mut if their_out {
+                &mut their_block_out
+            } else {
+                &mut block_out
+            }
+            .as_view_mut(),
+        )
+    };
+    for (i, what) in names.into_iter().enumerate() {
+        refused(forward(Some(i), false, false, false), what);
     }
-    let r = block.forward(
-        &weights(None),
-        &x.1.as_view(),
-        (batch, tokens),
-        &mut workspace,
-        &mut block_out.as_view_mut(),
-    );
-    refused(r, "x");
-    let r = block.forward(
-        &weights(None),
-        &x.0.as_view(),
-        (batch, tokens),
-        &mut their_workspace,
-        &mut block_out.as_view_mut(),
-    );
-    refused(r, "workspace qkv");
-    let r = block.forward(
-        &weights(None),
-        &x.0.as_view(),
-        (batch, tokens),
-        &mut workspace,
-        &mut their_block_out.as_view_mut(),
-    );
-    refused(r, "out");
+    refused(forward(None, true, false, false), "x");
+    refused(forward(None, false, true, false), "workspace qkv");
+    refused(forward(None, false, false, true), "out");
     let after: Vec<bf16> = stream.clone_dtoh(&block_out).unwrap();
     assert!(
         after.iter().all(|x| x.is_nan()),

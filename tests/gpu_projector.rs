@@ -8,7 +8,9 @@
 mod common;
 
 use common::Rng;
-use common::gpu::{gpu_or_skip, hopper_or_skip, second_device_stream};
+use common::gpu::{
+    assert_refused_as_of_device_1, gpu_or_skip, hopper_or_skip, two_devices_or_skip,
+};
 use common::projector_checks::{check_bias_gelu_output, check_front_output};
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use half::{bf16, f16};
@@ -716,7 +718,7 @@ fn projector_on_an_engine_stream_matches_cpu() {
         projector_case::<bf16>(&on_engine, &mut rng, cfg.clone(), 3);
     }
     // A stream of another device's context is refused; it takes two GPUs.
-    if let Some(other) = second_device_stream("projector_on_an_engine_stream_matches_cpu") {
+    if let Some((_, other)) = two_devices_or_skip("projector_on_an_engine_stream_matches_cpu") {
         assert_eq!(
             gpu.on_stream(other).err(),
             Some(Error::OfAnotherContext {
@@ -734,10 +736,7 @@ fn projector_on_an_engine_stream_matches_cpu() {
 #[test]
 fn buffers_of_another_device_are_rejected_before_launch() {
     let test = "projector_buffers_of_another_device_are_rejected_before_launch";
-    let Some(gpu) = gpu_or_skip(test) else {
-        return;
-    };
-    let Some(other_stream) = second_device_stream(test) else {
+    let Some((gpu, other_stream)) = two_devices_or_skip(test) else {
         return;
     };
     let other = nvlm_vision::cuda::Gpu::from_stream(other_stream).unwrap();
@@ -756,14 +755,7 @@ fn buffers_of_another_device_are_rejected_before_launch() {
     let theirs_w = Weights::<bf16>::random(&other, &mut rng, &cfg);
     let mut out = poisoned::<bf16>(&gpu, n_out);
     let mut their_out = poisoned::<bf16>(&other, n_out);
-    let refused = |r: nvlm_vision::Result<()>, what: &str| match r {
-        Err(Error::OfAnotherContext {
-            what: named,
-            its_device: 1,
-            gpu_device: 0,
-        }) => assert_eq!(named, what),
-        other => panic!("{what} of device 1: {other:?}"),
-    };
+    let refused = assert_refused_as_of_device_1;
 
     let projector = Projector::new(cfg.clone(), gpu.clone()).unwrap();
     let mut ws = projector.workspace::<bf16>(tiles).unwrap();
@@ -851,26 +843,20 @@ fn buffers_of_another_device_are_rejected_before_launch() {
     let (ours_b1, theirs_b1) = (ours_w.b1.as_ref().unwrap(), theirs_w.b1.as_ref().unwrap());
     let mut hidden = poisoned::<bf16>(&gpu, rows * h1);
     let mut their_hidden = poisoned::<bf16>(&other, rows * h1);
-    refused(
-        kernels.bias_gelu(
-            &mut their_hidden.slice_mut(..),
+    for (theirs_data, what) in [(true, "bias + GELU data"), (false, "bias + GELU bias")] {
+        let (data, bias) = match theirs_data {
+            true => (&mut their_hidden, ours_b1),
+            false => (&mut hidden, theirs_b1),
+        };
+        let r = kernels.bias_gelu(
+            &mut data.slice_mut(..),
             rows,
             h1,
-            Some(&ours_b1.slice(..)),
+            Some(&bias.slice(..)),
             true,
-        ),
-        "bias + GELU data",
-    );
-    refused(
-        kernels.bias_gelu(
-            &mut hidden.slice_mut(..),
-            rows,
-            h1,
-            Some(&theirs_b1.slice(..)),
-            true,
-        ),
-        "bias + GELU bias",
-    );
+        );
+        refused(r, what);
+    }
     let shape = LinearShape {
         m: rows,
         n: h1,

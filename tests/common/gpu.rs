@@ -32,18 +32,30 @@ pub fn hopper_or_skip(test: &str) -> Option<Arc<Gpu>> {
     Some(gpu)
 }
 
-/// Device 1's default stream, for the refusal of another device's streams
-/// and buffers, or `None` (after printing that `test` does not exercise
-/// it) on a host with one device.
-pub fn second_device_stream(test: &str) -> Option<Arc<cudarc::driver::CudaStream>> {
+/// Device 0 and device 1's default stream, for the refusal of another
+/// device's streams and buffers, or `None` (after printing why) without a
+/// device or on a host with one.
+pub fn two_devices_or_skip(test: &str) -> Option<(Arc<Gpu>, Arc<cudarc::driver::CudaStream>)> {
+    let gpu = gpu_or_skip(test)?;
     let devices = cudarc::driver::CudaContext::device_count().unwrap();
     if devices < 2 {
         eprintln!("{test}: one CUDA device, so another device's buffers are not exercised");
         return None;
     }
-    Some(
-        cudarc::driver::CudaContext::new(1)
-            .unwrap()
-            .default_stream(),
-    )
+    let other = cudarc::driver::CudaContext::new(1)
+        .unwrap()
+        .default_stream();
+    Some((gpu, other))
+}
+
+/// Asserts that `result` is device 0's refusal of device 1's `what`.
+pub fn assert_refused_as_of_device_1(result: nvlm_vision::Result<()>, what: &str) {
+    match result {
+        Err(nvlm_vision::Error::OfAnotherContext {
+            what: named,
+            its_device: 1,
+            gpu_device: 0,
+        }) => assert_eq!(named, what),
+        other => panic!("{what} of device 1: {other:?}"),
+    }
 }
