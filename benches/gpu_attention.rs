@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{bench_hopper, device_time, gpu_or_skip};
+use common::{DeviceGroup, bench_hopper, device_time, gpu_or_skip};
 use criterion::{Criterion, criterion_group, criterion_main};
 use half::bf16;
 use nvlm_vision::attention::{
@@ -48,8 +48,8 @@ fn attention(c: &mut Criterion) {
         ]);
     }
     let stream = gpu.stream();
-    let mut group = c.benchmark_group("attention");
-    group.sample_size(20);
+    let mut group = DeviceGroup::new(c, "attention");
+    group.group.sample_size(20);
     // Every case on one kernel before the next: the Hopper kernel, last,
     // cannot take the portable kernel's numbers with it if it fails.
     for &(kernel, name) in &kernels {
@@ -79,22 +79,20 @@ fn attention(c: &mut Criterion) {
                 })
                 .collect();
             let part = |p| AttentionLayout::packed_qkv(batch, tokens, heads, head_dim, p);
-            group.bench_function(format!("{name}/{case}"), |b| {
-                b.iter_custom(|iters| {
-                    device_time(&gpu, iters, |i| {
-                        let s = i as usize % sets;
-                        flash_attention_with(
-                            kernel,
-                            &gpu,
-                            AttentionTensor::new(&qkv[s], part(QkvPart::Q)),
-                            AttentionTensor::new(&qkv[s], part(QkvPart::K)),
-                            AttentionTensor::new(&qkv[s], part(QkvPart::V)),
-                            AttentionTensor::new(&mut outs[s], out_layout),
-                            None,
-                            None,
-                        )
-                        .expect("flash_attention");
-                    })
+            group.bench(&format!("{name}/{case}"), |iters| {
+                device_time(&gpu, iters, |i| {
+                    let s = i as usize % sets;
+                    flash_attention_with(
+                        kernel,
+                        &gpu,
+                        AttentionTensor::new(&qkv[s], part(QkvPart::Q)),
+                        AttentionTensor::new(&qkv[s], part(QkvPart::K)),
+                        AttentionTensor::new(&qkv[s], part(QkvPart::V)),
+                        AttentionTensor::new(&mut outs[s], out_layout),
+                        None,
+                        None,
+                    )
+                    .expect("flash_attention");
                 })
             });
         }

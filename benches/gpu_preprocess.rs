@@ -26,8 +26,8 @@
 
 mod common;
 
-use common::{device_time, gpu_or_skip, noise};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use common::{DeviceGroup, Sample, device_time, gpu_or_skip, noise};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use cudarc::driver::CudaSlice;
 use nvlm_vision::cuda::Gpu;
 use nvlm_vision::preprocess::{
@@ -83,7 +83,7 @@ fn preprocess(c: &mut Criterion) {
     let pre = Preprocessor::default();
     let default = PreprocessKernel::default();
     let default_name = format!("nvlm-{}", default.name());
-    let mut group = c.benchmark_group("preprocess");
+    let mut group = DeviceGroup::new(c, "preprocess");
     // The batch ids come last: their second (copy) stream turns on cudarc's
     // event tracking while it exists, and so host work per buffer use, which
     // the other ids must all pay or all not.
@@ -102,60 +102,48 @@ fn preprocess(c: &mut Criterion) {
             .map(|v| DeviceImage::upload(&gpu, v).unwrap())
             .collect();
         // The floor's bytes: input read once, output written once.
-        group.throughput(Throughput::Bytes((in_bytes + plan.tensor_len() * 4) as u64));
+        group
+            .group
+            .throughput(Throughput::Bytes((in_bytes + plan.tensor_len() * 4) as u64));
         for kernel in PreprocessKernel::ALL {
             let cuda = CudaPreprocessor::new(pre, gpu.clone()).with_kernel(kernel);
             let name = format!("nvlm-{}", kernel.name());
-            group.bench_function(BenchmarkId::new(&name, &case), |b| {
-                b.iter_custom(|iters| {
-                    device_time(&gpu, iters, |i| {
-                        let k = i as usize % sets;
-                        cuda.run_device_into(&images[k], &plan, &mut outs[k])
-                            .expect("preprocess");
-                    })
+            group.bench(&format!("{name}/{case}"), |iters| {
+                device_time(&gpu, iters, |i| {
+                    let k = i as usize % sets;
+                    cuda.run_device_into(&images[k], &plan, &mut outs[k])
+                        .expect("preprocess");
                 })
             });
         }
         // An image of a shape not met before: a new preprocessor each call,
         // so the host builds and uploads the tables every time.
-        group.bench_function(
-            BenchmarkId::new(format!("{default_name}-first-sight"), &case),
-            |b| {
-                b.iter_custom(|iters| {
-                    device_time(&gpu, iters, |i| {
-                        let k = i as usize % sets;
-                        CudaPreprocessor::new(pre, gpu.clone())
-                            .run_device_into(&images[k], &plan, &mut outs[k])
-                            .expect("preprocess");
-                    })
-                })
-            },
-        );
+        group.bench(&format!("{default_name}-first-sight/{case}"), |iters| {
+            device_time(&gpu, iters, |i| {
+                let k = i as usize % sets;
+                CudaPreprocessor::new(pre, gpu.clone())
+                    .run_device_into(&images[k], &plan, &mut outs[k])
+                    .expect("preprocess");
+            })
+        });
         let cuda = CudaPreprocessor::new(pre, gpu.clone());
-        group.bench_function(
-            BenchmarkId::new(format!("{default_name}-host"), &case),
-            |b| {
-                b.iter_custom(|iters| {
-                    device_time(&gpu, iters, |i| {
-                        let k = i as usize % sets;
-                        cuda.run_into(&views[k], &plan, &mut outs[k])
-                            .expect("preprocess");
-                    })
-                })
-            },
-        );
+        group.bench(&format!("{default_name}-host/{case}"), |iters| {
+            device_time(&gpu, iters, |i| {
+                let k = i as usize % sets;
+                cuda.run_into(&views[k], &plan, &mut outs[k])
+                    .expect("preprocess");
+            })
+        });
         // The copy alone: from pageable memory (what run_into's copy
         // does) and from pinned memory (the DMA rate).
         let mut dsts: Vec<_> = (0..sets)
             .map(|_| stream.alloc_zeros::<u8>(in_bytes).unwrap())
             .collect();
-        group.throughput(Throughput::Bytes(in_bytes as u64));
-        group.bench_function(BenchmarkId::new("h2d-copy-pageable", &case), |b| {
-            b.iter_custom(|iters| {
-                device_time(&gpu, iters, |i| {
-                    let k = i as usize % sets;
-                    stream.memcpy_htod(&hosts[k], &mut dsts[k]).expect("copy");
-                })
+        group.group.throughput(Throughput::Bytes(in_bytes as u64));
+        group.bench(&format!("h2d-copy-pageable/{case}"), |iters| {
+            device_time(&gpu, iters, |i| {
+                let k = i as usize % sets;
+                stream.memcpy_htod(&hosts[k], &mut dsts[k]).expect("copy");
             })
         });
         let pinned: Vec<_> = hosts
@@ -167,12 +155,10 @@ fn preprocess(c: &mut Criterion) {
                 p
             })
             .collect();
-        group.bench_function(BenchmarkId::new("h2d-copy-pinned", &case), |b| {
-            b.iter_custom(|iters| {
-                device_time(&gpu, iters, |i| {
-                    let k = i as usize % sets;
-                    stream.memcpy_htod(&pinned[k], &mut dsts[k]).expect("copy");
-                })
+        group.bench(&format!("h2d-copy-pinned/{case}"), |iters| {
+            device_time(&gpu, iters, |i| {
+                let k = i as usize % sets;
+                stream.memcpy_htod(&pinned[k], &mut dsts[k]).expect("copy");
             })
         });
     }
@@ -199,29 +185,21 @@ fn preprocess(c: &mut Criterion) {
         let pinned_refs: Vec<&PinnedImage> = pinned_images.iter().collect();
         let views = views(&hosts, (w, h));
         let cuda = CudaPreprocessor::new(pre, gpu.clone());
-        group.throughput(Throughput::Bytes((in_bytes + plan.tensor_len() * 4) as u64));
-        group.bench_function(
-            BenchmarkId::new(format!("{default_name}-pinned-batch"), &case),
-            |b| {
-                b.iter_custom(|iters| {
-                    in_batches(&gpu, iters, sets, |sets| {
-                        cuda.run_batch_into(&views[sets.clone()], &mut outs[sets])
-                            .expect("preprocess");
-                    })
-                })
-            },
-        );
-        group.bench_function(
-            BenchmarkId::new(format!("{default_name}-pinned-input"), &case),
-            |b| {
-                b.iter_custom(|iters| {
-                    in_batches(&gpu, iters, sets, |sets| {
-                        cuda.run_pinned_batch_into(&pinned_refs[sets.clone()], &mut outs[sets])
-                            .expect("preprocess");
-                    })
-                })
-            },
-        );
+        group
+            .group
+            .throughput(Throughput::Bytes((in_bytes + plan.tensor_len() * 4) as u64));
+        group.bench(&format!("{default_name}-pinned-batch/{case}"), |iters| {
+            in_batches(&gpu, iters, sets, |sets| {
+                cuda.run_batch_into(&views[sets.clone()], &mut outs[sets])
+                    .expect("preprocess");
+            })
+        });
+        group.bench(&format!("{default_name}-pinned-input/{case}"), |iters| {
+            in_batches(&gpu, iters, sets, |sets| {
+                cuda.run_pinned_batch_into(&pinned_refs[sets.clone()], &mut outs[sets])
+                    .expect("preprocess");
+            })
+        });
     }
     group.finish();
 }
@@ -233,16 +211,23 @@ fn in_batches(
     iters: u64,
     sets: usize,
     mut run: impl FnMut(std::ops::Range<usize>),
-) -> std::time::Duration {
+) -> Sample {
     let mut done = 0u64;
-    device_time(gpu, 1, |_| {
+    let whole = device_time(gpu, 1, |_| {
         while done < iters {
             let first = done as usize % sets;
             let n = (BATCH as u64).min(iters - done).min((sets - first) as u64) as usize;
             run(first..first + n);
             done += n as u64;
         }
-    })
+    });
+    // One timed call queued every image: per image, host and GPU.
+    let images = iters.max(1);
+    Sample {
+        gpu: whole.gpu,
+        calls: images,
+        host_per_call: whole.host_per_call.div_f64(images as f64),
+    }
 }
 
 criterion_group!(benches, preprocess);

@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::{bench_hopper, device_time, gpu_or_skip};
+use common::{DeviceGroup, bench_hopper, device_time, gpu_or_skip};
 use criterion::{Criterion, criterion_group, criterion_main};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -114,72 +114,66 @@ fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig, part: P
         tflop / 686.0 * 1e6
     );
 
-    let mut group = c.benchmark_group("projector");
-    group.sample_size(20);
+    let mut group = DeviceGroup::new(c, "projector");
+    group.group.sample_size(20);
     // The GEMMs alone, on fixed activations (their content does not change
     // the GEMMs' work).
     let x = random(gpu, rows * k1, 1.0, 20);
     let mut hidden = random(gpu, rows * h1, 1.0, 21);
     if part == Part::Portable {
-        group.bench_function(format!("nvlm-front/{case}"), |b| {
-            b.iter_custom(|iters| {
-                device_time(gpu, iters, |i| {
-                    exact
-                        .kernels()
-                        .front(
-                            &cfg,
-                            &input(i),
-                            TILES,
-                            &weights.ln_gamma,
-                            &weights.ln_beta,
-                            &mut front.slice_mut(..),
-                        )
-                        .expect("front")
-                })
+        group.bench(&format!("nvlm-front/{case}"), |iters| {
+            device_time(gpu, iters, |i| {
+                exact
+                    .kernels()
+                    .front(
+                        &cfg,
+                        &input(i),
+                        TILES,
+                        &weights.ln_gamma,
+                        &weights.ln_beta,
+                        &mut front.slice_mut(..),
+                    )
+                    .expect("front")
             })
         });
         for (id, projector) in [("nvlm-exact-gelu", &exact), ("nvlm-cublaslt-gelu", &approx)] {
-            group.bench_function(format!("{id}/{case}"), |b| {
-                b.iter_custom(|iters| {
-                    device_time(gpu, iters, |i| {
-                        projector
-                            .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
-                            .expect("forward")
-                    })
+            group.bench(&format!("{id}/{case}"), |iters| {
+                device_time(gpu, iters, |i| {
+                    projector
+                        .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
+                        .expect("forward")
                 })
             });
         }
-        group.bench_function(format!("cublaslt-gemms-only/{case}"), |b| {
-            b.iter_custom(|iters| {
-                device_time(gpu, iters, |_| {
-                    let gemm = exact.gemm();
-                    gemm.linear(
-                        &x.slice(..),
-                        &weights.w1,
-                        None,
-                        &mut hidden.slice_mut(..),
-                        LinearShape {
-                            m: rows,
-                            n: h1,
-                            k: k1,
-                        },
-                        Epilogue::None,
-                    )
-                    .expect("gemm 1");
-                    gemm.linear(
-                        &hidden.slice(..),
-                        weights.w2.as_ref().unwrap(),
-                        None,
-                        &mut out.slice_mut(..),
-                        LinearShape {
-                            m: rows,
-                            n: h2,
-                            k: h1,
-                        },
-                        Epilogue::None,
-                    )
-                    .expect("gemm 2");
-                })
+        group.bench(&format!("cublaslt-gemms-only/{case}"), |iters| {
+            device_time(gpu, iters, |_| {
+                let gemm = exact.gemm();
+                gemm.linear(
+                    &x.slice(..),
+                    &weights.w1,
+                    None,
+                    &mut hidden.slice_mut(..),
+                    LinearShape {
+                        m: rows,
+                        n: h1,
+                        k: k1,
+                    },
+                    Epilogue::None,
+                )
+                .expect("gemm 1");
+                gemm.linear(
+                    &hidden.slice(..),
+                    weights.w2.as_ref().unwrap(),
+                    None,
+                    &mut out.slice_mut(..),
+                    LinearShape {
+                        m: rows,
+                        n: h2,
+                        k: h1,
+                    },
+                    Epilogue::None,
+                )
+                .expect("gemm 2");
             })
         });
     }
@@ -192,13 +186,11 @@ fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig, part: P
             gpu.clone(),
         )
         .expect("projector");
-        group.bench_function(format!("nvlm-hopper-linear/{case}"), |b| {
-            b.iter_custom(|iters| {
-                device_time(gpu, iters, |i| {
-                    hopper
-                        .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
-                        .expect("forward")
-                })
+        group.bench(&format!("nvlm-hopper-linear/{case}"), |iters| {
+            device_time(gpu, iters, |i| {
+                hopper
+                    .forward(&input(i), TILES, &weights, &mut ws, &mut out.slice_mut(..))
+                    .expect("forward")
             })
         });
         let shape1 = LinearShape {
@@ -211,26 +203,24 @@ fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig, part: P
             n: h2,
             k: h1,
         };
-        group.bench_function(format!("linear1-cublaslt-gelu-pass/{case}"), |b| {
-            b.iter_custom(|iters| {
-                device_time(gpu, iters, |_| {
-                    let mut h = hidden.slice_mut(..);
-                    exact
-                        .gemm()
-                        .linear(
-                            &x.slice(..),
-                            &weights.w1,
-                            None,
-                            &mut h,
-                            shape1,
-                            Epilogue::None,
-                        )
-                        .expect("gemm 1");
-                    exact
-                        .kernels()
-                        .bias_gelu(&mut h, rows, h1, None, true)
-                        .expect("gelu");
-                })
+        group.bench(&format!("linear1-cublaslt-gelu-pass/{case}"), |iters| {
+            device_time(gpu, iters, |_| {
+                let mut h = hidden.slice_mut(..);
+                exact
+                    .gemm()
+                    .linear(
+                        &x.slice(..),
+                        &weights.w1,
+                        None,
+                        &mut h,
+                        shape1,
+                        Epilogue::None,
+                    )
+                    .expect("gemm 1");
+                exact
+                    .kernels()
+                    .bias_gelu(&mut h, rows, h1, None, true)
+                    .expect("gelu");
             })
         });
         // The width the GPU's waves pick, and the 256-wide tile whatever
@@ -243,57 +233,51 @@ fn bench_config(c: &mut Criterion, gpu: &Arc<Gpu>, cfg: ProjectorConfig, part: P
             ("linear1-hopper-gelu", chosen),
             ("linear1-hopper-gelu-n256", TileWidth::Wide),
         ] {
-            group.bench_function(format!("{id}/{case}"), |b| {
-                b.iter_custom(|iters| {
-                    device_time(gpu, iters, |_| {
-                        exact
-                            .kernels()
-                            .linear_hopper_tiled(
-                                &x.slice(..),
-                                &weights.w1,
-                                None,
-                                &mut hidden.slice_mut(..),
-                                shape1,
-                                true,
-                                width,
-                            )
-                            .expect("sm_90a linear 1")
-                    })
-                })
-            });
-        }
-        group.bench_function(format!("linear2-cublaslt/{case}"), |b| {
-            b.iter_custom(|iters| {
-                device_time(gpu, iters, |_| {
-                    exact
-                        .gemm()
-                        .linear(
-                            &hidden.slice(..),
-                            weights.w2.as_ref().unwrap(),
-                            None,
-                            &mut out.slice_mut(..),
-                            shape2,
-                            Epilogue::None,
-                        )
-                        .expect("gemm 2")
-                })
-            })
-        });
-        group.bench_function(format!("linear2-hopper/{case}"), |b| {
-            b.iter_custom(|iters| {
+            group.bench(&format!("{id}/{case}"), |iters| {
                 device_time(gpu, iters, |_| {
                     exact
                         .kernels()
-                        .linear_hopper(
-                            &hidden.slice(..),
-                            weights.w2.as_ref().unwrap(),
+                        .linear_hopper_tiled(
+                            &x.slice(..),
+                            &weights.w1,
                             None,
-                            &mut out.slice_mut(..),
-                            shape2,
-                            false,
+                            &mut hidden.slice_mut(..),
+                            shape1,
+                            true,
+                            width,
                         )
-                        .expect("sm_90a linear 2")
+                        .expect("sm_90a linear 1")
                 })
+            });
+        }
+        group.bench(&format!("linear2-cublaslt/{case}"), |iters| {
+            device_time(gpu, iters, |_| {
+                exact
+                    .gemm()
+                    .linear(
+                        &hidden.slice(..),
+                        weights.w2.as_ref().unwrap(),
+                        None,
+                        &mut out.slice_mut(..),
+                        shape2,
+                        Epilogue::None,
+                    )
+                    .expect("gemm 2")
+            })
+        });
+        group.bench(&format!("linear2-hopper/{case}"), |iters| {
+            device_time(gpu, iters, |_| {
+                exact
+                    .kernels()
+                    .linear_hopper(
+                        &hidden.slice(..),
+                        weights.w2.as_ref().unwrap(),
+                        None,
+                        &mut out.slice_mut(..),
+                        shape2,
+                        false,
+                    )
+                    .expect("sm_90a linear 2")
             })
         });
     }

@@ -11,13 +11,16 @@ Reads, all under RESULTS_DIR and all optional:
                        criterion's results; the id `<stage>/<impl>/<case>` is
                        benchmark.json's full_id, the time estimates.json's median
   peers/*.jsonl        peer scripts' JSON lines: {"stage","impl","case","median_us",...}
+  bench-*.log          the benches' `dispatch: ID: host H us/call, GPU G us/call,
+                       B of N samples host-bound` lines (benches/common)
 
 Per stage, one table: a row per (case, impl) with its median in µs, its
 TFLOP/s where the case names the work (attention: 4·B·H·N²·D from
 `B7_H25_D128_N1025`; the projector's GEMMs from the config's dims), and its
 ratio to the rows COMPARE pairs it with on the same case, as their time ÷
 this time (above 1: faster than that row). A stage COMPARE does not name
-compares our rows with each of its peers.
+compares our rows with each of its peers. Below the tables, the ids whose
+GPU waited on the host in most samples: their median is the host's rate.
 
   gpu_summary.py RESULTS_DIR
 """
@@ -105,6 +108,24 @@ def peer_results(root):
             found[key] = median
             peers.add(key[:2])
     return found, peers, errors
+
+
+DISPATCH = re.compile(
+    r"dispatch: (\S+): host ([\d.]+) us/call, GPU ([\d.]+) us/call, (\d+) of (\d+) samples host-bound")
+
+
+def host_bound_ids(results):
+    """Lines for the bench ids whose host queued a call in at least 90% of
+    the time the GPU ran one, in most samples (the benches' `dispatch:`
+    lines in the bench logs)."""
+    lines = []
+    for log in sorted(results.glob("bench-*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            m = DISPATCH.fullmatch(line.strip())
+            if m and 2 * int(m[4]) > int(m[5]):
+                lines.append(f"- {m[1]}: host {m[2]} µs/call, GPU {m[3]} µs/call "
+                             f"({m[4]} of {m[5]} samples)")
+    return lines
 
 
 def fmt_us(us):
@@ -208,6 +229,11 @@ def main(argv):
         lines += ["(no timings found)", ""]
     if errors:
         lines += ["Peer rows without a time:", ""] + errors + [""]
+    bound = host_bound_ids(results)
+    if bound:
+        lines += ["Host-bound ids: the GPU waited on the host, so the median is the host's "
+                  "rate, an upper bound on the GPU's work (expected where the id includes "
+                  "the host's copies):", ""] + bound + [""]
     text = "\n".join(lines)
     (results / "summary.md").write_text(text)
     print(text)
