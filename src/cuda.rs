@@ -218,8 +218,9 @@ impl Gpu {
     }
 
     /// `Ok` when the device buffer `what` was allocated in this GPU's
-    /// context: a kernel given another device's memory faults, and the
-    /// fault poisons the context.
+    /// context: a kernel given another device's memory faults (without peer
+    /// access, which this crate does not rely on), and the fault poisons
+    /// the context.
     pub fn check_own_buffer<T>(
         &self,
         buffer: &impl DeviceSlice<T>,
