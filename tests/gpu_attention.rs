@@ -418,6 +418,91 @@ fn hopper_persistent_internvit_shapes_on_sampled_rows_at_model_shapes() {
     );
 }
 
+/// The same inputs give the same bits on every run of each kernel: a
+/// result that moves between runs is a race, which the error rule passes
+/// when it is small. Packed qkv at 257 tokens (2·128 + 1: both tails),
+/// both head dims, with the LSE; 4 × 12 heads × 3 query tiles = 144
+/// items, more than a 132-SM persistent grid's CTAs, so some walk two. Small
+/// enough for the sanitizer runs.
+fn same_bits_on_every_run(kernels: &[AttentionKernel], test: &str) {
+    let Some(gpu) = gpu_for(kernels[0], test) else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time(test);
+    let stream = gpu.stream();
+    let (batch, tokens, heads) = (4, 257, 12);
+    for head_dim in [64, 128] {
+        let part = |p| AttentionLayout::packed_qkv(batch, tokens, heads, head_dim, p);
+        let out_layout = AttentionLayout::contiguous(batch, tokens, heads, head_dim);
+        let qkv_values: Vec<bf16> = fill(&mut rng, batch * tokens * 3 * heads * head_dim, 2.0);
+        let qkv = stream.clone_htod(&qkv_values).unwrap();
+        let (n_out, n_lse) = (out_layout.span().unwrap(), batch * heads * tokens);
+        for &kernel in kernels {
+            let what = format!("{kernel:?} D{head_dim}");
+            let mut first: Option<(Vec<u16>, Vec<u32>)> = None;
+            for run in 0..3 {
+                let mut out = stream.clone_htod(&vec![bf16::NAN; n_out]).unwrap();
+                let mut lse = stream.clone_htod(&vec![f32::NAN; n_lse]).unwrap();
+                flash_attention_with(
+                    kernel,
+                    &gpu,
+                    AttentionTensor::new(&qkv, part(QkvPart::Q)),
+                    AttentionTensor::new(&qkv, part(QkvPart::K)),
+                    AttentionTensor::new(&qkv, part(QkvPart::V)),
+                    AttentionTensor::new(&mut out, out_layout),
+                    Some(&mut lse),
+                    None,
+                )
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let out: Vec<bf16> = stream.clone_dtoh(&out).unwrap();
+                let lse: Vec<f32> = stream.clone_dtoh(&lse).unwrap();
+                assert!(
+                    out.iter().all(|x| x.is_finite()) && lse.iter().all(|x| x.is_finite()),
+                    "{what}: run {run} left an element unwritten or not finite"
+                );
+                let bits = (
+                    out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    lse.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                );
+                let Some((out0, lse0)) = &first else {
+                    first = Some(bits);
+                    continue;
+                };
+                fn differ<E: PartialEq>(a: &[E], b: &[E]) -> usize {
+                    a.iter().zip(b).filter(|(x, y)| x != y).count()
+                }
+                let (d_out, d_lse) = (differ(out0, &bits.0), differ(lse0, &bits.1));
+                assert!(
+                    d_out == 0 && d_lse == 0,
+                    "{what}: run {run} differs from run 0 in {d_out} of {n_out} outputs and \
+                     {d_lse} of {n_lse} LSEs: a race"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn same_bits_on_every_run_of_the_portable_kernel() {
+    same_bits_on_every_run(
+        &[AttentionKernel::Portable],
+        "same_bits_on_every_run_of_the_portable_kernel",
+    );
+}
+
+#[test]
+fn hopper_same_bits_on_every_run_of_every_version() {
+    same_bits_on_every_run(
+        &[
+            AttentionKernel::HopperSerial,
+            AttentionKernel::Hopper,
+            AttentionKernel::HopperPingPong,
+            AttentionKernel::HopperPersistent,
+        ],
+        "hopper_same_bits_on_every_run_of_every_version",
+    );
+}
+
 fn internvit_shapes(kernel: AttentionKernel, test: &str) {
     let Some(gpu) = gpu_for(kernel, test) else {
         return;

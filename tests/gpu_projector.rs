@@ -304,6 +304,118 @@ fn bias_gelu_matches_cpu() {
     }
 }
 
+/// Runs `launch` three times, each into a fresh NaN-poisoned buffer of
+/// `len` elements, and asserts that every run wrote every element and that
+/// all runs agree bit for bit: a result that moves between runs is a race,
+/// which the error rule passes when it is small.
+fn assert_same_bits_every_run(
+    gpu: &nvlm_vision::cuda::Gpu,
+    what: &str,
+    len: usize,
+    mut launch: impl FnMut(&mut CudaSlice<bf16>),
+) {
+    let mut first: Option<Vec<u16>> = None;
+    for run in 0..3 {
+        let mut out = poisoned::<bf16>(gpu, len);
+        launch(&mut out);
+        let got: Vec<bf16> = gpu.stream().clone_dtoh(&out).unwrap();
+        assert!(
+            got.iter().all(|v| !v.is_nan()),
+            "{what}: run {run} left elements unwritten"
+        );
+        let bits: Vec<u16> = got.iter().map(|v| v.to_bits()).collect();
+        match &first {
+            None => first = Some(bits),
+            Some(bits0) => {
+                let differ = bits0.iter().zip(&bits).filter(|(a, b)| a != b).count();
+                assert_eq!(
+                    differ, 0,
+                    "{what}: run {run} differs from run 0 in {differ} of {len} elements: a race"
+                );
+            }
+        }
+    }
+}
+
+/// The front (the 16-byte and the scalar kernel) and bias + GELU give the
+/// same bits on every run.
+#[test]
+fn front_and_bias_gelu_give_the_same_bits_on_every_run() {
+    let test = "front_and_bias_gelu_give_the_same_bits_on_every_run";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time(test);
+    let kernels = ProjectorKernels::new(gpu.clone());
+    for (c, tiles) in [(3200, 2), (13, 3)] {
+        let cfg = small_config(c, true, PsVersion::V2);
+        let n_in = tiles * cfg.tokens_per_tile() * c;
+        let (input, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, n_in, 3.0));
+        let (gamma, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, cfg.row_width(), 2.0));
+        let (beta, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, cfg.row_width(), 1.0));
+        let len = cfg.output_rows(tiles) * cfg.row_width();
+        assert_same_bits_every_run(&gpu, &format!("front C={c}"), len, |out| {
+            kernels
+                .front(
+                    &cfg,
+                    &input.slice(..),
+                    tiles,
+                    &gamma.slice(..),
+                    &beta.slice(..),
+                    &mut out.slice_mut(..),
+                )
+                .unwrap()
+        });
+    }
+    let (rows, cols) = (300, 1000);
+    let (data, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, rows * cols, 5.0));
+    let (bias, _) = to_device::<bf16>(&gpu, &uniform(&mut rng, cols, 1.0));
+    assert_same_bits_every_run(&gpu, "bias + GELU", rows * cols, |out| {
+        gpu.stream().memcpy_dtod(&data, out).unwrap();
+        kernels
+            .bias_gelu(
+                &mut out.slice_mut(..),
+                rows,
+                cols,
+                Some(&bias.slice(..)),
+                true,
+            )
+            .unwrap()
+    });
+}
+
+/// The sm_90a Linear, both tile widths, gives the same bits on every run.
+#[test]
+fn hopper_linear_gives_the_same_bits_on_every_run() {
+    let test = "hopper_linear_gives_the_same_bits_on_every_run";
+    let Some(gpu) = hopper_or_skip(test) else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time(test);
+    let kernels = ProjectorKernels::new(gpu.clone());
+    let s = LinearShape {
+        m: 257,
+        n: 512,
+        k: 1288,
+    };
+    let LinearOperands { x, w, b, .. } = linear_operands::<bf16>(&gpu, &mut rng, s);
+    for width in [TileWidth::Wide, TileWidth::Narrow] {
+        assert_same_bits_every_run(&gpu, &format!("sm_90a Linear {width:?}"), s.m * s.n, |y| {
+            kernels
+                .linear_hopper_tiled(
+                    &x.slice(..),
+                    &w.slice(..),
+                    Some(&b.slice(..)),
+                    &mut y.slice_mut(..),
+                    s,
+                    true,
+                    width,
+                )
+                .unwrap()
+        });
+    }
+}
+
 /// A Linear's random operands on the device and, rounded to `T`, on the
 /// host: x `[m, k]` in [-1, 1], w `[n, k]` scaled by sqrt(3 / k), bias `[n]`.
 struct LinearOperands<T> {
