@@ -484,6 +484,96 @@ fn pinned_images_wait_for_their_copies_without_event_tracking() {
     }
 }
 
+/// Page-locked images, filled with random bytes: their sizes, and the
+/// bytes each held when filled.
+fn random_pinned_images(
+    gpu: &Arc<Gpu>,
+    rng: &mut Rng,
+    sizes: &[(u32, u32)],
+) -> (Vec<PinnedImage>, Vec<Vec<u8>>) {
+    let mut images: Vec<PinnedImage> = sizes
+        .iter()
+        .map(|&(w, h)| PinnedImage::new(gpu, w, h, PixelFormat::Rgb8).unwrap())
+        .collect();
+    let filled = images
+        .iter_mut()
+        .map(|image| {
+            let bytes = image.bytes_mut().unwrap();
+            bytes.copy_from_slice(&rng.bytes(bytes.len()));
+            bytes.to_vec()
+        })
+        .collect();
+    (images, filled)
+}
+
+/// `run_into` from page-locked memory (a `PinnedImage::view`): the copy,
+/// queued behind a batch of large images' work, reads the bytes by DMA
+/// after the call has returned, so `run_into` waits for it; rewriting the
+/// image as soon as it returns leaves the output that of the old bytes.
+#[test]
+fn a_pinned_view_may_be_rewritten_once_run_into_returns() {
+    let test = "a_pinned_view_may_be_rewritten_once_run_into_returns";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time(test);
+    let sizes = [(4032, 3024), (4032, 3024), (1920, 1080)];
+    let (mut images, filled) = random_pinned_images(&gpu, &mut rng, &sizes);
+    let pre = Preprocessor::default();
+    let cuda = CudaPreprocessor::new(pre, gpu.clone());
+    // Milliseconds of copies and kernels ahead of the view's copy.
+    let mut busy = poisoned_outputs(&gpu, pre, sizes[..2].iter().copied());
+    let refs: Vec<&PinnedImage> = images[..2].iter().collect();
+    cuda.run_pinned_batch_into(&refs, &mut busy).unwrap();
+    let mut outs = poisoned_outputs(&gpu, pre, sizes[2..].iter().copied());
+    let plan = pre.plan(sizes[2].0, sizes[2].1).unwrap();
+    cuda.run_into(&images[2].view().unwrap(), &plan, &mut outs[0])
+        .unwrap();
+    images[2].bytes_mut().unwrap().fill(0x5a);
+    let (w, h) = sizes[2];
+    let view = ImageView::packed(&filled[2], w, h, PixelFormat::Rgb8).unwrap();
+    check_batch_output(&gpu, pre, &view, &plan, &outs[0], "pinned view, run_into");
+}
+
+/// One pinned image copied by two preprocessors, each on its own copy
+/// stream: the first's copy waits behind two large images, the second's
+/// runs at once. `bytes_mut` must wait for both, so rewriting the image as
+/// soon as it returns leaves both outputs those of the old bytes.
+#[test]
+fn a_pinned_image_copied_by_two_preprocessors_waits_for_both_copies() {
+    let test = "a_pinned_image_copied_by_two_preprocessors_waits_for_both_copies";
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time(test);
+    let sizes = [(4032, 3024), (4032, 3024), (1920, 1080)];
+    let (mut images, filled) = random_pinned_images(&gpu, &mut rng, &sizes);
+    let pre = Preprocessor::default();
+    let (first, second) = (
+        CudaPreprocessor::new(pre, gpu.clone()),
+        CudaPreprocessor::new(pre, gpu.clone()),
+    );
+    let mut outs = poisoned_outputs(&gpu, pre, sizes.iter().copied());
+    let refs: Vec<&PinnedImage> = images.iter().collect();
+    let plans = first.run_pinned_batch_into(&refs, &mut outs).unwrap();
+    let mut again = poisoned_outputs(&gpu, pre, sizes[2..].iter().copied());
+    second
+        .run_pinned_batch_into(&[&images[2]], &mut again)
+        .unwrap();
+    images[2].bytes_mut().unwrap().fill(0x5a);
+    let (w, h) = sizes[2];
+    let view = ImageView::packed(&filled[2], w, h, PixelFormat::Rgb8).unwrap();
+    check_batch_output(&gpu, pre, &view, &plans[2], &outs[2], "first preprocessor");
+    check_batch_output(
+        &gpu,
+        pre,
+        &view,
+        &plans[2],
+        &again[0],
+        "second preprocessor",
+    );
+}
+
 /// Whether every output is still all NaN (nothing written).
 fn untouched(gpu: &Gpu, outs: &[CudaSlice<f32>]) -> bool {
     gpu.stream().synchronize().unwrap();

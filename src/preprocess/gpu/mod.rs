@@ -80,12 +80,24 @@ pub struct DeviceImage {
 }
 
 impl DeviceImage {
-    /// Copies the bytes `image` spans to the device (queued on the GPU's stream).
+    /// Copies the bytes `image` spans to the device (queued on the GPU's
+    /// stream). The bytes may be rewritten or freed once this returns: a
+    /// copy from ordinary pageable memory is staged before the call
+    /// returns, and from memory CUDA knows (page-locked, registered or
+    /// managed, such as a [`PinnedImage::view`]), which the DMA reads
+    /// later, this waits until the copy is done.
     pub fn upload(gpu: &Gpu, image: &ImageView<'_>) -> Result<DeviceImage> {
-        let data = gpu
-            .stream()
+        let stream = gpu.stream();
+        let read_later = is_known_to_cuda(gpu, image.data())?;
+        let data = stream
             .clone_htod(image.data())
             .map_err(driver_error("copy image to device"))?;
+        if read_later {
+            stream
+                .record_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC))
+                .and_then(|copied| copied.synchronize())
+                .map_err(driver_error("wait for the copy out of page-locked memory"))?;
+        }
         Ok(DeviceImage {
             data,
             width: image.width(),
@@ -105,6 +117,32 @@ impl DeviceImage {
 
     pub fn format(&self) -> PixelFormat {
         self.format
+    }
+}
+
+/// Whether CUDA knows the host memory at `bytes` (page-locked, registered
+/// or managed), which a copy reads by DMA after the call that queued it
+/// has returned; ordinary pageable memory is unknown to it.
+fn is_known_to_cuda(gpu: &Gpu, bytes: &[u8]) -> Result<bool> {
+    use cudarc::driver::sys::{CUpointer_attribute, CUresult, cuPointerGetAttribute};
+    crate::cuda::bind_context(gpu.context())?;
+    let mut memory_type = 0u32;
+    // SAFETY: the memory-type attribute is one u32 (a CUmemorytype),
+    // written to `memory_type`; the pointer is only looked up.
+    let status = unsafe {
+        cuPointerGetAttribute(
+            (&raw mut memory_type).cast(),
+            CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+            bytes.as_ptr() as u64,
+        )
+    };
+    match status {
+        CUresult::CUDA_SUCCESS => Ok(true),
+        // "not allocated by, mapped by, or registered with" CUDA.
+        CUresult::CUDA_ERROR_INVALID_VALUE => Ok(false),
+        other => Err(Error::Cuda(format!(
+            "cuPointerGetAttribute(MEMORY_TYPE) on a host image: {other:?}"
+        ))),
     }
 }
 
@@ -158,8 +196,10 @@ impl PinnedImage {
             .map_err(driver_error("wait for the pinned image's copy"))
     }
 
-    /// The image as a view (for the CPU path, say), once any copy out of
-    /// it still queued has finished.
+    /// The image as a view (for the CPU path, or
+    /// [`CudaPreprocessor::run_into`], which waits for its copy out of
+    /// page-locked memory), once any copy out of it still queued has
+    /// finished.
     pub fn view(&self) -> Result<ImageView<'_>> {
         self.wait_for_copies()?;
         let bytes = self
@@ -249,7 +289,9 @@ impl CudaPreprocessor {
     /// As [`Preprocessor::run_into`] for a host image, into a device buffer
     /// of exactly `plan.tensor_len()` elements. The work is queued on the
     /// GPU's stream: later work on that stream (a copy back, say) sees the
-    /// result.
+    /// result. The image's bytes may be rewritten once this returns (see
+    /// [`DeviceImage::upload`]: from page-locked memory it waits for the
+    /// copy).
     pub fn run_into<T: TensorElement + DeviceRepr>(
         &self,
         image: &ImageView<'_>,
@@ -348,10 +390,19 @@ impl CudaPreprocessor {
                     host.copy_from_slice(view.data());
                     host
                 }
-                HostImage::Pinned(pinned) => pinned
-                    .bytes
-                    .as_slice()
-                    .map_err(driver_error("pinned image"))?,
+                HostImage::Pinned(pinned) => {
+                    // Another preprocessor's copy of this image may still be
+                    // queued on its own copy stream: after this wait, the
+                    // record below covers it too, so `bytes_mut` and drop
+                    // wait for every copy, not only the last one queued.
+                    copy_stream
+                        .wait(&pinned.copied)
+                        .map_err(driver_error("copy stream wait"))?;
+                    pinned
+                        .bytes
+                        .as_slice()
+                        .map_err(driver_error("pinned image"))?
+                }
             };
             {
                 let device = slot.device.as_mut().expect("reserved");
@@ -392,10 +443,14 @@ impl CudaPreprocessor {
                 stride: image.stride(),
                 format: image.format(),
             };
-            self.queue(source, plan, out)?;
+            let queued = self.queue(source, plan, out);
+            // Recorded even when queueing failed part-way (v1 queues
+            // several launches): the next copy into this buffer must wait
+            // for whatever reads it.
             slot.consumed
                 .record(compute)
                 .map_err(driver_error("record staging use"))?;
+            queued?;
         }
         Ok(plans)
     }
