@@ -484,44 +484,41 @@ fn pinned_images_wait_for_their_copies_without_event_tracking() {
     }
 }
 
-/// Page-locked images, filled with random bytes: their sizes, and the
-/// bytes each held when filled.
-fn random_pinned_images(
-    gpu: &Arc<Gpu>,
-    rng: &mut Rng,
-    sizes: &[(u32, u32)],
-) -> (Vec<PinnedImage>, Vec<Vec<u8>>) {
-    let mut images: Vec<PinnedImage> = sizes
+/// Two 4032×3024 images and then the 1920×1080 image the tests below
+/// rewrite: the large ones' copies and kernels put milliseconds of work
+/// ahead of the last one's copy.
+const BEHIND_LARGE_IMAGES: [(u32, u32); 3] = [(4032, 3024), (4032, 3024), (1920, 1080)];
+
+/// The GPU and [`BEHIND_LARGE_IMAGES`] in page-locked memory, filled with
+/// random bytes, with the bytes the last one holds; `None` when `test`
+/// skips.
+fn pinned_behind_large_images(test: &str) -> Option<(Arc<Gpu>, Vec<PinnedImage>, Vec<u8>)> {
+    let gpu = gpu_or_skip(test)?;
+    let mut rng = Rng::from_env_or_time(test);
+    let mut images: Vec<PinnedImage> = BEHIND_LARGE_IMAGES
         .iter()
-        .map(|&(w, h)| PinnedImage::new(gpu, w, h, PixelFormat::Rgb8).unwrap())
+        .map(|&(w, h)| PinnedImage::new(&gpu, w, h, PixelFormat::Rgb8).unwrap())
         .collect();
-    let filled = images
-        .iter_mut()
-        .map(|image| {
-            let bytes = image.bytes_mut().unwrap();
-            bytes.copy_from_slice(&rng.bytes(bytes.len()));
-            bytes.to_vec()
-        })
-        .collect();
-    (images, filled)
+    for image in &mut images {
+        let bytes = image.bytes_mut().unwrap();
+        bytes.copy_from_slice(&rng.bytes(bytes.len()));
+    }
+    let last = images[2].view().unwrap().data().to_vec();
+    Some((gpu, images, last))
 }
 
 /// `run_into` from page-locked memory (a `PinnedImage::view`): the copy,
-/// queued behind a batch of large images' work, reads the bytes by DMA
-/// after the call has returned, so `run_into` waits for it; rewriting the
-/// image as soon as it returns leaves the output that of the old bytes.
+/// queued behind the large images' work, reads the bytes by DMA after the
+/// call has returned, so `run_into` waits for it; rewriting the image as
+/// soon as it returns leaves the output that of the old bytes.
 #[test]
 fn a_pinned_view_may_be_rewritten_once_run_into_returns() {
     let test = "a_pinned_view_may_be_rewritten_once_run_into_returns";
-    let Some(gpu) = gpu_or_skip(test) else {
+    let Some((gpu, mut images, last)) = pinned_behind_large_images(test) else {
         return;
     };
-    let mut rng = Rng::from_env_or_time(test);
-    let sizes = [(4032, 3024), (4032, 3024), (1920, 1080)];
-    let (mut images, filled) = random_pinned_images(&gpu, &mut rng, &sizes);
-    let pre = Preprocessor::default();
+    let (pre, sizes) = (Preprocessor::default(), BEHIND_LARGE_IMAGES);
     let cuda = CudaPreprocessor::new(pre, gpu.clone());
-    // Milliseconds of copies and kernels ahead of the view's copy.
     let mut busy = poisoned_outputs(&gpu, pre, sizes[..2].iter().copied());
     let refs: Vec<&PinnedImage> = images[..2].iter().collect();
     cuda.run_pinned_batch_into(&refs, &mut busy).unwrap();
@@ -531,24 +528,21 @@ fn a_pinned_view_may_be_rewritten_once_run_into_returns() {
         .unwrap();
     images[2].bytes_mut().unwrap().fill(0x5a);
     let (w, h) = sizes[2];
-    let view = ImageView::packed(&filled[2], w, h, PixelFormat::Rgb8).unwrap();
+    let view = ImageView::packed(&last, w, h, PixelFormat::Rgb8).unwrap();
     check_batch_output(&gpu, pre, &view, &plan, &outs[0], "pinned view, run_into");
 }
 
 /// One pinned image copied by two preprocessors, each on its own copy
-/// stream: the first's copy waits behind two large images, the second's
+/// stream: the first's copy waits behind the large images, the second's
 /// runs at once. `bytes_mut` must wait for both, so rewriting the image as
 /// soon as it returns leaves both outputs those of the old bytes.
 #[test]
 fn a_pinned_image_copied_by_two_preprocessors_waits_for_both_copies() {
     let test = "a_pinned_image_copied_by_two_preprocessors_waits_for_both_copies";
-    let Some(gpu) = gpu_or_skip(test) else {
+    let Some((gpu, mut images, last)) = pinned_behind_large_images(test) else {
         return;
     };
-    let mut rng = Rng::from_env_or_time(test);
-    let sizes = [(4032, 3024), (4032, 3024), (1920, 1080)];
-    let (mut images, filled) = random_pinned_images(&gpu, &mut rng, &sizes);
-    let pre = Preprocessor::default();
+    let (pre, sizes) = (Preprocessor::default(), BEHIND_LARGE_IMAGES);
     let (first, second) = (
         CudaPreprocessor::new(pre, gpu.clone()),
         CudaPreprocessor::new(pre, gpu.clone()),
@@ -562,7 +556,7 @@ fn a_pinned_image_copied_by_two_preprocessors_waits_for_both_copies() {
         .unwrap();
     images[2].bytes_mut().unwrap().fill(0x5a);
     let (w, h) = sizes[2];
-    let view = ImageView::packed(&filled[2], w, h, PixelFormat::Rgb8).unwrap();
+    let view = ImageView::packed(&last, w, h, PixelFormat::Rgb8).unwrap();
     check_batch_output(&gpu, pre, &view, &plans[2], &outs[2], "first preprocessor");
     check_batch_output(
         &gpu,
