@@ -8,10 +8,10 @@
 
 mod common;
 
-use common::Rng;
 use common::gpu::{
     assert_refused_as_of_device_1, gpu_or_skip, hopper_or_skip, two_devices_or_skip,
 };
+use common::{Rng, SameBitsEveryRun};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use nvlm_vision::Error;
@@ -439,7 +439,8 @@ fn same_bits_on_every_run(kernels: &[AttentionKernel], test: &str) {
         let (n_out, n_lse) = (out_layout.span().unwrap(), batch * heads * tokens);
         for &kernel in kernels {
             let what = format!("{kernel:?} D{head_dim}");
-            let mut first: Option<(Vec<u16>, Vec<u32>)> = None;
+            let mut out_bits = SameBitsEveryRun::new(format!("{what} outputs"));
+            let mut lse_bits = SameBitsEveryRun::new(format!("{what} LSEs"));
             for run in 0..3 {
                 let mut out = stream.clone_htod(&vec![bf16::NAN; n_out]).unwrap();
                 let mut lse = stream.clone_htod(&vec![f32::NAN; n_lse]).unwrap();
@@ -460,23 +461,8 @@ fn same_bits_on_every_run(kernels: &[AttentionKernel], test: &str) {
                     out.iter().all(|x| x.is_finite()) && lse.iter().all(|x| x.is_finite()),
                     "{what}: run {run} left an element unwritten or not finite"
                 );
-                let bits = (
-                    out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                    lse.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                );
-                let Some((out0, lse0)) = &first else {
-                    first = Some(bits);
-                    continue;
-                };
-                fn differ<E: PartialEq>(a: &[E], b: &[E]) -> usize {
-                    a.iter().zip(b).filter(|(x, y)| x != y).count()
-                }
-                let (d_out, d_lse) = (differ(out0, &bits.0), differ(lse0, &bits.1));
-                assert!(
-                    d_out == 0 && d_lse == 0,
-                    "{what}: run {run} differs from run 0 in {d_out} of {n_out} outputs and \
-                     {d_lse} of {n_lse} LSEs: a race"
-                );
+                out_bits.check(run, out.iter().map(|x| x.to_bits()).collect());
+                lse_bits.check(run, lse.iter().map(|x| x.to_bits()).collect());
             }
         }
     }

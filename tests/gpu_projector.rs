@@ -7,11 +7,11 @@
 
 mod common;
 
-use common::Rng;
 use common::gpu::{
     assert_refused_as_of_device_1, gpu_or_skip, hopper_or_skip, two_devices_or_skip,
 };
 use common::projector_checks::{check_bias_gelu_output, check_front_output};
+use common::{Rng, SameBitsEveryRun};
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use half::{bf16, f16};
 use nvlm_vision::Error;
@@ -314,7 +314,7 @@ fn assert_same_bits_every_run(
     len: usize,
     mut launch: impl FnMut(&mut CudaSlice<bf16>),
 ) {
-    let mut first: Option<Vec<u16>> = None;
+    let mut bits = SameBitsEveryRun::new(what.to_string());
     for run in 0..3 {
         let mut out = poisoned::<bf16>(gpu, len);
         launch(&mut out);
@@ -323,17 +323,7 @@ fn assert_same_bits_every_run(
             got.iter().all(|v| !v.is_nan()),
             "{what}: run {run} left elements unwritten"
         );
-        let bits: Vec<u16> = got.iter().map(|v| v.to_bits()).collect();
-        match &first {
-            None => first = Some(bits),
-            Some(bits0) => {
-                let differ = bits0.iter().zip(&bits).filter(|(a, b)| a != b).count();
-                assert_eq!(
-                    differ, 0,
-                    "{what}: run {run} differs from run 0 in {differ} of {len} elements: a race"
-                );
-            }
-        }
+        bits.check(run, got.iter().map(|v| v.to_bits()).collect());
     }
 }
 

@@ -116,3 +116,33 @@ pub fn run_reference(python: &std::path::Path, args: &[&str]) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// One buffer's bits over repeated runs of the same work: each run after
+/// the first must give the first run's bits. A result that moves between
+/// runs is a race, which an error rule passes when it is small.
+pub struct SameBitsEveryRun<B> {
+    what: String,
+    first: Option<Vec<B>>,
+}
+
+impl<B: PartialEq> SameBitsEveryRun<B> {
+    pub fn new(what: String) -> Self {
+        SameBitsEveryRun { what, first: None }
+    }
+
+    /// Keeps run 0's `bits`; asserts any later run's equal them.
+    pub fn check(&mut self, run: usize, bits: Vec<B>) {
+        let Some(first) = &self.first else {
+            self.first = Some(bits);
+            return;
+        };
+        let differ = first.iter().zip(&bits).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differ,
+            0,
+            "{}: run {run} differs from run 0 in {differ} of {} elements: a race",
+            self.what,
+            bits.len()
+        );
+    }
+}
