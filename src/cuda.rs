@@ -226,7 +226,7 @@ impl Gpu {
         buffer: &impl DeviceSlice<T>,
         what: &'static str,
     ) -> Result<()> {
-        self.check_own_context(buffer.stream().context(), what)
+        check_buffer_context(&self.ctx, buffer, what)
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -322,6 +322,15 @@ pub(crate) fn check_same_context(
         });
     }
     Ok(())
+}
+
+/// `Ok` when the device buffer `what` was allocated in context `own`.
+pub(crate) fn check_buffer_context<T>(
+    own: &CudaContext,
+    buffer: &impl DeviceSlice<T>,
+    what: &'static str,
+) -> Result<()> {
+    check_same_context(own, buffer.stream().context(), what)
 }
 
 /// Refuses `what` on a stream under capture while cudarc tracks events

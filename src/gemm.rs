@@ -14,11 +14,11 @@
 //! loaded at run time, and a machine without libcublasLt gets
 //! [`Error::CudaUnavailable`] from [`Gemm::new`].
 
-use crate::cuda::{Gpu, check_same_context};
+use crate::cuda::{Gpu, check_buffer_context};
 use crate::dtype::TensorElement;
 use crate::error::{Error, Result};
 use cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig, Workspace};
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use std::sync::Arc;
 
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ`.
@@ -185,12 +185,12 @@ impl Gemm {
     {
         check_linear(shape, x.len(), w.len(), bias.map(|b| b.len()), y.len())?;
         let own = self.stream.context();
-        check_same_context(own, x.stream().context(), "GEMM x")?;
-        check_same_context(own, w.stream().context(), "GEMM w")?;
+        check_buffer_context(own, x, "GEMM x")?;
+        check_buffer_context(own, w, "GEMM w")?;
         if let Some(b) = bias {
-            check_same_context(own, b.stream().context(), "GEMM bias")?;
+            check_buffer_context(own, b, "GEMM bias")?;
         }
-        check_same_context(own, y.stream().context(), "GEMM y")?;
+        check_buffer_context(own, y, "GEMM y")?;
         crate::cuda::check_capturable(&self.stream, "a cuBLASLt GEMM")?;
         let stream = &self.stream;
         let mut operands = vec![
