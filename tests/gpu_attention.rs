@@ -37,6 +37,14 @@ fn fill<T: AttentionElement>(rng: &mut Rng, n: usize, amplitude: f32) -> Vec<T> 
         .collect()
 }
 
+/// Every version of the Hopper kernel.
+const HOPPER_VERSIONS: [AttentionKernel; 4] = [
+    AttentionKernel::HopperSerial,
+    AttentionKernel::Hopper,
+    AttentionKernel::HopperPingPong,
+    AttentionKernel::HopperPersistent,
+];
+
 /// How a test lays out a separate (unpacked) tensor.
 #[derive(Debug, Clone, Copy)]
 enum Arrangement {
@@ -79,6 +87,16 @@ fn pick_arrangement(rng: &mut Rng) -> Arrangement {
         Arrangement::HeadsMajor,
         Arrangement::Padded,
     ][rng.range(0, 2) as usize]
+}
+
+/// A random arrangement with `like`'s order of token and head strides.
+fn same_order_as(rng: &mut Rng, like: Arrangement) -> Arrangement {
+    match like {
+        Arrangement::HeadsMajor => Arrangement::HeadsMajor,
+        Arrangement::Contiguous | Arrangement::Padded => {
+            [Arrangement::Contiguous, Arrangement::Padded][rng.range(0, 1) as usize]
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -168,11 +186,14 @@ fn check_case<T: AttentionElement>(
         let part = |p| (0, AttentionLayout::packed_qkv(b, n_q, h, d, p));
         (vec![buf], [part(QkvPart::Q), part(QkvPart::K), (0, v)])
     } else {
-        let (aq, ak, av) = (
-            pick_arrangement(rng),
-            pick_arrangement(rng),
-            pick_arrangement(rng),
-        );
+        let (aq, ak) = (pick_arrangement(rng), pick_arrangement(rng));
+        // The Hopper kernel takes k and v with their token and head strides
+        // in the same order (one tensor-map shape for both).
+        let av = if kernel.is_hopper() {
+            same_order_as(rng, ak)
+        } else {
+            pick_arrangement(rng)
+        };
         let q = arranged(rng, aq, b, n_q, h, d);
         let k = arranged(rng, ak, b, n_kv, h, d);
         let v = arranged(rng, av, b, n_kv, h, d);
@@ -479,12 +500,7 @@ fn same_bits_on_every_run_of_the_portable_kernel() {
 #[test]
 fn hopper_same_bits_on_every_run_of_every_version() {
     same_bits_on_every_run(
-        &[
-            AttentionKernel::HopperSerial,
-            AttentionKernel::Hopper,
-            AttentionKernel::HopperPingPong,
-            AttentionKernel::HopperPersistent,
-        ],
+        &HOPPER_VERSIONS,
         "hopper_same_bits_on_every_run_of_every_version",
     );
 }
@@ -605,17 +621,28 @@ fn bad_inputs_are_rejected_before_launch() {
         matches!(&r, Err(Error::InvalidShape(m)) if m.contains("16-byte")),
         "{r:?}"
     );
-    // head_dim 80 has no kernel.
+    // head_dim 80 has no kernel (buffers long enough, so that this is what
+    // is refused).
+    let odd_input = stream.clone_htod(&fill::<bf16>(&mut rng, m, 1.0)).unwrap();
+    let mut odd_out = stream.clone_htod(&vec![bf16::NAN; m]).unwrap();
     let r = flash_attention(
         &gpu,
-        t(odd_dim),
-        t(odd_dim),
-        t(odd_dim),
-        AttentionTensor::new(&mut out, odd_dim),
+        AttentionTensor::new(&odd_input, odd_dim),
+        AttentionTensor::new(&odd_input, odd_dim),
+        AttentionTensor::new(&odd_input, odd_dim),
+        AttentionTensor::new(&mut odd_out, odd_dim),
         None,
         None,
     );
-    assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
+    assert!(
+        matches!(&r, Err(Error::Unsupported(m)) if m.contains("head_dim 80")),
+        "{r:?}"
+    );
+    let odd_after: Vec<bf16> = stream.clone_dtoh(&odd_out).unwrap();
+    assert!(
+        odd_after.iter().all(|x| x.is_nan()),
+        "a rejected head_dim 80 call wrote the output"
+    );
     // Too short an LSE buffer.
     let mut lse = stream.clone_htod(&vec![f32::NAN; 2 * 4 * 65 - 1]).unwrap();
     let r = flash_attention(
@@ -659,6 +686,47 @@ fn bad_inputs_are_rejected_before_launch() {
         bits(&qkv_after),
         bits(&qkv_values),
         "a rejected qk-RMSNorm changed qkv"
+    );
+}
+
+/// The Hopper kernel reads k and v through one tensor-map shape, so it
+/// refuses k and v whose token and head strides come in different orders,
+/// before any launch, leaving the output as it was.
+#[test]
+fn hopper_k_and_v_in_different_orders_are_rejected_before_launch() {
+    let test = "hopper_k_and_v_in_different_orders_are_rejected_before_launch";
+    let Some(gpu) = hopper_or_skip(test) else {
+        return;
+    };
+    let mut rng = Rng::from_env_or_time(test);
+    let stream = gpu.stream();
+    let tokens_outer = AttentionLayout::contiguous(2, 65, 4, 64);
+    let heads_outer = AttentionLayout::heads_outer(2, 65, 4, 64);
+    let n = tokens_outer.span().unwrap();
+    let input = stream.clone_htod(&fill::<bf16>(&mut rng, n, 1.0)).unwrap();
+    let mut out = stream.clone_htod(&vec![bf16::NAN; n]).unwrap();
+    for kernel in HOPPER_VERSIONS {
+        for (k, v) in [(tokens_outer, heads_outer), (heads_outer, tokens_outer)] {
+            let r = flash_attention_with(
+                kernel,
+                &gpu,
+                AttentionTensor::new(&input, tokens_outer),
+                AttentionTensor::new(&input, k),
+                AttentionTensor::new(&input, v),
+                AttentionTensor::new(&mut out, tokens_outer),
+                None,
+                None,
+            );
+            assert!(
+                matches!(&r, Err(Error::Unsupported(m)) if m.contains("same order")),
+                "{kernel:?}: {r:?}"
+            );
+        }
+    }
+    let after: Vec<bf16> = stream.clone_dtoh(&out).unwrap();
+    assert!(
+        after.iter().all(|x| x.is_nan()),
+        "a rejected call wrote the output"
     );
 }
 
