@@ -179,7 +179,7 @@ fn cluster_self_test_multicasts_into_both_ctas() {
     let (box_w, box_h) = hopper_selftests::ROUND_TRIP_BOX;
     // Inside, and the second CTA's box past the bottom and left edges.
     let seed = host_emulation::fresh_seed("cluster_self_test_multicasts_into_both_ctas");
-    for (i, load) in [(0, (8, 2)), (1, (-20, 50))] {
+    for (i, load) in [(0, (8, 2)), (1, (-24, 50))] {
         let src = random_bf16(seed.wrapping_add(i), (src_pitch * src_h) as usize);
         let mut memory = Memory::default();
         let at_src = memory.put(&src);
@@ -276,9 +276,9 @@ fn tma_round_trip_self_test_fills_with_zeros_and_clips() {
     let seed = host_emulation::fresh_seed("tma_round_trip_self_test_fills_with_zeros_and_clips");
     for (i, load, store) in [
         (0, (0, 0), (0, 0)),
-        (1, (-32, -16), (71, 39)),
-        (2, (99, 69), (8, 20)),
-        (3, (50, -3), (30, 0)),
+        (1, (-32, -16), (64, 39)),
+        (2, (96, 69), (8, 20)),
+        (3, (48, -3), (32, 0)),
     ] {
         let (src, memory, addresses) = round_trip_memory(seed.wrapping_add(i));
         let [_, at_dst, at_box] = addresses;
@@ -312,6 +312,29 @@ fn a_tma_store_at_a_negative_coordinate_fails_the_emulated_run() {
     let (_, memory, addresses) = round_trip_memory(9);
     let file = round_trip_file(&memory, addresses, (0, 0), (-8, 0));
     host_emulation::assert_run_stops(&exe, &file, "a TMA store at (-8, 0): a negative coordinate");
+}
+
+/// A TMA box's innermost coordinate must be a multiple of 16 bytes (on an
+/// H200 a load at x = 36 bf16 elements was an illegal instruction), and the
+/// emulation stops a load or store that is not.
+#[test]
+fn a_tma_box_at_a_misaligned_inner_coordinate_fails_the_emulated_run() {
+    let Some(exe) = emulator() else {
+        return;
+    };
+    let (_, memory, addresses) = round_trip_memory(10);
+    let load = round_trip_file(&memory, addresses, (36, 0), (0, 0));
+    host_emulation::assert_run_stops(
+        &exe,
+        &load,
+        "a TMA load at innermost coordinate 36: 72 bytes, not a multiple of 16",
+    );
+    let store = round_trip_file(&memory, addresses, (0, 0), (4, 0));
+    host_emulation::assert_run_stops(
+        &exe,
+        &store,
+        "a TMA store at innermost coordinate 4: 8 bytes, not a multiple of 16",
+    );
 }
 
 #[test]

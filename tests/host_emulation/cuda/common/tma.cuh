@@ -2,7 +2,8 @@
 // multicast into several of a cluster) is copied at once by the issuing
 // thread: elements outside the tensor read as zeros, the box
 // lands in shared memory in the map's swizzle, and the barrier receives
-// the whole box's bytes (zero-filled elements count, as on the GPU). A
+// the whole box's bytes (zero-filled elements count, as on the GPU). The
+// box's innermost coordinate must be a multiple of 16 bytes. A
 // store reads shared memory when its thread waits for it (the latest the
 // ISA allows, so a kernel that rewrites the box before waiting stores the
 // new bytes) and writes only the elements inside the tensor; its box may
@@ -53,12 +54,22 @@ inline uint32_t box_element_address(const CUtensorMap* map, uint32_t box_addr, u
     return swz != 0 ? swizzle(at, swz) : at;
 }
 
+// The box's innermost coordinate must fall on a 16-byte boundary of the
+// tensor's rows: on an H200 a bf16 load at x = 36 (72 bytes) stopped the
+// kernel with an illegal instruction where x = 0 ran (2026-11-30).
+inline void check_inner_coordinate(const CUtensorMap* map, int32_t x, const char* what) {
+    if (static_cast<int64_t>(x) * map->element_bytes % 16 != 0)
+        fail("%s at innermost coordinate %d: %d bytes, not a multiple of 16", what, x,
+             x * static_cast<int32_t>(map->element_bytes));
+}
+
 // A load into CTA `cta` of the cluster: the box at shared address
 // `dst_addr` of that CTA's shared memory, its bytes counted on `bar`, a
 // barrier of that CTA.
 inline void tma_load_to(uint32_t cta, uint32_t dst_addr, uint64_t* bar, const CUtensorMap* map,
                         const int32_t* coords, uint32_t rank) {
     if (map->rank != rank) fail("a %u-D TMA load with a rank-%u tensor map", rank, map->rank);
+    check_inner_coordinate(map, coords[0], "a TMA load");
     const uint32_t elem = map->element_bytes;
     uint64_t bytes = 0;
     for_each_box_element(map, coords, rank, [&](uint64_t i, bool inside, uint64_t offset) {
@@ -144,6 +155,7 @@ inline void tma_store_2d(const CUtensorMap* map, const void* src, int32_t x, int
     // are not written) but may not start before its first element (the
     // CUDA Programming Guide: the top-left corner cannot be negative).
     if (x < 0 || y < 0) emu::fail("a TMA store at (%d, %d): a negative coordinate", x, y);
+    emu::check_inner_coordinate(map, x, "a TMA store");
     emu::stores_issued.push_back({map, emu::shared_address(src), {x, y}});
 }
 
