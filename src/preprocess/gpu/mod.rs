@@ -124,26 +124,30 @@ impl DeviceImage {
 /// or managed), which a copy reads by DMA after the call that queued it
 /// has returned; ordinary pageable memory is unknown to it.
 fn is_known_to_cuda(gpu: &Gpu, bytes: &[u8]) -> Result<bool> {
-    use cudarc::driver::sys::{CUpointer_attribute, CUresult, cuPointerGetAttribute};
+    use cudarc::driver::sys::{CUpointer_attribute, CUresult, cuPointerGetAttributes};
     crate::cuda::bind_context(gpu.context())?;
+    let mut attribute = CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE;
     let mut memory_type = 0u32;
-    // SAFETY: the memory-type attribute is one u32 (a CUmemorytype),
+    let mut data = [(&raw mut memory_type).cast::<std::ffi::c_void>()];
+    // The plural call, not cuPointerGetAttribute: for memory CUDA does not
+    // know it succeeds and writes 0, where the singular one fails with
+    // INVALID_VALUE, which compute-sanitizer reports as an API error.
+    // SAFETY: one attribute, the memory type, one u32 (a CUmemorytype),
     // written to `memory_type`; the pointer is only looked up.
     let status = unsafe {
-        cuPointerGetAttribute(
-            (&raw mut memory_type).cast(),
-            CUpointer_attribute::CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+        cuPointerGetAttributes(
+            1,
+            &raw mut attribute,
+            data.as_mut_ptr(),
             bytes.as_ptr() as u64,
         )
     };
-    match status {
-        CUresult::CUDA_SUCCESS => Ok(true),
-        // "not allocated by, mapped by, or registered with" CUDA.
-        CUresult::CUDA_ERROR_INVALID_VALUE => Ok(false),
-        other => Err(Error::Cuda(format!(
-            "cuPointerGetAttribute(MEMORY_TYPE) on a host image: {other:?}"
-        ))),
+    if status != CUresult::CUDA_SUCCESS {
+        return Err(Error::Cuda(format!(
+            "cuPointerGetAttributes(MEMORY_TYPE) on a host image: {status:?}"
+        )));
     }
+    Ok(memory_type != 0)
 }
 
 /// A tightly packed image in page-locked host memory, for a decoder to
