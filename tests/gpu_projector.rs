@@ -725,6 +725,9 @@ fn projector_case<T: Half>(
     let (input, in_vals) = to_device::<T>(gpu, &uniform(rng, n_in, 2.0));
     let projector = Projector::new(cfg.clone(), gpu.clone()).unwrap();
     let mut ws = projector.workspace::<T>(tiles).unwrap();
+    // NaN intermediates: an element the forward reads without writing it
+    // reaches the output as NaN.
+    ws.fill_bytes(0xFF).unwrap();
     let n_out = cfg.output_rows(tiles) * cfg.output_width();
     let mut out = poisoned::<T>(gpu, n_out);
     projector
