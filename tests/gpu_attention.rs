@@ -956,7 +956,8 @@ fn attention_block_case<T: AttentionElement + cudarc::driver::ValidAsZeroBits>(
     cudarc::cublaslt::CudaBlasLT: cudarc::cublaslt::Matmul<T>,
 {
     use nvlm_vision::attention::{
-        AttentionBlock, AttentionBlockConfig, AttentionBlockWeights, attention_block_reference,
+        AttentionBlock, AttentionBlockConfig, AttentionBlockWeights, AttentionBlockWorkspace,
+        attention_block_reference,
     };
     let head_dim = [64, 128][rng.range(0, 1) as usize];
     let heads = rng.range(1, 4) as usize;
@@ -1028,26 +1029,37 @@ fn attention_block_case<T: AttentionElement + cudarc::driver::ValidAsZeroBits>(
     let mut workspace = block.workspace::<T>(batch, tokens).unwrap();
     let poison = vec![T::from_f32(f32::NAN); batch * tokens * c];
     let mut out = stream.clone_htod(&poison).unwrap();
-    let mut forward = |out: &mut CudaSlice<T>| {
+    // NaN intermediates too: an element the forward reads without writing
+    // it reaches the output as NaN.
+    let poison_workspace = |workspace: &mut AttentionBlockWorkspace<T>| {
+        for buffer in [&mut workspace.qkv, &mut workspace.attended] {
+            let nan = vec![T::from_f32(f32::NAN); buffer.len()];
+            stream.memcpy_htod(&nan, buffer).unwrap();
+        }
+    };
+    let forward = |out: &mut CudaSlice<T>, workspace: &mut AttentionBlockWorkspace<T>| {
         block.forward(
             &weights,
             &d_x.as_view(),
             (batch, tokens),
-            &mut workspace,
+            workspace,
             &mut out.as_view_mut(),
         )
     };
-    forward(&mut out).unwrap_or_else(|e| panic!("{what}: {e}"));
+    poison_workspace(&mut workspace);
+    forward(&mut out, &mut workspace).unwrap_or_else(|e| panic!("{what}: {e}"));
     if replay_from_graph {
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-        stream.memcpy_htod(&poison, &mut out).unwrap();
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
             .unwrap();
-        let captured = forward(&mut out);
+        let captured = forward(&mut out, &mut workspace);
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));
         captured.unwrap_or_else(|e| panic!("{what}: captured forward: {e}"));
         let graph = graph.unwrap().expect("the capture recorded work");
+        // The replay alone must write the output and every intermediate.
+        stream.memcpy_htod(&poison, &mut out).unwrap();
+        poison_workspace(&mut workspace);
         graph.launch().unwrap();
     }
     let got: Vec<T> = stream.clone_dtoh(&out).unwrap();

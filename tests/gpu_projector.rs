@@ -1079,9 +1079,11 @@ fn projector_graph_case(gpu: &Arc<nvlm_vision::cuda::Gpu>, gelu: GeluMode, test:
             stream.memcpy_dtod(&fresh, &mut input).unwrap();
             in_vals = vals;
         }
+        // The replay alone must write the output and every intermediate.
         stream
             .memcpy_htod(&vec![bf16::nan(); n_out], &mut out)
             .unwrap();
+        ws.fill_bytes(0xFF).unwrap();
         graph.launch().unwrap();
         let got = download(&engine, &out);
         let want = cpu::projector(&cfg, &in_vals, tiles, &weights.host, Some(Dtype::Bf16));
