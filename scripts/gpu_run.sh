@@ -11,7 +11,11 @@
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck, initcheck
 #             (each tool over every gpu test binary before the next tool),
 #             skipping tests named `*_at_model_shapes*`; the sm_90a tests
-#             after all the others, unless one of them timed out in this run
+#             after all the others, unless one of them timed out in this run.
+#             NVLM_VISION_SANITIZE_TOOLS (a space-separated list) runs only
+#             those tools, in that order; NVLM_VISION_SANITIZE_SKIP (test
+#             name filters, space-separated) skips more tests: a whole pass
+#             takes longer than one 15-minute lease
 #   bench     every gpu bench binary (criterion, short times; results under
 #             RESULTS_DIR/criterion); without the sm_90a kernels when a
 #             Hopper test step of this run timed out
@@ -52,6 +56,17 @@ for p in "${phases[@]}"; do
         *) echo "run.sh: unknown phase '$p'; $usage" >&2; exit 2 ;;
     esac
 done
+read -r -a tools <<< "${NVLM_VISION_SANITIZE_TOOLS:-memcheck racecheck synccheck initcheck}"
+for tool in "${tools[@]}"; do
+    case $tool in
+        memcheck | racecheck | synccheck | initcheck) ;;
+        *) echo "run.sh: unknown compute-sanitizer tool '$tool' in NVLM_VISION_SANITIZE_TOOLS" >&2; exit 2 ;;
+    esac
+done
+# Tests every sanitizer step skips: the model shapes, and the caller's.
+sanitize_skip=(--skip _at_model_shapes)
+read -r -a extra_skip <<< "${NVLM_VISION_SANITIZE_SKIP:-}"
+for filter in ${extra_skip[@]+"${extra_skip[@]}"}; do sanitize_skip+=(--skip "$filter"); done
 
 export NVLM_VISION_REQUIRE_GPU=1 NVLM_VISION_FIXTURES="$here/fixtures"
 : > "$results/steps.tsv"
@@ -220,13 +235,12 @@ for phase in "${phases[@]}"; do
         # memcheck (out-of-bounds accesses) before the slower tools; the
         # sm_90a tests after all of that, where a hang costs only what is
         # left, and not at all once one has timed out.
-        tools=(memcheck racecheck synccheck initcheck)
         for tool in "${tools[@]}"; do
             for t in "${tests[@]}"; do
                 case $(basename "$t") in *hopper*) continue ;; esac
                 step "$tool-$(basename "$t")" "${NVLM_VISION_SANITIZE_TIMEOUT:-300}" \
                     "$sanitizer" --tool "$tool" --error-exitcode 99 \
-                    "$t" --test-threads=1 --skip _at_model_shapes --skip hopper
+                    "$t" --test-threads=1 "${sanitize_skip[@]}" --skip hopper
             done
         done
         for tool in "${tools[@]}"; do
@@ -244,7 +258,7 @@ for phase in "${phases[@]}"; do
                 fi
                 hopper_step "$stepname" "${NVLM_VISION_HOPPER_SANITIZE_TIMEOUT:-120}" \
                     "$sanitizer" --tool "$tool" --error-exitcode 99 \
-                    "$t" --test-threads=1 --skip _at_model_shapes ${filter[@]+"${filter[@]}"}
+                    "$t" --test-threads=1 "${sanitize_skip[@]}" ${filter[@]+"${filter[@]}"}
             done
         done ;;
     bench)

@@ -154,6 +154,8 @@ fn bundle_command(bundle: &Path, tools: &Path, results: &Path, phases: &[&str]) 
         "NVLM_VISION_REQUIRE_HOPPER",
         "NVLM_VISION_BENCH_SKIP_HOPPER",
         "NVLM_VISION_RUN_BUDGET",
+        "NVLM_VISION_SANITIZE_TOOLS",
+        "NVLM_VISION_SANITIZE_SKIP",
     ] {
         command.env_remove(var);
     }
@@ -418,6 +420,66 @@ fn run_script_refuses_an_unknown_phase() {
     let out = run_bundle(&bundle, &tools, &dir.join("results"), &["benches"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown phase 'benches'"));
+}
+
+/// `NVLM_VISION_SANITIZE_TOOLS` picks the sanitizer tools and their order,
+/// `NVLM_VISION_SANITIZE_SKIP` adds test filters to every sanitizer step
+/// (a whole pass does not fit one lease); an unknown tool is refused.
+#[test]
+fn sanitize_runs_the_chosen_tools_and_skips_the_named_tests() {
+    let dir = scratch("run_sanitize_chosen");
+    let (bundle, tools) = fake_bundle(&dir, Some("NVIDIA H200"));
+    let results = dir.join("results");
+    let out = bundle_command(&bundle, &tools, &results, &["sanitize"])
+        .env("NVLM_VISION_SANITIZE_TOOLS", "initcheck racecheck")
+        .env("NVLM_VISION_SANITIZE_SKIP", "slow_one other")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "gpu_bad fails");
+    let steps = fs::read_to_string(results.join("steps.tsv")).unwrap();
+    let names: Vec<&str> = steps
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "initcheck-gpu_bad",
+            "initcheck-gpu_good",
+            "racecheck-gpu_bad",
+            "racecheck-gpu_good",
+            "initcheck-gpu_good-hopper",
+            "initcheck-gpu_hopper_prims",
+            "racecheck-gpu_good-hopper",
+            "racecheck-gpu_hopper_prims",
+        ]
+    );
+    let log = |name: &str| fs::read_to_string(results.join(format!("{name}.log"))).unwrap();
+    let skips = "--skip _at_model_shapes --skip slow_one --skip other";
+    assert!(
+        log("initcheck-gpu_good")
+            .contains(&format!("args: --test-threads=1 {skips} --skip hopper\n")),
+        "{}",
+        log("initcheck-gpu_good")
+    );
+    assert!(
+        log("racecheck-gpu_good-hopper")
+            .contains(&format!("args: --test-threads=1 {skips} hopper\n")),
+        "{}",
+        log("racecheck-gpu_good-hopper")
+    );
+    assert!(log("racecheck-gpu_hopper_prims").starts_with("sanitizer racecheck"));
+
+    let out = bundle_command(&bundle, &tools, &dir.join("bad"), &["sanitize"])
+        .env("NVLM_VISION_SANITIZE_TOOLS", "memcheck leakcheck")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown compute-sanitizer tool 'leakcheck'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The peers' timing (scripts/gpu_timing.py) over a stand-in torch whose
