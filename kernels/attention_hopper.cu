@@ -36,9 +36,10 @@
 // last tile of N = 1025 runs one warpgroup, not two): in v1-v3 it leaves
 // and the block's barrier counts leave it out; in v4, whose barriers serve
 // every item, it passes each K/V tile's barriers as a working one would;
-// a last K/V tile of at most 16 keys is visited first and runs
-// P V on one k16 step, and, in v1-v3, QK^T on n16 wgmmas (before the
-// loop: a narrow path inside it made ptxas serialise the wgmmas).
+// a partial last K/V tile is visited first, so that only the first tile
+// of a visit is masked; one of at most 16 keys runs P V on one k16 step,
+// and, in v1-v3, QK^T on n16 wgmmas (before the loop: a narrow path inside
+// it made ptxas serialise the wgmmas).
 //
 // Shared memory: every tile is made of 64-column swizzle atoms ([rows x 64]
 // elements, 128-byte rows, 128-byte swizzle, 1024-byte aligned), the layout
@@ -137,13 +138,17 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
     const int items = q_tiles * static_cast<int>(p.heads) * static_cast<int>(p.batch);
     const int kv_tiles = (static_cast<int>(p.kv_len) + kKeyRows - 1) / kKeyRows;
     // The order K/V tiles are visited in (the online softmax takes any): a
-    // last tile of at most 16 keys (N = 1025's CLS tail) goes first, so its
-    // narrow QK^T runs before the loop, with no P V in flight (with the
-    // narrow path inside the loop, ptxas serialised the wgmmas: C7511,
-    // C7515); tile j of the visit is `kv_tile(j)`.
-    const bool narrow_first =
-        kv_tiles > 1 && static_cast<int>(p.kv_len) - (kv_tiles - 1) * kKeyRows <= 16;
-    const auto kv_tile = [&](int j) { return narrow_first ? (j + kv_tiles - 1) % kv_tiles : j; };
+    // partial last tile goes first. Then only the first tile of a visit has
+    // keys to mask, so the loop's softmax has no masking, and ptxas keeps
+    // v2's wait for the previous P V after the row max and part of the
+    // exponentials (with the masking in the loop it hoisted the wait above
+    // all of them: no overlap, 2026-11-30). A first tile of at most 16 keys
+    // (N = 1025's CLS tail) also runs its narrow QK^T before the loop, with
+    // no P V in flight (with the narrow path inside the loop, ptxas
+    // serialised the wgmmas: C7511, C7515). Tile j of the visit is
+    // `kv_tile(j)`.
+    const bool tail_first = kv_tiles > 1 && static_cast<int>(p.kv_len) % kKeyRows != 0;
+    const auto kv_tile = [&](int j) { return tail_first ? (j + kv_tiles - 1) % kv_tiles : j; };
     // Tile j of the visit holds at most 16 real keys (N = 1025's tail).
     const auto at_most_16_keys = [&](int j) {
         return static_cast<int>(p.kv_len) - kv_tile(j) * kKeyRows <= 16;
@@ -349,12 +354,13 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
 
         // The online softmax of tile j's S, in place (S becomes P); returns
         // through `correction` the factor O must be scaled by before this
-        // tile's P V is added.
-        const auto softmax = [&](int j, float (&correction)[2]) {
+        // tile's P V is added. Only a visit's first tile (`first`, a
+        // constant at each call) can hold keys past kv_len.
+        const auto softmax = [&](int j, float (&correction)[2], bool first) {
             // Scores into the log2 domain; keys past kv_len get -inf (after
             // the scaling, so any sign of scale keeps them at -inf).
             const int key0 = kv_tile(j) * kKeyRows;
-            const bool key_tail = key0 + kKeyRows > static_cast<int>(p.kv_len);
+            const bool key_tail = first && key0 + kKeyRows > static_cast<int>(p.kv_len);
 #pragma unroll
             for (int n8 = 0; n8 < kKeyRows / 8; ++n8) {
 #pragma unroll
@@ -462,7 +468,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
             wgmma_fence_operands(s);
             collect_narrow_s(0);
             release_k(0);
-            softmax(0, correction);
+            softmax(0, correction, true);
             rescale_and_pack(correction);
             for (int j = 1; j < kv_tiles; ++j) {
                 wait_turn();
@@ -472,7 +478,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                 wgmma_wait_group<1>();  // S of tile j (P V of j-1 may still run)
                 wgmma_fence_operands(s);
                 release_k(j);
-                softmax(j, correction);
+                softmax(j, correction, false);
                 wgmma_wait_group<0>();  // P V of tile j-1
                 wgmma_fence_operands(o);
                 wgmma_fence_operands(pa);
@@ -494,7 +500,7 @@ __device__ __forceinline__ void attention_forward(const CUtensorMap* q_map,
                 wgmma_fence_operands(s);
                 if (first) collect_narrow_s(j);
                 release_k(j);
-                softmax(j, correction);
+                softmax(j, correction, first);
                 rescale_and_pack(correction);
                 issue_pv(j);
                 wgmma_wait_group<0>();
