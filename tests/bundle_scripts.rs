@@ -168,6 +168,15 @@ fn run_bundle(bundle: &Path, tools: &Path, results: &Path, phases: &[&str]) -> O
         .unwrap()
 }
 
+/// The names of the steps a run recorded in RESULTS/steps.tsv, in order.
+fn step_names(results: &Path) -> Vec<String> {
+    fs::read_to_string(results.join("steps.tsv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn run_script_runs_every_phase_and_summarises() {
     if !python3_or_skip("run_script_runs_every_phase_and_summarises") {
@@ -181,11 +190,7 @@ fn run_script_runs_every_phase_and_summarises() {
     // One failing test makes the run fail, after every phase ran.
     assert_eq!(out.status.code(), Some(1), "{stdout}");
 
-    let steps = fs::read_to_string(results.join("steps.tsv")).unwrap();
-    let names: Vec<&str> = steps
-        .lines()
-        .map(|l| l.split('\t').next().unwrap())
-        .collect();
+    let names = step_names(&results);
     assert_eq!(
         names,
         [
@@ -296,11 +301,7 @@ fn run_script_runs_only_the_phases_named() {
     let results = dir.join("results");
     let out = run_bundle(&bundle, &tools, &results, &["peers", "bench"]);
     assert_eq!(out.status.code(), Some(0));
-    let steps = fs::read_to_string(results.join("steps.tsv")).unwrap();
-    let names: Vec<&str> = steps
-        .lines()
-        .map(|l| l.split('\t').next().unwrap())
-        .collect();
+    let names = step_names(&results);
     assert_eq!(names, ["peer_stage", "bench-gpu_stage"]);
 }
 
@@ -436,11 +437,7 @@ fn sanitize_runs_the_chosen_tools_and_skips_the_named_tests() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "gpu_bad fails");
-    let steps = fs::read_to_string(results.join("steps.tsv")).unwrap();
-    let names: Vec<&str> = steps
-        .lines()
-        .map(|l| l.split('\t').next().unwrap())
-        .collect();
+    let names = step_names(&results);
     assert_eq!(
         names,
         [
